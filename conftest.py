@@ -1,0 +1,55 @@
+"""Root conftest: one ``backend`` fixture, one test id per backend.
+
+Backends: numpy, array_api_strict, torch, jax, jax-jit (every case traced by jax.jit),
+tensorflow and tensorflow-function (traced by tf.function). A framework that is not
+installed skips its ids; it never passes silently. ``--device`` (default cpu) runs the
+same suite on another device, e.g. ``--device cuda``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TensorFlow's start-up banner
+
+from smoothloss.backends.drivers import DRIVERS, get_driver  # noqa: E402
+
+BACKENDS = list(DRIVERS)
+FRAMEWORK_BACKENDS = ["torch", "jax", "jax-jit", "tensorflow", "tensorflow-function"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu", help="device for framework arrays: cpu, cuda, cuda:1, ...")
+
+
+def _driver(request: pytest.FixtureRequest, name: str):
+    cls = DRIVERS[name]
+    pytest.importorskip(cls.framework)
+    if cls.framework == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    device = request.config.getoption("--device")
+    if cls.framework in ("numpy", "array_api_strict") and device != "cpu":
+        pytest.skip(f"{name} runs on the CPU only")
+    return get_driver(name, device)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest):
+    """A driver for every backend (NumPy and array-api-strict have no autodiff)."""
+    return _driver(request, request.param)
+
+
+@pytest.fixture(params=FRAMEWORK_BACKENDS)
+def framework(request: pytest.FixtureRequest):
+    """A driver for every backend with autodiff."""
+    return _driver(request, request.param)
+
+
+@pytest.fixture
+def driver_for(request: pytest.FixtureRequest):
+    """Make a driver by name inside a test (for pairwise comparisons)."""
+    return lambda name: _driver(request, name)

@@ -1,0 +1,137 @@
+"""Argument checks shared by every public function (SPEC section 5).
+
+Checks on Python values, dtypes and shapes always run (they cost nothing and work
+while tracing). Checks that need array *values* (label ranges) run only eagerly:
+under jax.jit, tf.function or torch.compile they are skipped, so a traced call never
+syncs with the host.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+REDUCTIONS = ("mean", "sum", "none")
+CONVENTIONS = ("uniform", "others")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {list(choices)}")
+    return value
+
+
+def check_smoothing(value: Any, name: str = "label_smoothing") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a Python float in [0, 1], got {type(value).__name__}")
+    value = float(value)
+    if not (0.0 <= value <= 1.0):  # also rejects NaN
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return value
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    value = float(value)
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def check_softcap(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"softcap must be None or a Python float > 0, got {type(value).__name__}")
+    value = float(value)
+    if not (value > 0.0 and math.isfinite(value)):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {value}")
+    return value
+
+
+def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array of rank {ndim}")
+    return axis % ndim
+
+
+def is_floating(xp: Any, dtype: Any) -> bool:
+    return bool(xp.isdtype(dtype, "real floating"))
+
+
+def is_integer(xp: Any, dtype: Any) -> bool:
+    return bool(xp.isdtype(dtype, "integral"))
+
+
+def check_logits(xp: Any, logits: Any, name: str = "logits") -> None:
+    if not is_floating(xp, logits.dtype):
+        raise TypeError(
+            f"{name} must have a real floating dtype, got {logits.dtype}; "
+            f"cast them, e.g. to float32"
+        )
+    if logits.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension (the classes), got a scalar")
+
+
+def check_targets(xp: Any, logits: Any, targets: Any, axis: int) -> bool:
+    """Validate the target layout; return True for integer class indices."""
+    expected_int = tuple(s for i, s in enumerate(logits.shape) if i != axis)
+    if is_integer(xp, targets.dtype):
+        if tuple(targets.shape) != expected_int:
+            raise ValueError(
+                f"integer targets must have the logits' shape without the class axis: "
+                f"logits {tuple(logits.shape)} with axis={axis} needs targets {expected_int}, "
+                f"got {tuple(targets.shape)}"
+            )
+        return True
+    if is_floating(xp, targets.dtype):
+        if tuple(targets.shape) != tuple(logits.shape):
+            raise ValueError(
+                f"probability targets must have the logits' shape {tuple(logits.shape)}, "
+                f"got {tuple(targets.shape)}; class indices must have an integer dtype"
+            )
+        return False
+    raise TypeError(
+        f"targets must be integer class indices or floating probabilities, got dtype {targets.dtype}"
+    )
+
+
+def check_weight(xp: Any, weight: Any, num_classes: int) -> None:
+    if weight is None:
+        return
+    if not is_floating(xp, weight.dtype):
+        raise TypeError(f"weight must have a real floating dtype, got {weight.dtype}")
+    if tuple(weight.shape) != (num_classes,):
+        raise ValueError(
+            f"weight must have shape ({num_classes},) (one entry per class), got {tuple(weight.shape)}"
+        )
+
+
+def check_num_classes(num_classes: int, convention: str, smoothing: float) -> None:
+    if num_classes == 1:
+        raise ValueError(
+            "the class axis has size K=1: a softmax over one class is always 1 and the loss "
+            "is identically 0; use binary_cross_entropy for a single-logit head"
+        )
+    if num_classes == 0:
+        raise ValueError("the class axis has size K=0")
+
+
+def check_label_values(xp: Any, labels: Any, num_classes: int, ignore_index: int | None) -> None:
+    """Eager-only: every label lies in [0, K) or equals ignore_index."""
+    if math.prod(labels.shape) == 0:
+        return
+    bad = (labels < 0) | (labels >= num_classes)
+    if ignore_index is not None:
+        bad = bad & (labels != ignore_index)
+    if bool(xp.any(bad)):
+        lo = int(xp.min(xp.where(bad, labels, num_classes)))
+        hi = int(xp.max(xp.where(bad, labels, 0)))
+        shown = sorted({v for v in (lo, hi) if v < 0 or v >= num_classes})
+        extra = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}){extra}; found out-of-range values, e.g. {shown}"
+        )

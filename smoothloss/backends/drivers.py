@@ -1,0 +1,280 @@
+"""Drivers: how the conformance suite and ``python -m smoothloss check`` run one backend.
+
+A driver makes arrays of its framework on a device, calls a function eagerly or traced
+(``jax.jit``, ``tf.function``), and takes value-and-gradient with the framework's own
+autodiff. Frameworks are imported only when a driver is used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["Driver", "DRIVERS", "get_driver", "available_drivers"]
+
+
+class Driver:
+    """Base driver: subclasses set ``name``, ``framework`` and ``traced``."""
+
+    name = "?"
+    framework = "?"
+    traced = False
+    has_autodiff = True
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device_name = device
+
+    @classmethod
+    def installed(cls) -> bool:
+        return importlib.util.find_spec(cls.framework) is not None
+
+    # -- arrays ---------------------------------------------------------------
+    def asarray(self, a: np.ndarray, dtype: str | None = None) -> Any:
+        raise NotImplementedError
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def dtype(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def supports(self, dtype_name: str) -> bool:
+        return True
+
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
+    # -- calls ----------------------------------------------------------------
+    def call(self, fn: Callable[..., Any], *arrays: Any) -> Any:
+        """``fn(*arrays)``; traced drivers trace it first."""
+        return fn(*arrays)
+
+    def value_and_grad(self, fn: Callable[..., Any], x: Any, *rest: Any) -> tuple[Any, Any]:
+        """(fn(x, *rest), d sum(fn) / dx) by the framework's autodiff."""
+        raise NotImplementedError
+
+    def dtype_name(self, x: Any) -> str:
+        """'float32', 'bfloat16', ... for an array of this framework."""
+        name = getattr(x.dtype, "name", None)
+        return name if isinstance(name, str) else str(x.dtype).rsplit(".", 1)[-1]
+
+    def device_of(self, x: Any) -> str:
+        from smoothloss.backends import device
+
+        return str(device(x))
+
+
+class NumpyDriver(Driver):
+    name = framework = "numpy"
+    has_autodiff = False
+
+    def asarray(self, a: np.ndarray, dtype: str | None = None) -> Any:
+        return np.asarray(a, dtype=dtype) if dtype else np.asarray(a).copy()
+
+    def dtype(self, name: str) -> Any:
+        return np.dtype(name)
+
+    def supports(self, dtype_name: str) -> bool:
+        return dtype_name != "bfloat16"
+
+
+class StrictDriver(Driver):
+    name = framework = "array_api_strict"
+    has_autodiff = False
+
+    def _xp(self) -> Any:
+        import array_api_strict
+
+        return array_api_strict
+
+    def asarray(self, a: np.ndarray, dtype: str | None = None) -> Any:
+        xp = self._xp()
+        a = np.asarray(a, dtype=dtype) if dtype else np.asarray(a)
+        return xp.asarray(a)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def dtype(self, name: str) -> Any:
+        return getattr(self._xp(), name)
+
+    def supports(self, dtype_name: str) -> bool:
+        return dtype_name in ("float32", "float64")
+
+
+class TorchDriver(Driver):
+    name = framework = "torch"
+
+    def _torch(self) -> Any:
+        import torch
+
+        return torch
+
+    def devices(self) -> list[str]:
+        torch = self._torch()
+        out = ["cpu"]
+        if torch.cuda.is_available():
+            out.append("cuda")
+        return out
+
+    def asarray(self, a: np.ndarray, dtype: str | None = None) -> Any:
+        torch = self._torch()
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(self.device_name)
+        return t if dtype is None else t.to(self.dtype(dtype))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        torch = self._torch()
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.numpy()
+
+    def dtype(self, name: str) -> Any:
+        return getattr(self._torch(), name)
+
+    def value_and_grad(self, fn: Callable[..., Any], x: Any, *rest: Any) -> tuple[Any, Any]:
+        x = x.detach().clone().requires_grad_(True)
+        out = fn(x, *rest)
+        out.sum().backward()
+        return out.detach(), x.grad
+
+
+class JaxDriver(Driver):
+    name = framework = "jax"
+
+    def _jax(self) -> Any:
+        import jax
+
+        return jax
+
+    def devices(self) -> list[str]:
+        jax = self._jax()
+        return sorted({d.platform for d in jax.devices()} | {"cpu"})
+
+    def _device(self) -> Any:
+        jax = self._jax()
+        return jax.devices(self.device_name.split(":")[0])[0]
+
+    def asarray(self, a: np.ndarray, dtype: str | None = None) -> Any:
+        jax = self._jax()
+        x = jax.device_put(np.asarray(a), self._device())
+        return x if dtype is None else x.astype(self.dtype(dtype))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        x = np.asarray(x)
+        return x.astype(np.float32) if x.dtype.name == "bfloat16" else x
+
+    def dtype(self, name: str) -> Any:
+        import jax.numpy as jnp
+
+        return getattr(jnp, name)
+
+    def value_and_grad(self, fn: Callable[..., Any], x: Any, *rest: Any) -> tuple[Any, Any]:
+        jax = self._jax()
+
+        def total(x: Any, *rest: Any) -> Any:
+            out = fn(x, *rest)
+            return out.sum(), out
+
+        (_, out), g = jax.value_and_grad(total, has_aux=True)(x, *rest)
+        return out, g
+
+
+class JaxJitDriver(JaxDriver):
+    name = "jax-jit"
+    traced = True
+
+    def call(self, fn: Callable[..., Any], *arrays: Any) -> Any:
+        return self._jax().jit(fn)(*arrays)
+
+    def value_and_grad(self, fn: Callable[..., Any], x: Any, *rest: Any) -> tuple[Any, Any]:
+        jax = self._jax()
+
+        def total(x: Any, *rest: Any) -> Any:
+            out = fn(x, *rest)
+            return out.sum(), out
+
+        (_, out), g = jax.jit(jax.value_and_grad(total, has_aux=True))(x, *rest)
+        return out, g
+
+
+class TensorflowDriver(Driver):
+    name = framework = "tensorflow"
+
+    def _tf(self) -> Any:
+        import tensorflow as tf
+
+        return tf
+
+    def devices(self) -> list[str]:
+        tf = self._tf()
+        out = ["cpu"]
+        if tf.config.list_physical_devices("GPU"):
+            out.append("cuda")
+        return out
+
+    def _tf_device(self) -> str:
+        kind, _, index = self.device_name.partition(":")
+        return f"/{'GPU' if kind in ('cuda', 'gpu') else 'CPU'}:{index or 0}"
+
+    def asarray(self, a: np.ndarray, dtype: str | None = None) -> Any:
+        tf = self._tf()
+        with tf.device(self._tf_device()):
+            x = tf.identity(tf.convert_to_tensor(np.asarray(a)))
+            return x if dtype is None else tf.cast(x, self.dtype(dtype))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        tf = self._tf()
+        if x.dtype == tf.bfloat16:
+            x = tf.cast(x, tf.float32)
+        return x.numpy()
+
+    def dtype(self, name: str) -> Any:
+        return getattr(self._tf(), name)
+
+    def _value_and_grad(self, fn: Callable[..., Any], x: Any, *rest: Any) -> tuple[Any, Any]:
+        tf = self._tf()
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = fn(x, *rest)
+            total = tf.reduce_sum(out)
+        return out, tape.gradient(total, x)
+
+    def value_and_grad(self, fn: Callable[..., Any], x: Any, *rest: Any) -> tuple[Any, Any]:
+        return self._value_and_grad(fn, x, *rest)
+
+
+class TensorflowFunctionDriver(TensorflowDriver):
+    name = "tensorflow-function"
+    traced = True
+
+    def call(self, fn: Callable[..., Any], *arrays: Any) -> Any:
+        return self._tf().function(fn)(*arrays)
+
+    def value_and_grad(self, fn: Callable[..., Any], x: Any, *rest: Any) -> tuple[Any, Any]:
+        tf = self._tf()
+        return tf.function(lambda x, *rest: self._value_and_grad(fn, x, *rest))(x, *rest)
+
+
+DRIVERS: dict[str, type[Driver]] = {
+    d.name: d
+    for d in (
+        NumpyDriver,
+        StrictDriver,
+        TorchDriver,
+        JaxDriver,
+        JaxJitDriver,
+        TensorflowDriver,
+        TensorflowFunctionDriver,
+    )
+}
+
+
+def get_driver(name: str, device: str = "cpu") -> Driver:
+    return DRIVERS[name](device)
+
+
+def available_drivers() -> list[str]:
+    return [name for name, cls in DRIVERS.items() if cls.installed()]

@@ -1,0 +1,214 @@
+"""Targets, edge cases, bad input and the import contract, on every backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import smoothloss
+from smoothloss.testing import rel_err
+
+
+def test_import_imports_no_framework():
+    code = (
+        "import sys, smoothloss, smoothloss.testing, smoothloss.testing.cases, smoothloss.backends.drivers;"
+        "print(','.join(m for m in ('torch', 'jax', 'tensorflow', 'keras') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+# ----------------------------------------------------------------------------- targets
+def test_one_hot_closed_form(backend):
+    y = backend.asarray(np.array([[0, 2], [1, 1]]))
+    out = smoothloss.one_hot(y, 3, on_value=0.9, off_value=0.05)
+    expected = np.full((2, 2, 3), 0.05)
+    expected[0, 0, 0] = expected[0, 1, 2] = expected[1, 0, 1] = expected[1, 1, 1] = 0.9
+    assert out.shape == (2, 2, 3)
+    assert rel_err(backend.to_numpy(out), expected) <= 1e-7
+    moved = smoothloss.one_hot(y, 3, axis=0, dtype=backend.dtype("float64"))
+    assert moved.shape == (3, 2, 2)
+    assert backend.to_numpy(moved).dtype == np.float64
+
+
+@pytest.mark.parametrize("convention", ["uniform", "others"])
+def test_smooth_labels_closed_form(backend, convention):
+    K, eps = 5, 0.2
+    y = backend.asarray(np.array([3, 0]))
+    out = backend.to_numpy(smoothloss.smooth_labels(y, K, smoothing=eps, convention=convention))
+    on, off = (1 - eps + eps / K, eps / K) if convention == "uniform" else (1 - eps, eps / (K - 1))
+    expected = np.full((2, K), off)
+    expected[0, 3] = expected[1, 0] = on
+    assert rel_err(out, expected) <= 1e-7
+    np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-6)
+    # dense targets smooth the same way
+    dense = backend.asarray(np.eye(K)[[3, 0]], "float64")
+    out_dense = backend.to_numpy(smoothloss.smooth_labels(dense, smoothing=eps, convention=convention))
+    assert rel_err(out_dense, expected) <= 1e-12
+
+
+def test_integer_path_equals_dense_smoothed_path(backend):
+    """The seed's identity: integer labels give the same loss as CE against smooth_labels."""
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.normal(size=(6, 7)), "float64")
+    y = backend.asarray(rng.integers(0, 7, 6))
+    for convention in ("uniform", "others"):
+        q = smoothloss.smooth_labels(y, 7, smoothing=0.3, convention=convention, dtype=backend.dtype("float64"))
+        a = smoothloss.cross_entropy(x, y, label_smoothing=0.3, convention=convention, reduction="none")
+        b = smoothloss.cross_entropy(x, q, reduction="none")
+        assert rel_err(backend.to_numpy(a), backend.to_numpy(b)) <= 1e-12
+
+
+def test_others_equals_uniform_with_rescaled_smoothing(backend):
+    K, eps = 6, 0.3
+    rng = np.random.default_rng(1)
+    x = backend.asarray(rng.normal(size=(5, K)), "float64")
+    y = backend.asarray(rng.integers(0, K, 5))
+    a = smoothloss.cross_entropy(x, y, label_smoothing=eps, convention="others")
+    b = smoothloss.cross_entropy(x, y, label_smoothing=eps * K / (K - 1))
+    assert rel_err(backend.to_numpy(a), backend.to_numpy(b)) <= 1e-12
+
+
+# ----------------------------------------------------------------------------- edge cases
+def test_all_ignored_mean_is_zero(backend):
+    x = backend.asarray(np.ones((3, 4)), "float32")
+    y = backend.asarray(np.full(3, -1))
+    loss, grad = smoothloss.cross_entropy_and_grad(x, y, ignore_index=-1, label_smoothing=0.1)
+    assert float(backend.to_numpy(loss)) == 0.0
+    assert not np.any(backend.to_numpy(grad))
+
+
+@pytest.mark.parametrize("targets", ["int", "prob"])
+def test_empty_batch_mean_is_zero(backend, targets):
+    x = backend.asarray(np.zeros((0, 4)), "float32")
+    t = backend.asarray(np.zeros(0, dtype=np.int64)) if targets == "int" else x
+    loss, grad = smoothloss.cross_entropy_and_grad(x, t, label_smoothing=0.1)
+    assert float(backend.to_numpy(loss)) == 0.0
+    assert tuple(grad.shape) == (0, 4)
+    assert tuple(smoothloss.cross_entropy(x, t, reduction="none").shape) == (0,)
+
+
+def test_kl_minimum_is_zero_at_log_q(backend):
+    K, eps = 4, 0.2
+    q = np.full((3, K), eps / K)
+    y = np.array([0, 3, 1])
+    q[np.arange(3), y] += 1 - eps
+    x = backend.asarray(np.log(q), "float64")
+    loss = smoothloss.cross_entropy(x, backend.asarray(y), label_smoothing=eps, kl=True)
+    assert abs(float(backend.to_numpy(loss))) <= 1e-14
+
+
+def test_nan_logits_propagate(backend):
+    x = np.zeros((2, 3))
+    x[0, 1] = np.nan
+    loss = smoothloss.cross_entropy(
+        backend.asarray(x, "float32"), backend.asarray(np.array([0, 1])), reduction="none"
+    )
+    out = backend.to_numpy(loss)
+    assert np.isnan(out[0]) and np.isfinite(out[1])
+
+
+def test_16bit_logits_give_float32_loss_and_16bit_grad(backend):
+    dtype = "bfloat16" if backend.supports("bfloat16") else "float16"
+    if not backend.supports(dtype) or backend.name == "array_api_strict":
+        pytest.skip(f"{backend.name} has no 16-bit float")
+    rng = np.random.default_rng(2)
+    x = backend.asarray(rng.normal(size=(4, 5)) * 3, dtype)
+    y = backend.asarray(rng.integers(0, 5, 4))
+    loss, grad = smoothloss.cross_entropy_and_grad(x, y, label_smoothing=0.1)
+    assert backend.dtype_name(loss) == "float32"
+    assert backend.dtype_name(grad) == dtype
+    from smoothloss.testing import reference_cross_entropy
+
+    ref, _ = reference_cross_entropy(backend.to_numpy(x).astype(np.float64), backend.to_numpy(y), label_smoothing=0.1)
+    assert rel_err(backend.to_numpy(loss), ref) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- bad input
+def _xy(backend, K=4):
+    rng = np.random.default_rng(3)
+    return backend.asarray(rng.normal(size=(3, K)), "float32"), backend.asarray(rng.integers(0, K, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, words",
+    [
+        ({"label_smoothing": -0.1}, ValueError, "label_smoothing must lie in [0, 1], got -0.1"),
+        ({"label_smoothing": 1.5}, ValueError, "got 1.5"),
+        ({"reduction": "avg"}, ValueError, "unknown reduction 'avg'"),
+        ({"convention": "fairseq"}, ValueError, "unknown convention 'fairseq'"),
+        ({"z_loss": -1.0}, ValueError, "z_loss"),
+        ({"softcap": 0.0}, ValueError, "softcap"),
+        ({"axis": 2}, ValueError, "axis=2 is out of range"),
+    ],
+)
+def test_bad_options(backend, kwargs, exc, words):
+    x, y = _xy(backend)
+    with pytest.raises(exc) as info:
+        smoothloss.cross_entropy(x, y, **kwargs)
+    assert words in str(info.value)
+
+
+def test_labels_out_of_range(backend):
+    x, _ = _xy(backend)
+    with pytest.raises(ValueError, match=r"\[0, 4\).*\[4\]"):
+        smoothloss.cross_entropy(x, backend.asarray(np.array([0, 4, 1])))
+    with pytest.raises(ValueError, match=r"\[-3\]"):
+        smoothloss.cross_entropy(x, backend.asarray(np.array([0, -3, 1])), ignore_index=-100)
+    # the ignore_index itself is fine
+    smoothloss.cross_entropy(x, backend.asarray(np.array([0, -100, 1])), ignore_index=-100)
+
+
+def test_shape_mismatch_names_shapes(backend):
+    x, _ = _xy(backend)
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(3,\).*\(4,\)"):
+        smoothloss.cross_entropy(x, backend.asarray(np.array([0, 1, 2, 3])))
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(3, 5\)"):
+        smoothloss.cross_entropy(x, backend.asarray(np.zeros((3, 5)), "float32"))
+
+
+def test_integer_logits_rejected(backend):
+    with pytest.raises(TypeError, match="floating dtype"):
+        smoothloss.cross_entropy(backend.asarray(np.zeros((2, 3), dtype=np.int64)), backend.asarray(np.array([0, 1])))
+
+
+def test_bool_targets_rejected(backend):
+    x, _ = _xy(backend)
+    with pytest.raises(TypeError, match="dtype"):
+        smoothloss.cross_entropy(x, backend.asarray(np.array([True, False, True])))
+
+
+def test_single_class_rejected(backend):
+    with pytest.raises(ValueError, match="K=1"):
+        smoothloss.cross_entropy(backend.asarray(np.zeros((2, 1)), "float32"), backend.asarray(np.array([0, 0])))
+
+
+def test_weight_of_wrong_length(backend):
+    x, y = _xy(backend)
+    with pytest.raises(ValueError, match=r"shape \(4,\).*\(3,\)"):
+        smoothloss.cross_entropy(x, y, weight=backend.asarray(np.ones(3), "float32"))
+
+
+def test_ignore_index_with_probabilities_rejected(backend):
+    x, _ = _xy(backend)
+    with pytest.raises(ValueError, match="ignore_index"):
+        smoothloss.cross_entropy(x, x, ignore_index=-100)
+
+
+def test_mixed_frameworks_rejected(framework):
+    x, y = _xy(framework)
+    with pytest.raises(TypeError, match=rf"different frameworks.*{framework.framework}|numpy.*"):
+        smoothloss.cross_entropy(x, np.asarray(framework.to_numpy(y)))
+
+
+def test_traced_call_skips_value_checks(framework):
+    """Under jit/tf.function a bad label cannot be seen: the call compiles, no host sync."""
+    if not framework.traced:
+        pytest.skip("eager backend")
+    x, _ = _xy(framework)
+    y = framework.asarray(np.array([0, 1, 2]))
+    out = framework.call(lambda x, y: smoothloss.cross_entropy(x, y, ignore_index=-100, label_smoothing=0.1), x, y)
+    assert np.isfinite(framework.to_numpy(out))
