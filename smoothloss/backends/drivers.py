@@ -206,6 +206,7 @@ class TensorflowDriver(Driver):
     def _tf(self) -> Any:
         import tensorflow as tf
 
+        tf.get_logger().setLevel("ERROR")  # one tf.function per case retraces by design
         return tf
 
     def devices(self) -> list[str]:
