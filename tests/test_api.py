@@ -212,3 +212,48 @@ def test_traced_call_skips_value_checks(framework):
     y = framework.asarray(np.array([0, 1, 2]))
     out = framework.call(lambda x, y: smoothloss.cross_entropy(x, y, ignore_index=-100, label_smoothing=0.1), x, y)
     assert np.isfinite(framework.to_numpy(out))
+
+
+def test_tensorflow_xla_jit_compile():
+    """tf.function(jit_compile=True) compiles the loss and its registered gradient."""
+    tf = pytest.importorskip("tensorflow")
+    from smoothloss.testing import reference_cross_entropy
+
+    rng = np.random.default_rng(4)
+    x_np, y_np = rng.normal(size=(5, 3, 7)), rng.integers(0, 3, (5, 7))
+    y_np[0, :2] = -100
+    x, y = tf.constant(x_np), tf.constant(y_np)
+
+    @tf.function(jit_compile=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = smoothloss.cross_entropy(x, y, axis=1, label_smoothing=0.1, ignore_index=-100, z_loss=1e-3)
+        return loss, tape.gradient(loss, x)
+
+    loss, grad = step(x, y)
+    ref_loss, ref_grad = reference_cross_entropy(
+        x_np, y_np, axis=1, label_smoothing=0.1, ignore_index=-100, z_loss=1e-3
+    )
+    assert rel_err(loss.numpy(), ref_loss) <= 1e-10
+    assert rel_err(grad.numpy(), ref_grad) <= 1e-10
+
+
+def test_torch_custom_gradient_saves_no_class_sized_intermediate():
+    """The autograd graph keeps the logits and O(positions) statistics, not a
+    B×K log-softmax: the tensors saved for backward are the inputs plus lse and loss."""
+    torch = pytest.importorskip("torch")
+    x = torch.randn(64, 1000, requires_grad=True)
+    y = torch.randint(0, 1000, (64,))
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = smoothloss.cross_entropy(x, y, label_smoothing=0.1)
+    big = [t for t in saved if t.numel() >= x.numel()]
+    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()  # only the logits themselves
+    loss.backward()
+    assert x.grad.shape == x.shape

@@ -12,7 +12,9 @@ from typing import Any
 
 import array_api_compat
 
-__all__ = ["array_namespace", "device", "framework_name", "is_traced", "is_tensorflow"]
+__all__ = [
+    "array_namespace", "custom_gradient", "device", "framework_name", "is_traced", "is_tensorflow",
+]
 
 
 def is_tensorflow(x: Any) -> bool:
@@ -77,3 +79,22 @@ def is_traced(x: Any) -> bool:
     if torch is not None and isinstance(x, torch.Tensor):
         return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
     return False
+
+
+def custom_gradient(x: Any) -> Any:
+    """The framework's cross-entropy with the closed-form gradient registered, or None.
+
+    ``f(logits, targets, weight, opts)`` from ``torch_autograd`` (torch.autograd.Function),
+    ``jax_vjp`` (jax.custom_vjp) or ``tf_gradient`` (tf.custom_gradient); None for NumPy
+    and array-api-strict, which have no autodiff.
+    """
+    name = framework_name(x)
+    if name == "torch":
+        from smoothloss.backends.torch_autograd import cross_entropy
+    elif name == "jax":
+        from smoothloss.backends.jax_vjp import cross_entropy
+    elif name == "tensorflow":
+        from smoothloss.backends.tf_gradient import cross_entropy
+    else:
+        return None
+    return cross_entropy

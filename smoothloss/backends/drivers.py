@@ -60,6 +60,10 @@ class Driver:
         name = getattr(x.dtype, "name", None)
         return name if isinstance(name, str) else str(x.dtype).rsplit(".", 1)[-1]
 
+    def grads(self, fn: Callable[..., Any], args: tuple[Any, ...], argnums: tuple[int, ...]) -> list[Any]:
+        """Gradients of sum(fn(*args)) with respect to ``args[i]`` for i in ``argnums``."""
+        raise NotImplementedError
+
     def device_of(self, x: Any) -> str:
         from smoothloss.backends import device
 
@@ -140,6 +144,13 @@ class TorchDriver(Driver):
         out.sum().backward()
         return out.detach(), x.grad
 
+    def grads(self, fn: Callable[..., Any], args: tuple[Any, ...], argnums: tuple[int, ...]) -> list[Any]:
+        torch = self._torch()
+        args = tuple(
+            a.detach().clone().requires_grad_(True) if i in argnums else a for i, a in enumerate(args)
+        )
+        return list(torch.autograd.grad(fn(*args).sum(), [args[i] for i in argnums]))
+
 
 class JaxDriver(Driver):
     name = framework = "jax"
@@ -181,6 +192,12 @@ class JaxDriver(Driver):
         (_, out), g = jax.value_and_grad(total, has_aux=True)(x, *rest)
         return out, g
 
+    def _grads(self, fn: Callable[..., Any], argnums: tuple[int, ...]) -> Any:
+        return self._jax().grad(lambda *a: fn(*a).sum(), argnums=argnums)
+
+    def grads(self, fn: Callable[..., Any], args: tuple[Any, ...], argnums: tuple[int, ...]) -> list[Any]:
+        return list(self._grads(fn, argnums)(*args))
+
 
 class JaxJitDriver(JaxDriver):
     name = "jax-jit"
@@ -198,6 +215,9 @@ class JaxJitDriver(JaxDriver):
 
         (_, out), g = jax.jit(jax.value_and_grad(total, has_aux=True))(x, *rest)
         return out, g
+
+    def grads(self, fn: Callable[..., Any], args: tuple[Any, ...], argnums: tuple[int, ...]) -> list[Any]:
+        return list(self._jax().jit(self._grads(fn, argnums))(*args))
 
 
 class TensorflowDriver(Driver):
@@ -228,6 +248,7 @@ class TensorflowDriver(Driver):
 
     def to_numpy(self, x: Any) -> np.ndarray:
         tf = self._tf()
+        x = tf.convert_to_tensor(x)  # IndexedSlices from a gather's gradient
         if x.dtype == tf.bfloat16:
             x = tf.cast(x, tf.float32)
         return x.numpy()
@@ -246,6 +267,17 @@ class TensorflowDriver(Driver):
     def value_and_grad(self, fn: Callable[..., Any], x: Any, *rest: Any) -> tuple[Any, Any]:
         return self._value_and_grad(fn, x, *rest)
 
+    def _grads(self, fn: Callable[..., Any], args: tuple[Any, ...], argnums: tuple[int, ...]) -> list[Any]:
+        tf = self._tf()
+        with tf.GradientTape() as tape:
+            for i in argnums:
+                tape.watch(args[i])
+            total = tf.reduce_sum(fn(*args))
+        return tape.gradient(total, [args[i] for i in argnums])
+
+    def grads(self, fn: Callable[..., Any], args: tuple[Any, ...], argnums: tuple[int, ...]) -> list[Any]:
+        return self._grads(fn, args, argnums)
+
 
 class TensorflowFunctionDriver(TensorflowDriver):
     name = "tensorflow-function"
@@ -257,6 +289,9 @@ class TensorflowFunctionDriver(TensorflowDriver):
     def value_and_grad(self, fn: Callable[..., Any], x: Any, *rest: Any) -> tuple[Any, Any]:
         tf = self._tf()
         return tf.function(lambda x, *rest: self._value_and_grad(fn, x, *rest))(x, *rest)
+
+    def grads(self, fn: Callable[..., Any], args: tuple[Any, ...], argnums: tuple[int, ...]) -> list[Any]:
+        return self._tf().function(lambda *a: self._grads(fn, a, argnums))(*args)
 
 
 DRIVERS: dict[str, type[Driver]] = {
