@@ -43,6 +43,12 @@ def backend(request: pytest.FixtureRequest):
     return _driver(request, request.param)
 
 
+@pytest.fixture(params=["numpy", "array_api_strict"])
+def array_backend(request: pytest.FixtureRequest):
+    """The backends without autodiff (where the closed form is the only gradient)."""
+    return _driver(request, request.param)
+
+
 @pytest.fixture(params=FRAMEWORK_BACKENDS)
 def framework(request: pytest.FixtureRequest):
     """A driver for every backend with autodiff."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smoothloss import _validation as V
-from smoothloss.backends import array_namespace, custom_gradient, device, is_traced
+from smoothloss.backends import array_namespace, as_arrays, custom_gradient, device, is_traced
 
 __all__ = [
     "Options", "backward", "composed_cross_entropy", "cross_entropy", "cross_entropy_and_grad",
@@ -360,12 +360,13 @@ def cross_entropy(
         >>> import numpy as np, smoothloss
         >>> logits = np.array([[2.0, 0.5, -1.0]])
         >>> float(smoothloss.cross_entropy(logits, np.array([0]), label_smoothing=0.1))  # doctest: +ELLIPSIS
-        0.3587...
+        0.3913...
 
     References:
         Szegedy et al., "Rethinking the Inception Architecture" (2016), section 7;
         PyTorch ``F.cross_entropy(label_smoothing=...)``; t5x ``compute_weighted_cross_entropy``.
     """
+    logits, targets, weight = as_arrays(logits, targets, weight)
     opts = validate(
         logits, targets, weight, axis=axis, label_smoothing=label_smoothing, convention=convention,
         ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
@@ -404,6 +405,7 @@ def cross_entropy_and_grad(
         >>> g.tolist()
         [[0.25, 0.25, -0.75, 0.25]]
     """
+    logits, targets, weight = as_arrays(logits, targets, weight)
     opts = validate(
         logits, targets, weight, axis=axis, label_smoothing=label_smoothing, convention=convention,
         ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
@@ -419,5 +421,6 @@ def composed_cross_entropy(logits: Any, targets: Any, *, weight: Any = None, **o
     Framework autodiff differentiates it op by op (keeping a B×K intermediate); the test
     suite uses it as the autodiff reference for the closed-form gradient.
     """
+    logits, targets, weight = as_arrays(logits, targets, weight)
     opts = validate(logits, targets, weight, **options)
     return forward(logits, targets, weight, opts)[0]

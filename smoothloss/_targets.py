@@ -6,7 +6,7 @@ from typing import Any
 
 from smoothloss import _validation as V
 from smoothloss._core import smoothing_coefficients
-from smoothloss.backends import array_namespace, device, is_traced
+from smoothloss.backends import array_namespace, as_arrays, device, is_traced
 
 __all__ = ["one_hot", "smooth_labels"]
 
@@ -38,6 +38,7 @@ def one_hot(
         >>> smoothloss.one_hot(np.array([0, 2]), 3).tolist()
         [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     """
+    (labels,) = as_arrays(labels)
     xp = array_namespace(labels)
     if not V.is_integer(xp, labels.dtype):
         raise TypeError(f"one_hot needs integer labels, got dtype {labels.dtype}")
@@ -90,6 +91,7 @@ def smooth_labels(
         >>> smoothloss.smooth_labels(np.array([1]), 4, smoothing=0.2).tolist()
         [[0.05000000074505806, 0.8500000238418579, 0.05000000074505806, 0.05000000074505806]]
     """
+    (labels,) = as_arrays(labels)
     xp = array_namespace(labels)
     eps = V.check_smoothing(smoothing, "smoothing")
     convention = V.check_choice("convention", convention, V.CONVENTIONS)

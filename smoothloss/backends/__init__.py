@@ -13,7 +13,7 @@ from typing import Any
 import array_api_compat
 
 __all__ = [
-    "array_namespace", "custom_gradient", "device", "framework_name", "is_traced", "is_tensorflow",
+    "array_namespace", "as_arrays", "custom_gradient", "device", "framework_name", "is_traced", "is_tensorflow",
 ]
 
 
@@ -23,6 +23,15 @@ def is_tensorflow(x: Any) -> bool:
     if tf is None:
         return False
     return isinstance(x, (tf.Tensor, tf.Variable))
+
+
+def as_arrays(*arrays: Any) -> tuple[Any, ...]:
+    """The arrays, with a ``tf.Variable`` read into a ``tf.Tensor`` (which has ``ndim``
+    and the operators the core needs); everything else is returned as it is."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return arrays
+    return tuple(tf.convert_to_tensor(a) if isinstance(a, tf.Variable) else a for a in arrays)
 
 
 def framework_name(x: Any) -> str:
