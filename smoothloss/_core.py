@@ -20,8 +20,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from array_api_compat import is_torch_namespace
+
 from smoothloss import _validation as V
-from smoothloss.backends import array_namespace, as_arrays, custom_gradient, device, is_traced
+from smoothloss.backends import array_namespace, as_arrays, custom_gradient, device, is_traced, primitives
 
 __all__ = [
     "Options", "backward", "composed_cross_entropy", "cross_entropy", "cross_entropy_and_grad",
@@ -133,6 +135,8 @@ class _Prepared:
         self.sum_w: Any = float(K) if weight is None else xp.sum(self.w)
         if self.integer:
             y = targets
+            if is_torch_namespace(xp) and y.dtype != xp.int64:
+                y = xp.astype(y, xp.int64)  # torch gathers and scatters with int64 indices only
             if opts.ignore_index is not None:
                 self.valid = y != opts.ignore_index
                 y = xp.where(self.valid, y, 0)
@@ -170,30 +174,29 @@ def forward(logits: Any, targets: Any, weight: Any, opts: Options) -> tuple[Any,
     a 0-d array). The last two are what :func:`backward` needs besides the inputs."""
     P = _Prepared(logits, targets, weight, opts)
     xp, x, w = P.xp, P.x, P.w
-    m = xp.max(x, axis=-1, keepdims=True)
-    shifted = x - m
-    lse_s = xp.log(xp.sum(xp.exp(shifted), axis=-1))  # -log p_c = lse_s - shifted_c
-    lse = m[..., 0] + lse_s
+    lse = primitives.logsumexp(xp, x)  # -log p_c = lse - x_c
 
     if P.integer:
-        shifted_y = xp.take_along_axis(shifted, xp.expand_dims(P.y, axis=-1), axis=-1)[..., 0]
-        nll = lse_s - shifted_y
+        x_y = xp.take_along_axis(x, xp.expand_dims(P.y, axis=-1), axis=-1)[..., 0]
+        nll = lse - x_y
         if w is None:
             loss = nll * P.hard if P.hard != 1.0 else nll
         else:
             loss = nll * (P.w_y * P.hard)
-        if P.off:
+        if P.off:  # Σ_c w_c (lse - x_c), without a K-wide temporary when unweighted
             if w is None:
-                smooth = lse_s * float(P.K) - xp.sum(shifted, axis=-1)
+                smooth = lse * float(P.K) - xp.sum(x, axis=-1)
             else:
-                smooth = lse_s * P.sum_w - xp.matmul(shifted, w)
+                smooth = lse * P.sum_w - xp.sum(x * w, axis=-1)
             loss = loss + smooth * P.off
         if opts.kl:  # + Σ_c w_c q_c log q_c, the negative entropy of q
             loss = loss + (P.w_y * (_xlogx(P.on) - _xlogx(P.off)) + P.sum_w * _xlogx(P.off))
     else:
         q = P.soft_q()
         mass = q if w is None else q * w
-        loss = xp.sum(mass * (xp.expand_dims(lse_s, axis=-1) - shifted), axis=-1)
+        neg_log_p = xp.expand_dims(lse, axis=-1) - x
+        # 0·(-log 0) is 0: a class with no target mass may have a -inf logit (a mask)
+        loss = xp.sum(xp.where(mass == 0.0, 0.0, mass * neg_log_p), axis=-1)
         if opts.kl:
             positive = q > 0
             log_q = xp.log(xp.where(positive, q, 1.0))
@@ -254,31 +257,32 @@ def backward(
         s = xp.astype(s, P.cdtype)
     s_k = xp.expand_dims(s, axis=-1) if getattr(s, "ndim", 0) > 0 else s
 
-    log_p = x - xp.expand_dims(lse, axis=-1)
-    p = xp.exp(log_p)
-    hit = P.hit() if P.integer else None
+    hit = None
     g_logits = g_targets = g_weight = None
 
     if needs[0]:
         if P.integer:
             total = P.w_y * P.hard + P.sum_w * P.off if w is not None else P.hard + P.off * float(K)
             coef = total + 2.0 * opts.z_loss * lse if opts.z_loss else total
-            g = p * (xp.expand_dims(coef, axis=-1) if not isinstance(coef, float) else coef)
-            if P.off:
-                g = g - (w * P.off if w is not None else P.off)
-            on_mass = xp.expand_dims(P.w_y * P.hard, axis=-1) if w is not None else P.hard
-            g = xp.where(hit, g - on_mass, g)
+            coef = xp.expand_dims(coef, axis=-1) * s_k if not isinstance(coef, float) else coef * s_k
+            shift = (w * P.off if w is not None else P.off) * s_k if P.off else 0.0
+            g = primitives.softmax_affine(xp, x, lse, coef, shift)
+            on_mass = (P.w_y * P.hard if w is not None else P.hard) * s
+            g = primitives.add_at_labels(xp, g, P.y, -on_mass)
         else:
             q = P.soft_q()
             mass = q if w is None else q * w
             coef = xp.sum(mass, axis=-1)
             if opts.z_loss:
                 coef = coef + 2.0 * opts.z_loss * lse
-            g = p * xp.expand_dims(coef, axis=-1) - mass
-        g = g * s_k
+            g = primitives.softmax_affine(xp, x, lse, xp.expand_dims(coef, axis=-1) * s_k, mass * s_k)
         if P.capped is not None:
             g = g * (1.0 - P.capped * P.capped)
         g_logits = P.to_layout(g, P.in_dtype)
+
+    if needs[1] or needs[2]:
+        log_p = x - xp.expand_dims(lse, axis=-1)
+        hit = P.hit() if P.integer else None
 
     if needs[1] and not P.integer:
         q = P.soft_q()

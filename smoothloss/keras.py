@@ -1,0 +1,296 @@
+"""Keras 3 losses computed by :func:`smoothloss.cross_entropy`, on every Keras backend.
+
+``CategoricalCrossentropy`` and ``SparseCategoricalCrossentropy`` are drop-ins for
+Keras's losses of the same names: the same constructor arguments, the same values and
+gradients, usable in ``model.compile(loss=...)`` and saved with the model. They add
+``label_smoothing`` to the sparse loss (Keras 3.15 has none there) and smoothloss's
+options ``convention``, ``z_loss`` and ``softcap``.
+
+Each class only holds configuration and forwards: ``call(y_true, y_pred)`` returns the
+per-example loss (``reduction="none"`` of the core), and :class:`keras.losses.Loss`
+applies ``sample_weight``, the ``ignore_class`` mask and the reduction exactly as it
+does for Keras's own losses. So ``"sum_over_batch_size"`` (the default) with
+``ignore_class`` is the mean over the valid entries, and 0 when every entry is ignored.
+
+``from_logits=False`` (Keras's default): the probabilities ``p`` are turned into logits
+``log(clip(p / Σ_c p_c, ε, 1-ε))`` with ``ε = keras.backend.epsilon()``, which is the
+log-probability Keras itself uses; the core's log-softmax leaves them unchanged because
+they already sum to 1. Only where clipping changes a probability (p below 1e-7 or above
+1-1e-7) do the two differ, by at most about ``K·ε`` in absolute value. As in Keras on the
+TensorFlow backend, a ``y_pred`` produced by a softmax activation is traced back to its
+logits (``_keras_logits`` or the ``Softmax`` op) and those logits are used exactly.
+
+Importing this module registers the classes with Keras (package ``"smoothloss"``), so
+``keras.models.load_model`` finds them without ``custom_objects`` once
+``smoothloss.keras`` has been imported in the loading process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+import smoothloss
+from smoothloss import _validation as V
+
+try:  # Keras's own helper for the mask a loss hands to keras.losses.Loss
+    from keras.src.backend import set_keras_mask as _set_keras_mask
+except ImportError:  # pragma: no cover - Keras versions before the helper set the attribute
+
+    def _set_keras_mask(x: Any, mask: Any) -> None:
+        x._keras_mask = mask
+
+
+__all__ = ["CategoricalCrossentropy", "SparseCategoricalCrossentropy"]
+
+
+def _softmax_logits(y_pred: Any) -> Any:
+    """The logits behind a softmax output, where Keras's TensorFlow backend uses them.
+
+    Mirrors ``keras/src/backend/tensorflow/nn.py::_get_logits``: on the TensorFlow
+    backend, Keras's cross-entropies ignore ``from_logits=False`` for a tensor made by
+    a softmax activation and use its input instead. Other backends never do this.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return None
+    cached = getattr(y_pred, "_keras_logits", None)
+    if cached is not None:
+        return cached
+    op = getattr(y_pred, "op", None)  # graph tensors only; eager tensors have none
+    if op is not None and op.type == "Softmax" and len(op.inputs) == 1:
+        return op.inputs[0]
+    return None
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+class _Crossentropy(keras.losses.Loss):
+    """Shared configuration and forwarding of the two losses below."""
+
+    def __init__(
+        self,
+        *,
+        from_logits: bool,
+        label_smoothing: float,
+        axis: int,
+        convention: str,
+        z_loss: float,
+        softcap: float | None,
+        reduction: str | None,
+        name: str,
+        dtype: Any,
+    ) -> None:
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = _check_bool(from_logits, "from_logits")
+        self.label_smoothing = V.check_smoothing(label_smoothing)
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise TypeError(f"axis must be an int, got {axis!r}")
+        self.axis = axis
+        self.convention = V.check_choice("convention", convention, V.CONVENTIONS)
+        self.z_loss = V.check_nonnegative(z_loss, "z_loss")
+        self.softcap = V.check_softcap(softcap)
+        if not from_logits and (self.z_loss or self.softcap is not None):
+            raise ValueError(
+                "z_loss and softcap act on logits; pass logits to the loss and set "
+                f"from_logits=True (got from_logits=False, z_loss={z_loss}, softcap={softcap})"
+            )
+        if dtype is None or isinstance(dtype, str):
+            self._dtype_config = dtype
+        else:  # a DTypePolicy: its serialized form, which Loss.__init__ accepts back
+            self._dtype_config = keras.dtype_policies.serialize(self._dtype_policy)
+
+    def _logits(self, y_pred: Any, *, follow_softmax: bool) -> Any:
+        """``y_pred`` itself, or the logits of the probabilities ``y_pred`` (see module doc)."""
+        if self.from_logits:
+            return y_pred
+        if follow_softmax:
+            logits = _softmax_logits(y_pred)
+            if logits is not None:
+                return logits
+        eps = keras.backend.epsilon()
+        p = y_pred / ops.sum(y_pred, axis=self.axis, keepdims=True)
+        return ops.log(ops.clip(p, eps, 1.0 - eps))
+
+    def _per_example(self, logits: Any, targets: Any, ignore_index: int | None = None) -> Any:
+        return smoothloss.cross_entropy(
+            logits,
+            targets,
+            axis=self.axis,
+            label_smoothing=self.label_smoothing,
+            convention=self.convention,
+            ignore_index=ignore_index,
+            reduction="none",
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()  # name, reduction
+        config.update(
+            from_logits=self.from_logits,
+            label_smoothing=self.label_smoothing,
+            axis=self.axis,
+            convention=self.convention,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            dtype=self._dtype_config,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="smoothloss")
+class CategoricalCrossentropy(_Crossentropy):
+    r"""Cross-entropy between one-hot (or soft) labels and predictions, label-smoothed.
+
+    Drop-in for ``keras.losses.CategoricalCrossentropy``: same arguments, same values.
+    With K classes and ε = ``label_smoothing`` the target is ``q = (1-ε)·y_true + ε/K``
+    (``convention="uniform"``, Keras's) and the per-example loss is
+    ``-Σ_c q_c log p_c`` along ``axis``, computed by :func:`smoothloss.cross_entropy`.
+
+    Args:
+        from_logits: whether ``y_pred`` holds logits. If False (Keras's default) it holds
+            probabilities, which are renormalised along ``axis`` and clipped to
+            ``[ε, 1-ε]`` (``ε = keras.backend.epsilon()``) as in Keras.
+        label_smoothing: ε in [0, 1].
+        axis: the class axis of ``y_true`` and ``y_pred``.
+        reduction: ``"sum_over_batch_size"`` (default), ``"sum"``, ``"mean"``,
+            ``"mean_with_sample_weight"``, ``"none"`` or ``None``, applied by
+            :class:`keras.losses.Loss` exactly as for Keras's losses.
+        name: the loss's name.
+        dtype: the loss's computation dtype (``None``: ``keras.backend.floatx()``).
+        convention: ``"uniform"`` (ε/K to every class, Keras) or ``"others"`` (the target
+            keeps 1-ε, every other class gets ε/(K-1), fairseq/t5x).
+        z_loss: coefficient of ``z_loss·logsumexp(logits)²`` per example (needs
+            ``from_logits=True``).
+        softcap: if given, ``logits ← softcap·tanh(logits/softcap)`` first (needs
+            ``from_logits=True``).
+
+    Example:
+        >>> import numpy as np
+        >>> from smoothloss.keras import CategoricalCrossentropy
+        >>> y_true = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        >>> y_pred = np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
+        >>> round(float(CategoricalCrossentropy()(y_true, y_pred)), 3)  # as Keras's
+        1.177
+        >>> loss = CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)
+        >>> round(float(loss(y_true, np.log(y_pred + 1e-3))), 3)
+        1.303
+    """
+
+    def __init__(
+        self,
+        from_logits: bool = False,
+        label_smoothing: float = 0.0,
+        axis: int = -1,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "categorical_crossentropy",
+        dtype: Any = None,
+        *,
+        convention: str = "uniform",
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+    ) -> None:
+        super().__init__(
+            from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
+            convention=convention, z_loss=z_loss, softcap=softcap,
+            reduction=reduction, name=name, dtype=dtype,
+        )
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        """Per-example loss: ``y_pred``'s shape without ``axis``."""
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.cast(y_true, y_pred.dtype)
+        return self._per_example(self._logits(y_pred, follow_softmax=True), y_true)
+
+
+@keras.saving.register_keras_serializable(package="smoothloss")
+class SparseCategoricalCrossentropy(_Crossentropy):
+    r"""Cross-entropy between integer labels and predictions, with label smoothing.
+
+    Drop-in for ``keras.losses.SparseCategoricalCrossentropy`` (same arguments, same
+    values) that also takes ``label_smoothing``: the loss equals
+    ``CategoricalCrossentropy(label_smoothing=ε)`` on the one-hot labels, computed
+    without building them (``(1-ε)·(-log p_y) + ε·mean_c(-log p_c)``). ``y_true`` holds
+    class indices of ``y_pred``'s shape without ``axis`` (a trailing size-1 axis is
+    squeezed, as in Keras). ``ignore_class`` entries contribute 0 and are masked out of
+    the reduction exactly as in Keras: the default ``"sum_over_batch_size"`` averages
+    over the valid entries only, and gives 0 when none is valid.
+
+    The positional order is Keras 3.15's (``from_logits, ignore_class, reduction, axis,
+    name, dtype``); ``label_smoothing`` and the other additions are keyword-only, so no
+    positional Keras call changes meaning.
+
+    Args:
+        from_logits: whether ``y_pred`` holds logits (see :class:`CategoricalCrossentropy`).
+        ignore_class: a label value to ignore (e.g. -1 or 255), or ``None``.
+        reduction: as in :class:`CategoricalCrossentropy`.
+        axis: the class axis of ``y_pred`` (any axis, on every backend).
+        name: the loss's name.
+        dtype: the loss's computation dtype (``None``: ``keras.backend.floatx()``).
+        label_smoothing: ε in [0, 1]; smoothing applies before the mask.
+        convention: ``"uniform"`` (Keras) or ``"others"``, see :class:`CategoricalCrossentropy`.
+        z_loss: coefficient of ``z_loss·logsumexp(logits)²`` per valid example.
+        softcap: if given, ``logits ← softcap·tanh(logits/softcap)`` first.
+
+    Example:
+        >>> import numpy as np
+        >>> from smoothloss.keras import SparseCategoricalCrossentropy
+        >>> y_true = np.array([1, 2])
+        >>> y_pred = np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
+        >>> round(float(SparseCategoricalCrossentropy()(y_true, y_pred)), 3)  # as Keras's
+        1.177
+        >>> loss = SparseCategoricalCrossentropy(ignore_class=-1, label_smoothing=0.1)
+        >>> round(float(loss(np.array([1, -1]), y_pred)), 3)  # mean over the valid entry
+        0.685
+    """
+
+    def __init__(
+        self,
+        from_logits: bool = False,
+        ignore_class: int | None = None,
+        reduction: str | None = "sum_over_batch_size",
+        axis: int = -1,
+        name: str = "sparse_categorical_crossentropy",
+        dtype: Any = None,
+        *,
+        label_smoothing: float = 0.0,
+        convention: str = "uniform",
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+    ) -> None:
+        super().__init__(
+            from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
+            convention=convention, z_loss=z_loss, softcap=softcap,
+            reduction=reduction, name=name, dtype=dtype,
+        )
+        if ignore_class is not None and (isinstance(ignore_class, bool) or not isinstance(ignore_class, int)):
+            raise TypeError(f"ignore_class must be None or an int, got {ignore_class!r}")
+        self.ignore_class = ignore_class
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        """Per-example loss (0 at ``ignore_class``, which is also set as the Keras mask)."""
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.convert_to_tensor(y_true)
+        if len(y_true.shape) == len(y_pred.shape) and y_true.shape[self.axis] == 1:
+            y_true = ops.squeeze(y_true, axis=self.axis)
+        # keras.losses.Loss hands labels over as floats; the core takes integer indices
+        # (int64 for torch's gather, int32 on JAX where int64 needs x64 mode).
+        labels = ops.cast(y_true, "int32" if keras.backend.backend() == "jax" else "int64")
+        # Keras replaces ignored rows of y_pred before its crossentropy, which loses the
+        # softmax's logits; follow them only without ignore_class, as Keras does.
+        logits = self._logits(y_pred, follow_softmax=self.ignore_class is None)
+        loss = self._per_example(logits, labels, ignore_index=self.ignore_class)
+        if self.ignore_class is not None:
+            _set_keras_mask(loss, ops.not_equal(labels, self.ignore_class))
+        return loss
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["ignore_class"] = self.ignore_class
+        return config
