@@ -195,3 +195,21 @@ def test_target_and_weight_grads_match_autodiff(framework, case):
     expected = framework.grads(composed, args, argnums)
     for g, e in zip(got, expected):
         assert rel_err(framework.to_numpy(g), framework.to_numpy(e)) <= 1e-10
+
+
+NATIVE_CASES = [c for c in SUBSET if c.dtype == "float64"]
+
+
+@pytest.mark.parametrize("case", NATIVE_CASES, ids=[c.id for c in NATIVE_CASES])
+@pytest.mark.parametrize("name", ["torch", "tensorflow"])
+def test_native_kernels_match_the_array_api_composition(driver_for, name, case):
+    """The framework-native kernels (backends/primitives.py) against the composition."""
+    from smoothloss.backends.primitives import native_kernels
+
+    d = driver_for(name)
+    x, t, opts = _native(d, case)
+    fast = smoothloss.cross_entropy_and_grad(x, t, **opts)
+    with native_kernels(False):
+        plain = smoothloss.cross_entropy_and_grad(x, t, **opts)
+    for a, b in zip(fast, plain):
+        assert rel_err(d.to_numpy(a), d.to_numpy(b)) <= 1e-12
