@@ -6,13 +6,21 @@ are handed in.
 """
 
 from smoothloss._core import cross_entropy, cross_entropy_and_grad, smoothing_coefficients
+from smoothloss._binary import binary_cross_entropy
+from smoothloss._mixing import Mixup, MixupParams, mix_images, mixup_cross_entropy, mixup_target
 from smoothloss._targets import one_hot, smooth_labels
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Mixup",
+    "MixupParams",
+    "binary_cross_entropy",
     "cross_entropy",
     "cross_entropy_and_grad",
+    "mix_images",
+    "mixup_cross_entropy",
+    "mixup_target",
     "one_hot",
     "smooth_labels",
     "smoothing_coefficients",

@@ -98,6 +98,8 @@ def smooth_labels(
     if V.is_integer(xp, labels.dtype):
         if num_classes is None:
             raise ValueError("num_classes is required for integer labels")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         on, off = smoothing_coefficients(eps, num_classes, convention)
         return one_hot(labels, num_classes, on_value=on, off_value=off, dtype=dtype, axis=axis)
     if not V.is_floating(xp, labels.dtype):

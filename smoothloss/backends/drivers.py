@@ -125,7 +125,7 @@ class TorchDriver(Driver):
 
     def asarray(self, a: np.ndarray, dtype: str | None = None) -> Any:
         torch = self._torch()
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(self.device_name)
+        t = torch.from_numpy(np.array(a, order="C")).to(self.device_name)  # keeps 0-d arrays 0-d
         return t if dtype is None else t.to(self.dtype(dtype))
 
     def to_numpy(self, x: Any) -> np.ndarray:

@@ -54,7 +54,11 @@ def logsumexp(xp: Any, x: Any) -> Any:
     if kind == "torch":
         import torch
 
-        return torch.logsumexp(x, dim=-1)
+        # torch's fused log_softmax kernel is several times faster on the CPU than
+        # torch.logsumexp; read the log-sum-exp off it at each row's maximum, where
+        # log p = max - lse is computed without cancellation.
+        m, at = torch.max(x, dim=-1, keepdim=True)
+        return (m - torch.log_softmax(x, dim=-1).gather(-1, at)).squeeze(-1)
     if kind == "tensorflow":
         import tensorflow as tf
 
@@ -65,7 +69,9 @@ def logsumexp(xp: Any, x: Any) -> Any:
 
 def softmax_affine(xp: Any, x: Any, lse: Any, scale: Any, shift: Any) -> Any:
     if _kind(xp) == "torch":
-        g = (x - lse.unsqueeze(-1)).exp_()
+        import torch
+
+        g = torch.softmax(x, dim=-1)  # = exp(x - lse), by torch's fused kernel
         g = g.mul_(scale) if not isinstance(scale, float) or scale != 1.0 else g
         return g.sub_(shift) if not isinstance(shift, float) or shift != 0.0 else g
     g = xp.exp(x - xp.expand_dims(lse, axis=-1))

@@ -26,7 +26,7 @@ __all__ = [
     # creation (on a given device)
     "asarray", "arange",
     # element-wise
-    "exp", "log", "tanh", "where",
+    "exp", "log", "log1p", "tanh", "where",
     # reductions
     "max", "min", "sum", "any",
     # shape and indexing
@@ -100,6 +100,7 @@ def arange(start: Any, /, stop: Any = None, step: Any = 1, *, dtype: Any = None,
 
 exp = tf.math.exp
 log = tf.math.log
+log1p = tf.math.log1p
 tanh = tf.math.tanh
 
 
@@ -142,7 +143,9 @@ def moveaxis(x: Any, source: int, destination: int, /) -> Any:
 
 
 def take(x: Any, indices: Any, /, *, axis: Any = None) -> Any:
-    return tf.gather(x, indices, axis=axis or 0)
+    if axis is None:  # the standard allows None for 1-D x only
+        x, axis = tf.reshape(x, (-1,)), 0
+    return tf.gather(x, indices, axis=axis)
 
 
 def take_along_axis(x: Any, indices: Any, /, *, axis: int = -1) -> Any:

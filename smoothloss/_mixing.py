@@ -1,0 +1,809 @@
+"""Mixup and CutMix on any Array-API backend: soft targets, image mixing, the sampler
+and a mixed cross-entropy without a B×K target.
+
+Each example i is mixed with a partner ``index[i]``; by default ``index[i] = B-1-i``
+(timm's ``flip(0)``), so an odd batch's middle example is its own partner and comes
+out as it went in (up to rounding). With λ the share of the example itself:
+
+* mixup (blend): ``x̃_i = λ_i·x_i + (1-λ_i)·x_index[i]``
+* cutmix (paste): ``x̃_i = x_index[i]`` inside the box (y0, y1, x0, x1), ``x_i`` outside;
+  λ is then the share of the image outside the box
+* targets: ``ỹ_i = λ_i·q(y_i) + (1-λ_i)·q(y_index[i])`` with the smoothed one-hot
+  ``q(y) = (1-ε)·onehot(y) + ε/K`` (timm's ``mixup_target``)
+
+The sampler (:class:`Mixup`) draws λ, boxes and the cutmix switch on the host from a
+NumPy ``Generator``, in the order timm's ``Mixup`` draws them from the global NumPy
+state. :func:`mix_images`, :func:`mixup_target` and :func:`mixup_cross_entropy` take
+those parameters as Python numbers or arrays (also traced ones: under ``jax.jit`` and
+``tf.function`` the boxes become masks compared against ``arange``, with no
+data-dependent shape and no in-place write).
+
+References:
+    Zhang et al., "mixup: Beyond Empirical Risk Minimization" (2018);
+    Yun et al., "CutMix: Regularization Strategy to Train Strong Classifiers with
+    Localizable Features" (2019); timm ``timm/data/mixup.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from smoothloss import _validation as V
+from smoothloss._core import cross_entropy, smoothing_coefficients
+from smoothloss._targets import smooth_labels
+from smoothloss.backends import array_namespace, as_arrays, device, framework_name, is_traced
+
+__all__ = [
+    "Mixup", "MixupParams", "cutmix_bbox_and_lam", "mix_images", "mixup_cross_entropy",
+    "mixup_target", "rand_bbox", "rand_bbox_minmax",
+]
+
+LAYOUTS = ("NCHW", "NHWC")
+MODES = ("batch", "pair", "elem")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _host_param(value: Any, like: Any) -> Any:
+    """A mixing parameter (lam, box, cutmix, index) made usable next to ``like``.
+
+    Python numbers stay as they are and NumPy scalars become Python numbers. NumPy
+    arrays (what :meth:`Mixup.sample` returns) move into ``like``'s namespace, on its
+    device. An array of ``like``'s own framework passes through; one of a third
+    framework raises ``TypeError``.
+    """
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray) and framework_name(like) != "numpy":
+        return array_namespace(like).asarray(value, device=device(like))
+    (value,) = as_arrays(value)
+    array_namespace(like, value)  # raises when two frameworks are mixed
+    return value
+
+
+def _check_unit(value: Any, name: str) -> float:
+    """A Python number in [0, 1]."""
+    return V.check_smoothing(value, name)
+
+
+def _is_array(value: Any) -> bool:
+    return value is not None and not isinstance(value, (bool, int, float))
+
+
+def _check_lam_array(xp: Any, lam: Any, batch: int) -> None:
+    """An array λ: floating, 0-d or one entry per example ((B,) or timm's (B, 1))."""
+    if not V.is_floating(xp, lam.dtype):
+        raise TypeError(f"lam must be a float in [0, 1] or a floating array, got dtype {lam.dtype}")
+    if lam.ndim != 0 and tuple(lam.shape) not in ((batch,), (batch, 1)):
+        raise ValueError(
+            f"lam must be a scalar or have one entry per example, shape ({batch},) or "
+            f"({batch}, 1), got {tuple(lam.shape)}"
+        )
+    if not is_traced(lam) and math.prod(lam.shape) and bool(xp.any((lam < 0) | (lam > 1))):
+        raise ValueError(
+            f"lam must lie in [0, 1]; found values in [{float(xp.min(lam))}, {float(xp.max(lam))}]"
+        )
+
+
+def _lam(xp: Any, lam: Any, batch: int) -> Any:
+    """Validated λ: a Python float, or an array (checked; values only eagerly)."""
+    if lam is None:
+        raise ValueError("lam is required: the share λ of each example itself")
+    if not _is_array(lam):
+        return _check_unit(lam, "lam")
+    _check_lam_array(xp, lam, batch)
+    return lam
+
+
+def _per_example(xp: Any, lam: Any, ndim: int, dtype: Any) -> Any:
+    """λ cast to ``dtype`` and shaped to broadcast against a batch of rank ``ndim``."""
+    if isinstance(lam, float):
+        return lam
+    if lam.dtype != dtype:
+        lam = xp.astype(lam, dtype)
+    if lam.ndim == 0:
+        return lam
+    return xp.reshape(lam, (int(lam.shape[0]),) + (1,) * (ndim - 1))
+
+
+def _partner_index(xp: Any, index: Any, batch: int, dev: Any) -> Any:
+    """The partner of each example: ``index`` (checked) or timm's flip B-1-i."""
+    if index is None:
+        return xp.arange(batch - 1, -1, -1, device=dev)
+    if not V.is_integer(xp, index.dtype):
+        raise TypeError(f"index must hold integer example indices, got dtype {index.dtype}")
+    if tuple(index.shape) != (batch,):
+        raise ValueError(f"index must have shape ({batch},) (one partner per example), got {tuple(index.shape)}")
+    if not is_traced(index) and batch and bool(xp.any((index < 0) | (index >= batch))):
+        raise ValueError(
+            f"index must lie in [0, {batch}); found values in [{int(xp.min(index))}, {int(xp.max(index))}]"
+        )
+    return index
+
+
+def _spatial_axes(layout: str) -> tuple[int, int]:
+    return (2, 3) if layout == "NCHW" else (1, 2)
+
+
+# ----------------------------------------------------------------------------- targets
+def mixup_target(
+    labels: Any,
+    num_classes: int,
+    *,
+    lam: Any = 1.0,
+    smoothing: float = 0.0,
+    index: Any = None,
+    dtype: Any = None,
+) -> Any:
+    """Mixed, label-smoothed soft targets (timm's ``mixup_target``).
+
+    Each label is smoothed first, ``q(y) = (1-ε)·onehot(y) + ε/K``, then mixed with its
+    partner's: ``ỹ_i = λ_i·q(y_i) + (1-λ_i)·q(y_index[i])``.
+
+    Args:
+        labels: integer class indices of shape (B, ...) (the batch first).
+        num_classes: K.
+        lam: λ, a float in [0, 1] for the whole batch or an array with one entry per
+            example, shape (B,) or (B, 1) (may be traced under jit).
+        smoothing: ε in [0, 1].
+        index: integer array (B,): the partner of each example. None pairs example i
+            with B-1-i (timm's flip), so an odd batch's middle example keeps its own
+            target (up to rounding).
+        dtype: floating dtype of the result (default float32).
+
+    Returns:
+        Targets of shape ``labels.shape + (K,)`` on the labels' device.
+
+    Example:
+        >>> import numpy as np, smoothloss
+        >>> smoothloss.mixup_target(np.array([0, 2]), 3, lam=0.75).tolist()
+        [[0.75, 0.0, 0.25], [0.25, 0.0, 0.75]]
+    """
+    (labels,) = as_arrays(labels)
+    xp = array_namespace(labels)
+    if not V.is_integer(xp, labels.dtype):
+        raise TypeError(
+            f"mixup_target needs integer class labels, got dtype {labels.dtype}; "
+            "mix soft targets with lam·t + (1-lam)·t[index] directly"
+        )
+    if labels.ndim == 0:
+        raise ValueError("labels must have a batch axis, got a scalar")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    eps = V.check_smoothing(smoothing, "smoothing")
+    batch = int(labels.shape[0])
+    lam = _lam(xp, _host_param(lam, labels), batch)
+    index = _partner_index(xp, _host_param(index, labels), batch, device(labels))
+    own = smooth_labels(labels, num_classes, smoothing=eps, dtype=dtype)
+    if isinstance(lam, float) and lam == 1.0:
+        return own
+    partner = xp.take(own, index, axis=0)
+    lam = _per_example(xp, lam, own.ndim, own.dtype)
+    return own * lam + partner * (1.0 - lam)
+
+
+# ----------------------------------------------------------------------------- images
+def _box_parts(xp: Any, box: Any, like: Any, batch: int) -> list[Any]:
+    """(y0, y1, x0, x1), each a Python int or an integer array (0-d or (B,))."""
+    if isinstance(box, (tuple, list)):
+        if len(box) != 4:
+            raise ValueError(f"box must be (y0, y1, x0, x1), got {len(box)} entries")
+        parts = [_host_param(b, like) for b in box]
+    else:
+        box = _host_param(box, like)
+        if box.ndim not in (1, 2) or int(box.shape[-1]) != 4:
+            raise ValueError(
+                f"a box array must have shape (4,) or (B, 4) holding (y0, y1, x0, x1), got {tuple(box.shape)}"
+            )
+        parts = [box[..., k] for k in range(4)]
+    arrays = [p for p in parts if _is_array(p)]
+    for p in parts:
+        if isinstance(p, bool) or (not _is_array(p) and not isinstance(p, int)):
+            raise TypeError(f"box entries must be integers, got {p!r}")
+    if arrays:
+        dtype = arrays[0].dtype
+        for p in arrays:
+            if not V.is_integer(xp, p.dtype):
+                raise TypeError(f"box entries must be integers, got dtype {p.dtype}")
+            if p.ndim != 0 and tuple(p.shape) != (batch,):
+                raise ValueError(f"each box entry must be a scalar or have shape ({batch},), got {tuple(p.shape)}")
+        parts = [p if not _is_array(p) or p.dtype == dtype else xp.astype(p, dtype) for p in parts]
+    return parts
+
+
+def _interval(xp: Any, lo: Any, hi: Any, size: int, dev: Any) -> Any:
+    """Boolean (size,) or (B, size): lo <= position < hi."""
+    ref = lo if _is_array(lo) else hi if _is_array(hi) else None
+    if ref is None:
+        pos = xp.arange(size, device=dev)
+    else:
+        pos = xp.arange(size, dtype=ref.dtype, device=dev)
+    if _is_array(lo) and lo.ndim == 1:
+        lo = xp.expand_dims(lo, axis=-1)
+    if _is_array(hi) and hi.ndim == 1:
+        hi = xp.expand_dims(hi, axis=-1)
+    return (pos >= lo) & (pos < hi)
+
+
+def _box_mask(xp: Any, x: Any, box: Any, layout: str) -> Any:
+    """Boolean mask of the box, broadcastable against the (B, C, H, W)/(B, H, W, C) batch."""
+    h_axis, w_axis = _spatial_axes(layout)
+    H, W = int(x.shape[h_axis]), int(x.shape[w_axis])
+    y0, y1, x0, x1 = _box_parts(xp, box, x, int(x.shape[0]))
+    dev = device(x)
+    rows = xp.expand_dims(_interval(xp, y0, y1, H, dev), axis=-1)  # (..., H, 1)
+    cols = xp.expand_dims(_interval(xp, x0, x1, W, dev), axis=-2)  # (..., 1, W)
+    inside = rows & cols  # (H, W) or (B, H, W)
+    if layout == "NHWC":
+        return xp.expand_dims(inside, axis=-1)
+    return xp.expand_dims(inside, axis=1) if inside.ndim == 3 else inside
+
+
+def mix_images(
+    x: Any,
+    *,
+    lam: Any = None,
+    index: Any = None,
+    box: Any = None,
+    cutmix: Any = None,
+    layout: str = "NCHW",
+) -> Any:
+    """Mixup (blend) or CutMix (paste a box) of each example with its partner.
+
+    With the partner ``p_i = x[index[i]]`` (default ``index[i] = B-1-i``):
+
+    * ``box`` None: ``x̃_i = λ_i·x_i + (1-λ_i)·p_i``
+    * ``box`` given: ``x̃_i = p_i`` inside rows [y0, y1) and columns [x0, x1), ``x_i``
+      elsewhere; ``lam`` is not used
+    * ``box`` and a boolean ``cutmix`` (per example) given: the paste where cutmix is
+      true, the blend elsewhere (what :class:`Mixup` does per example or pair)
+
+    Every parameter may be a Python number, a NumPy array (moved to ``x``'s device)
+    or an array of ``x``'s framework, traced ones included: the box becomes a mask
+    from comparisons with ``arange``, so the call has no data-dependent shape, works
+    under ``jax.jit`` and ``tf.function``, and never writes into ``x``.
+
+    Args:
+        x: images, (B, C, H, W) for ``layout="NCHW"`` or (B, H, W, C) for ``"NHWC"``.
+            Blending needs a floating dtype; without a box any rank (B, ...) works.
+        lam: λ, the share of each example itself: a float in [0, 1], or an array of
+            shape (B,) or (B, 1). Required for blending.
+        index: integer array (B,): each example's partner. None: timm's flip.
+        box: (y0, y1, x0, x1) as four ints or arrays (each 0-d or (B,)), or an integer
+            array of shape (4,) or (B, 4); boxes lie within [0, H] × [0, W].
+        cutmix: None (paste wherever a box is given), a bool, or a boolean array (B,)
+            choosing paste (True) or blend (False) per example.
+        layout: ``"NCHW"`` or ``"NHWC"``.
+
+    Returns:
+        A new array of ``x``'s namespace, dtype and device.
+
+    Example:
+        >>> import numpy as np, smoothloss
+        >>> x = np.arange(2.0).reshape(2, 1, 1, 1)
+        >>> smoothloss.mix_images(x, lam=0.75).ravel().tolist()
+        [0.25, 0.75]
+        >>> x = np.stack([np.zeros((1, 2, 2)), np.ones((1, 2, 2))])
+        >>> smoothloss.mix_images(x, box=(0, 1, 0, 2))[0, 0].tolist()
+        [[1.0, 1.0], [0.0, 0.0]]
+    """
+    (x,) = as_arrays(x)
+    xp = array_namespace(x)
+    layout = V.check_choice("layout", layout, LAYOUTS)
+    if x.ndim == 0:
+        raise ValueError("x must have a batch axis, got a scalar")
+    batch = int(x.shape[0])
+    cutmix = _host_param(cutmix, x)
+    if cutmix is not None and not isinstance(cutmix, bool):
+        if not xp.isdtype(cutmix.dtype, "bool"):
+            raise TypeError(f"cutmix must be a bool or a boolean array, got dtype {cutmix.dtype}")
+        if cutmix.ndim != 0 and tuple(cutmix.shape) != (batch,):
+            raise ValueError(f"cutmix must be a bool or have shape ({batch},), got {tuple(cutmix.shape)}")
+    paste = box is not None and cutmix is not False
+    blend = box is None or (cutmix is not None and cutmix is not True)
+    if paste and x.ndim != 4:
+        raise ValueError(
+            f"pasting a box needs a batch of images of rank 4 ({layout}), got shape {tuple(x.shape)}"
+        )
+    partner = xp.take(x, _partner_index(xp, _host_param(index, x), batch, device(x)), axis=0)
+
+    blended = None
+    if blend:
+        if not V.is_floating(xp, x.dtype):
+            raise TypeError(f"blending needs floating images, got dtype {x.dtype}; cast them first")
+        lam = _per_example(xp, _lam(xp, _host_param(lam, x), batch), x.ndim, x.dtype)
+        blended = x * lam + partner * (1.0 - lam)
+    if not paste:
+        return blended
+
+    inside = _box_mask(xp, x, box, layout)
+    pasted = xp.where(inside, partner, x)
+    if blended is None:
+        return pasted
+    cut = cutmix if cutmix.ndim == 0 else xp.reshape(cutmix, (batch, 1, 1, 1))
+    return xp.where(cut, pasted, blended)
+
+
+# ----------------------------------------------------------------------------- boxes
+def rand_bbox(
+    image_shape: tuple[int, ...], lam: float, *, rng: Any, margin: float = 0.0, count: int | None = None
+) -> tuple[Any, Any, Any, Any]:
+    """A CutMix box for λ (timm's ``rand_bbox``), drawn from ``rng``.
+
+    The cut is ``int(H·√(1-λ))`` × ``int(W·√(1-λ))``, its centre uniform over the image
+    (``rng.integers``), and the box ``centre ± cut//2`` clipped to the image, so it
+    can be smaller than the cut near a border.
+
+    Args:
+        image_shape: a shape whose last two entries are (H, W).
+        lam: λ in [0, 1].
+        rng: a ``numpy.random.Generator``.
+        margin: fraction of the cut kept between the centre and the border.
+        count: number of boxes (None: one, as scalars).
+
+    Returns:
+        (y0, y1, x0, x1) as NumPy integers (arrays when ``count`` is given).
+
+    Example:
+        >>> import numpy as np
+        >>> from smoothloss._mixing import rand_bbox
+        >>> y0, y1, x0, x1 = rand_bbox((32, 32), 0.75, rng=np.random.default_rng(0))
+        >>> int(y1 - y0) <= 16 and int(x1 - x0) <= 16
+        True
+    """
+    ratio = np.sqrt(1 - lam)
+    img_h, img_w = image_shape[-2:]
+    cut_h, cut_w = int(img_h * ratio), int(img_w * ratio)
+    margin_y, margin_x = int(margin * cut_h), int(margin * cut_w)
+    cy = rng.integers(0 + margin_y, img_h - margin_y, size=count)
+    cx = rng.integers(0 + margin_x, img_w - margin_x, size=count)
+    y0 = np.clip(cy - cut_h // 2, 0, img_h)
+    y1 = np.clip(cy + cut_h // 2, 0, img_h)
+    x0 = np.clip(cx - cut_w // 2, 0, img_w)
+    x1 = np.clip(cx + cut_w // 2, 0, img_w)
+    return y0, y1, x0, x1
+
+
+def rand_bbox_minmax(
+    image_shape: tuple[int, ...], minmax: tuple[float, float], *, rng: Any, count: int | None = None
+) -> tuple[Any, Any, Any, Any]:
+    """A rectangular CutMix box with sides a uniform fraction of the image (timm's
+    ``rand_bbox_minmax``): height in ``[int(H·min), int(H·max))``, width likewise, then
+    a uniform corner such that the box fits.
+
+    Example:
+        >>> import numpy as np
+        >>> from smoothloss._mixing import rand_bbox_minmax
+        >>> y0, y1, x0, x1 = rand_bbox_minmax((10, 10), (0.2, 0.8), rng=np.random.default_rng(0))
+        >>> 2 <= int(y1 - y0) < 8 and 0 <= int(y0) and int(y1) <= 10
+        True
+    """
+    lo, hi = minmax
+    img_h, img_w = image_shape[-2:]
+    for side, n in (("H", img_h), ("W", img_w)):
+        if int(n * lo) >= int(n * hi):
+            raise ValueError(
+                f"cutmix_minmax={tuple(minmax)} leaves no box size for {side}={n}: "
+                f"int({n}·{lo}) = {int(n * lo)} must be < int({n}·{hi}) = {int(n * hi)}"
+            )
+    cut_h = rng.integers(int(img_h * lo), int(img_h * hi), size=count)
+    cut_w = rng.integers(int(img_w * lo), int(img_w * hi), size=count)
+    y0 = rng.integers(0, img_h - cut_h, size=count)
+    x0 = rng.integers(0, img_w - cut_w, size=count)
+    return y0, y0 + cut_h, x0, x0 + cut_w
+
+
+def cutmix_bbox_and_lam(
+    image_shape: tuple[int, ...],
+    lam: float,
+    *,
+    rng: Any,
+    ratio_minmax: tuple[float, float] | None = None,
+    correct_lam: bool = True,
+    count: int | None = None,
+) -> tuple[tuple[Any, Any, Any, Any], Any]:
+    """A CutMix box and its λ (timm's ``cutmix_bbox_and_lam``).
+
+    With ``correct_lam`` (or ``ratio_minmax``) λ becomes the share of the image outside
+    the clipped box, ``1 - (y1-y0)(x1-x0)/(H·W)``; otherwise the drawn λ is kept.
+
+    Example:
+        >>> import numpy as np
+        >>> from smoothloss._mixing import cutmix_bbox_and_lam
+        >>> (y0, y1, x0, x1), lam = cutmix_bbox_and_lam((8, 8), 0.5, rng=np.random.default_rng(1))
+        >>> bool(lam == 1 - (y1 - y0) * (x1 - x0) / 64)
+        True
+    """
+    if ratio_minmax is not None:
+        y0, y1, x0, x1 = rand_bbox_minmax(image_shape, ratio_minmax, rng=rng, count=count)
+    else:
+        y0, y1, x0, x1 = rand_bbox(image_shape, lam, rng=rng, count=count)
+    if correct_lam or ratio_minmax is not None:
+        area = (y1 - y0) * (x1 - x0)
+        lam = 1.0 - area / float(image_shape[-2] * image_shape[-1])
+    return (y0, y1, x0, x1), lam
+
+
+# ----------------------------------------------------------------------------- sampler
+@dataclass(frozen=True, eq=False)
+class MixupParams:
+    """One draw of :class:`Mixup`, as NumPy values (pass them into a jitted step).
+
+    Attributes:
+        lam: λ after the cutmix correction: a float (``mode="batch"``) or a float32
+            array (B,) (``"pair"``, ``"elem"``). 1 where nothing is mixed.
+        box: int64 (y0, y1, x0, x1): shape (4,) for ``"batch"``, (B, 4) otherwise; zeros
+            where no box is pasted.
+        cutmix: whether the box is pasted (else the images are blended): a bool, or a
+            boolean array (B,).
+        index: int64 (B,): each example's partner, B-1-i.
+    """
+
+    lam: Any
+    box: np.ndarray
+    cutmix: Any
+    index: np.ndarray
+
+
+class Mixup:
+    """Mixup and CutMix for a batch of images and integer labels, on any backend.
+
+    timm's ``Mixup`` with the same options and the same draws, in the same order, from
+    an explicit NumPy ``Generator`` instead of the global state; odd batches are
+    allowed (the middle example pairs with itself) and the inputs are never modified.
+
+    Per call, with probability ``prob`` (per batch, pair or example by ``mode``), λ is
+    drawn from Beta(α, α): cutmix with probability ``switch_prob`` when both
+    ``mixup_alpha`` and ``cutmix_alpha`` are > 0, else whichever is > 0. A cutmix box
+    comes from :func:`rand_bbox` (or :func:`rand_bbox_minmax` with ``cutmix_minmax``,
+    which forces ``cutmix_alpha = 1``) and λ is corrected to the pasted area when
+    ``correct_lam`` (always with ``cutmix_minmax``). The targets are
+    :func:`mixup_target` with ``label_smoothing``.
+
+    Args:
+        mixup_alpha: α of mixup's Beta; mixup is on when > 0.
+        cutmix_alpha: α of cutmix's Beta; cutmix is on when > 0.
+        cutmix_minmax: (min, max) box side as a fraction of the image, or None.
+        prob: probability of mixing a batch / pair / example.
+        switch_prob: probability of cutmix instead of mixup when both are on.
+        mode: ``"batch"`` (one draw), ``"pair"`` (one per pair i, B-1-i) or ``"elem"``.
+        correct_lam: λ from the clipped box area instead of the drawn value.
+        label_smoothing: ε of the targets.
+        num_classes: K.
+        seed: an int, None (fresh entropy) or a ``numpy.random.Generator`` to draw from.
+        layout: ``"NCHW"`` or ``"NHWC"``: where :meth:`__call__` finds H and W.
+
+    Attributes:
+        mixup_enabled: set to False to stop mixing (the targets are then only smoothed).
+
+    Example:
+        >>> import numpy as np, smoothloss
+        >>> mix = smoothloss.Mixup(mixup_alpha=0.8, label_smoothing=0.1, num_classes=3, seed=0)
+        >>> x, t = mix(np.zeros((4, 3, 8, 8), np.float32), np.array([0, 1, 2, 0]))
+        >>> t.shape, bool(np.allclose(t.sum(-1), 1))
+        ((4, 3), True)
+    """
+
+    def __init__(
+        self,
+        mixup_alpha: float = 1.0,
+        cutmix_alpha: float = 0.0,
+        cutmix_minmax: tuple[float, float] | None = None,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+        mode: str = "batch",
+        correct_lam: bool = True,
+        label_smoothing: float = 0.1,
+        num_classes: int = 1000,
+        seed: Any = None,
+        layout: str = "NCHW",
+    ) -> None:
+        self.mixup_alpha = V.check_nonnegative(mixup_alpha, "mixup_alpha")
+        self.cutmix_alpha = V.check_nonnegative(cutmix_alpha, "cutmix_alpha")
+        if cutmix_minmax is not None:
+            if len(cutmix_minmax) != 2:
+                raise ValueError(f"cutmix_minmax must be (min, max), got {cutmix_minmax!r}")
+            lo, hi = (float(v) for v in cutmix_minmax)
+            if not 0.0 <= lo < hi <= 1.0:
+                raise ValueError(f"cutmix_minmax must satisfy 0 <= min < max <= 1, got {cutmix_minmax!r}")
+            cutmix_minmax = (lo, hi)
+            self.cutmix_alpha = 1.0  # as timm: λ ~ Beta(1, 1) is drawn, then replaced by the box area
+        self.cutmix_minmax = cutmix_minmax
+        if self.mixup_alpha == 0.0 and self.cutmix_alpha == 0.0:
+            raise ValueError("nothing to mix: set mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax")
+        self.mix_prob = _check_unit(prob, "prob")
+        self.switch_prob = _check_unit(switch_prob, "switch_prob")
+        self.mode = V.check_choice("mode", mode, MODES)
+        self.correct_lam = bool(correct_lam)
+        self.label_smoothing = V.check_smoothing(label_smoothing)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.layout = V.check_choice("layout", layout, LAYOUTS)
+        self.rng = np.random.default_rng(seed)
+        self.mixup_enabled = True
+
+    # -- draws (timm's order) ---------------------------------------------------
+    def _params_per_elem(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        lam = np.ones(n, dtype=np.float32)
+        use_cutmix = np.zeros(n, dtype=bool)
+        if self.mixup_enabled:
+            rng, ma, ca = self.rng, self.mixup_alpha, self.cutmix_alpha
+            if ma > 0.0 and ca > 0.0:
+                use_cutmix = rng.random(n) < self.switch_prob
+                lam_cut = rng.beta(ca, ca, size=n)
+                lam_mix = np.where(use_cutmix, lam_cut, rng.beta(ma, ma, size=n))
+            elif ma > 0.0:
+                lam_mix = rng.beta(ma, ma, size=n)
+            else:
+                use_cutmix = np.ones(n, dtype=bool)
+                lam_mix = rng.beta(ca, ca, size=n)
+            lam = np.where(rng.random(n) < self.mix_prob, lam_mix.astype(np.float32), lam)
+        return lam, use_cutmix
+
+    def _params_per_batch(self) -> tuple[float, bool]:
+        lam, use_cutmix = 1.0, False
+        if self.mixup_enabled and self.rng.random() < self.mix_prob:
+            rng, ma, ca = self.rng, self.mixup_alpha, self.cutmix_alpha
+            if ma > 0.0 and ca > 0.0:
+                use_cutmix = bool(rng.random() < self.switch_prob)
+                lam = float(rng.beta(ca, ca) if use_cutmix else rng.beta(ma, ma))
+            elif ma > 0.0:
+                lam = float(rng.beta(ma, ma))
+            else:
+                use_cutmix = True
+                lam = float(rng.beta(ca, ca))
+        return lam, use_cutmix
+
+    def _box(self, hw: tuple[int, int], lam: Any) -> tuple[tuple[Any, Any, Any, Any], Any]:
+        return cutmix_bbox_and_lam(
+            hw, lam, rng=self.rng, ratio_minmax=self.cutmix_minmax, correct_lam=self.correct_lam
+        )
+
+    def _spatial(self, image_shape: Any) -> tuple[int, int]:
+        shape = tuple(int(s) for s in image_shape)
+        if len(shape) == 2:
+            return shape[0], shape[1]
+        if len(shape) in (3, 4):
+            return (shape[-2], shape[-1]) if self.layout == "NCHW" else (shape[-3], shape[-2])
+        raise ValueError(
+            f"image_shape must be (H, W), or an image's or batch's shape in {self.layout}, got {shape}"
+        )
+
+    def sample(self, batch_size: int, image_shape: Any) -> MixupParams:
+        """Draw the mixing parameters of one batch, without touching any array.
+
+        For use inside ``jax.jit`` / ``tf.function``: draw on the host, pass the
+        result's arrays into the traced step, and mix there with :func:`mix_images`
+        (``lam``, ``box``, ``cutmix``, ``index``) and :func:`mixup_target` or
+        :func:`mixup_cross_entropy` (``lam``, ``index``).
+
+        Args:
+            batch_size: B.
+            image_shape: (H, W), or the shape of one image or of the batch in this
+                Mixup's ``layout``.
+
+        Returns:
+            A :class:`MixupParams` of NumPy values.
+
+        Example:
+            >>> import numpy as np, smoothloss
+            >>> p = smoothloss.Mixup(cutmix_alpha=1.0, mode="elem", seed=0).sample(3, (8, 8))
+            >>> p.lam.shape, p.box.shape, p.index.tolist()
+            ((3,), (3, 4), [2, 1, 0])
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
+        hw = self._spatial(image_shape)
+        if min(hw) < 1:
+            raise ValueError(f"images must have H, W >= 1, got {hw}")
+        index = np.arange(batch_size - 1, -1, -1, dtype=np.int64)
+        if self.mode == "batch":
+            lam, use_cutmix = self._params_per_batch()
+            box = np.zeros(4, dtype=np.int64)
+            cut = False
+            if lam != 1.0 and use_cutmix:
+                corners, lam = self._box(hw, lam)
+                box[:] = [int(v) for v in corners]
+                cut = True
+            return MixupParams(float(lam), box, cut, index)
+
+        n = batch_size if self.mode == "elem" else batch_size // 2
+        lam, use_cutmix = self._params_per_elem(n)
+        boxes = np.zeros((n, 4), dtype=np.int64)
+        cut = np.zeros(n, dtype=bool)
+        for i in range(n):
+            if lam[i] != 1.0 and use_cutmix[i]:
+                corners, lam[i] = self._box(hw, lam[i])
+                boxes[i] = [int(v) for v in corners]
+                cut[i] = True
+        if self.mode == "pair":  # example B-1-i shares the draw of i; an odd middle is left alone
+            middle = batch_size % 2
+            lam = np.concatenate([lam, np.ones(middle, np.float32), lam[::-1]])
+            boxes = np.concatenate([boxes, np.zeros((middle, 4), np.int64), boxes[::-1]])
+            cut = np.concatenate([cut, np.zeros(middle, bool), cut[::-1]])
+        return MixupParams(lam, boxes, cut, index)
+
+    def __call__(self, x: Any, labels: Any) -> tuple[Any, Any]:
+        """Mix a batch: ``(mixed images, soft targets)``, new arrays of the inputs'
+        namespace and device (the inputs are left as they were).
+
+        Args:
+            x: floating images (B, C, H, W) or (B, H, W, C) per ``layout``.
+            labels: integer class indices (B,).
+
+        Returns:
+            The mixed images (x's dtype) and the targets (B, K): float64 for float64
+            images, else float32. Call it eagerly: under ``jit`` the draw would be
+            frozen into the trace (use :meth:`sample` there).
+        """
+        x, labels = as_arrays(x, labels)
+        xp = array_namespace(x, labels)
+        if x.ndim != 4:
+            raise ValueError(
+                f"x must be a batch of images of rank 4 ({self.layout}), got shape {tuple(x.shape)}"
+            )
+        batch = int(x.shape[0])
+        if tuple(labels.shape) != (batch,):
+            raise ValueError(
+                f"labels must have shape ({batch},) (one class index per image), got {tuple(labels.shape)}"
+            )
+        p = self.sample(batch, tuple(x.shape))
+        dtype = xp.float64 if x.dtype == xp.float64 else xp.float32
+        if self.mode == "batch":
+            lam: Any = p.lam
+            if lam == 1.0:
+                mixed = xp.asarray(x, copy=True)
+            elif p.cutmix:
+                mixed = mix_images(x, box=tuple(int(v) for v in p.box), layout=self.layout)
+            else:
+                mixed = mix_images(x, lam=lam, layout=self.layout)
+        else:
+            dev = device(x)
+            lam = xp.asarray(p.lam, device=dev)
+            if bool(np.any(p.cutmix)):
+                mixed = mix_images(
+                    x, lam=lam, box=xp.asarray(p.box, device=dev), cutmix=xp.asarray(p.cutmix, device=dev),
+                    layout=self.layout,
+                )
+            else:
+                mixed = mix_images(x, lam=lam, layout=self.layout)
+        targets = mixup_target(labels, self.num_classes, lam=lam, smoothing=self.label_smoothing, dtype=dtype)
+        return mixed, targets
+
+    def __repr__(self) -> str:
+        return (
+            f"Mixup(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
+            f"cutmix_minmax={self.cutmix_minmax}, prob={self.mix_prob}, switch_prob={self.switch_prob}, "
+            f"mode={self.mode!r}, correct_lam={self.correct_lam}, label_smoothing={self.label_smoothing}, "
+            f"num_classes={self.num_classes}, layout={self.layout!r})"
+        )
+
+
+# ----------------------------------------------------------------------------- loss
+def _xlogx(xp: Any, v: Any) -> Any:
+    if isinstance(v, float):
+        return v * math.log(v) if v > 0 else 0.0
+    positive = v > 0
+    return xp.where(positive, v * xp.log(xp.where(positive, v, 1.0)), 0.0)
+
+
+def _mixture_negentropy(
+    xp: Any, labels: Any, partner: Any, lam: Any, K: int, eps: float, convention: str, weight: Any, dtype: Any
+) -> Any:
+    """Σ_c w_c q_c log q_c of the mixed target q = λ·q(y) + (1-λ)·q(y'), per position.
+
+    q has at most two entries that differ from ``off``: at y (mass ``off + hard·(λ +
+    (1-λ)·[y = y'])``) and at y' ≠ y (``off + hard·(1-λ)``), so O(positions) work.
+    """
+    on, off = smoothing_coefficients(eps, K, convention)
+    hard = on - off
+    same = xp.astype(labels == partner, dtype)
+    at_y = (lam + (1.0 - lam) * same) * hard + off
+    at_partner = (1.0 - lam) * hard + off
+    base = _xlogx(xp, off)
+    if weight is None:
+        w_y = w_p = 1.0
+        total = float(K)
+    else:
+        w = xp.astype(weight, dtype) if weight.dtype != dtype else weight
+        w_y = xp.reshape(xp.take(w, xp.reshape(labels, (-1,)), axis=0), labels.shape)
+        w_p = xp.reshape(xp.take(w, xp.reshape(partner, (-1,)), axis=0), labels.shape)
+        total = xp.sum(w)
+    return (
+        total * base
+        + w_y * (_xlogx(xp, at_y) - base)
+        + (1.0 - same) * (w_p * (_xlogx(xp, at_partner) - base))
+    )
+
+
+def mixup_cross_entropy(
+    logits: Any,
+    labels: Any,
+    *,
+    lam: Any,
+    index: Any = None,
+    label_smoothing: float = 0.0,
+    axis: int = -1,
+    convention: str = "uniform",
+    weight: Any = None,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    kl: bool = False,
+) -> Any:
+    r"""Cross-entropy against mixed targets, from the labels, without a B×K target.
+
+    ``ℓ_i = λ_i·L(x_i, y_i) + (1-λ_i)·L(x_i, y_index[i])`` where L is
+    :func:`~smoothloss.cross_entropy` per position with the same smoothing, weights,
+    z-loss and softcap. Since the smoothed target is linear in the label, this equals
+    ``cross_entropy(logits, mixup_target(labels, K, lam=λ, smoothing=ε, index=index))``
+    (the mean divides by the number of positions, as for soft targets), in value and
+    gradient. Each of the two calls has the closed-form gradient, so nothing of size
+    B×K is stored for the backward pass.
+
+    Args:
+        logits: floating logits, the classes along ``axis``, the batch first.
+        labels: integer class indices (the logits' shape without ``axis``).
+        lam: λ: a float in [0, 1] or an array with one entry per example, (B,) or
+            (B, 1), e.g. from :meth:`Mixup.sample` (may be traced under jit).
+        index: integer array (B,): each example's partner. None: timm's flip B-1-i.
+        label_smoothing: ε in [0, 1].
+        axis, convention, weight, z_loss, softcap: as in :func:`~smoothloss.cross_entropy`.
+        reduction: ``"mean"`` (over positions), ``"sum"`` or ``"none"``.
+        kl: subtract the entropy of the mixed target, so the minimum is 0.
+
+    Returns:
+        The loss, an array of the logits' namespace and device.
+
+    Example:
+        >>> import numpy as np, smoothloss
+        >>> logits, labels = np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([0, 1])
+        >>> a = smoothloss.mixup_cross_entropy(logits, labels, lam=0.7, label_smoothing=0.1)
+        >>> t = smoothloss.mixup_target(labels, 2, lam=0.7, smoothing=0.1, dtype=np.float64)
+        >>> b = smoothloss.cross_entropy(logits, t)
+        >>> bool(np.isclose(a, b))
+        True
+    """
+    logits, labels, weight = as_arrays(logits, labels, weight)
+    xp = array_namespace(logits, labels, weight)
+    reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
+    eps = V.check_smoothing(label_smoothing)
+    if not V.is_integer(xp, labels.dtype):
+        raise TypeError(
+            f"mixup_cross_entropy needs integer class labels, got dtype {labels.dtype}; "
+            "for soft targets call cross_entropy(logits, targets)"
+        )
+    if labels.ndim == 0:
+        raise ValueError("labels must have a batch axis, got a scalar")
+    batch = int(labels.shape[0])
+    options = dict(
+        axis=axis, label_smoothing=eps, convention=convention, weight=weight, z_loss=z_loss, softcap=softcap
+    )
+    own = cross_entropy(logits, labels, reduction="none", **options)
+    lam = _lam(xp, _host_param(lam, logits), batch)
+    partner_labels = xp.take(labels, _partner_index(xp, _host_param(index, logits), batch, device(labels)), axis=0)
+    if isinstance(lam, float) and lam == 1.0:
+        loss = own
+    else:
+        other = cross_entropy(logits, partner_labels, reduction="none", **options)
+        lam = _per_example(xp, lam, own.ndim, own.dtype)
+        loss = own * lam + other * (1.0 - lam)
+    if kl:
+        K = int(logits.shape[V.normalize_axis(axis, logits.ndim)])
+        lam_k = _per_example(xp, lam, own.ndim, own.dtype)
+        loss = loss + _mixture_negentropy(
+            xp, labels, partner_labels, lam_k, K, eps, convention, weight, own.dtype
+        )
+    if reduction == "none":
+        return loss
+    total = xp.sum(loss)
+    if reduction == "sum":
+        return total
+    n = math.prod(loss.shape)
+    return total * (1.0 / n) if n else total
