@@ -2,8 +2,8 @@
 
 Each function has an Array-API composition (the reference) and, where it pays, a
 framework-native version: PyTorch gets fused/in-place kernels (fewer B×K passes and
-allocations), TensorFlow gets ``tf.reduce_logsumexp``; JAX uses the composition, which
-XLA fuses anyway. ``native_kernels(False)`` switches the natives off, so the test suite
+allocations), TensorFlow gets ``tf.reduce_logsumexp`` and ``tf.nn.softmax``; JAX uses
+the composition, which XLA fuses anyway. ``native_kernels(False)`` switches the natives off, so the test suite
 can check them against the composition.
 
 * ``logsumexp(xp, x)``: log Σ_c exp(x_c) over the last axis.
@@ -74,7 +74,12 @@ def softmax_affine(xp: Any, x: Any, lse: Any, scale: Any, shift: Any) -> Any:
         g = torch.softmax(x, dim=-1)  # = exp(x - lse), by torch's fused kernel
         g = g.mul_(scale) if not isinstance(scale, float) or scale != 1.0 else g
         return g.sub_(shift) if not isinstance(shift, float) or shift != 0.0 else g
-    g = xp.exp(x - xp.expand_dims(lse, axis=-1))
+    if _kind(xp) == "tensorflow":
+        import tensorflow as tf
+
+        g = tf.nn.softmax(x, axis=-1)
+    else:
+        g = xp.exp(x - xp.expand_dims(lse, axis=-1))
     if not isinstance(scale, float) or scale != 1.0:
         g = g * scale
     if not isinstance(shift, float) or shift != 0.0:
