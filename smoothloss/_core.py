@@ -217,7 +217,7 @@ def forward(logits: Any, targets: Any, weight: Any, opts: Options) -> tuple[Any,
     else:
         den = float(math.prod(loss.shape))
     if isinstance(den, float):
-        scale: Any = 1.0 / den if den > 0 else 0.0
+        scale = 1.0 / den if den > 0 else 0.0
     else:  # a mean over zero valid positions is 0, never NaN
         nonzero = den > 0
         scale = xp.where(nonzero, 1.0 / xp.where(nonzero, den, 1.0), 0.0)

@@ -754,7 +754,11 @@ def mixup_cross_entropy(
             (B, 1), e.g. from :meth:`Mixup.sample` (may be traced under jit).
         index: integer array (B,): each example's partner. None: timm's flip B-1-i.
         label_smoothing: ε in [0, 1].
-        axis, convention, weight, z_loss, softcap: as in :func:`~smoothloss.cross_entropy`.
+        axis: the class axis, as in :func:`~smoothloss.cross_entropy`.
+        convention: ``"uniform"`` or ``"others"``, as in :func:`~smoothloss.cross_entropy`.
+        weight: per-class weights (K,), as in :func:`~smoothloss.cross_entropy`.
+        z_loss: the ``lse²`` coefficient, as in :func:`~smoothloss.cross_entropy`.
+        softcap: the logit soft cap, as in :func:`~smoothloss.cross_entropy`.
         reduction: ``"mean"`` (over positions), ``"sum"`` or ``"none"``.
         kl: subtract the entropy of the mixed target, so the minimum is 0.
 

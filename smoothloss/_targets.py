@@ -25,7 +25,8 @@ def one_hot(
     Args:
         labels: integer array of class indices in ``[0, num_classes)``.
         num_classes: K, the size of the new class axis.
-        on_value, off_value: the two values written.
+        on_value: the value written at each label.
+        off_value: the value written everywhere else.
         dtype: floating dtype of the result (default float32).
         axis: where the new class axis goes in the result.
 

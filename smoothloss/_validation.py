@@ -128,9 +128,9 @@ def check_label_values(xp: Any, labels: Any, num_classes: int, ignore_index: int
     if ignore_index is not None:
         bad = bad & (labels != ignore_index)
     if bool(xp.any(bad)):
-        lo = int(xp.min(xp.where(bad, labels, num_classes)))
-        hi = int(xp.max(xp.where(bad, labels, 0)))
-        shown = sorted({v for v in (lo, hi) if v < 0 or v >= num_classes})
+        lo = int(xp.min(xp.where(bad, labels, xp.max(labels))))  # the smallest bad label
+        hi = int(xp.max(xp.where(bad, labels, xp.min(labels))))  # the largest bad label
+        shown = sorted({lo, hi})
         extra = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
         raise ValueError(
             f"labels must lie in [0, {num_classes}){extra}; found out-of-range values, e.g. {shown}"
