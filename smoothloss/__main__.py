@@ -1,4 +1,4 @@
-"""Command line: ``python -m smoothloss check [--device DEV]``.
+"""Command line: ``python -m smoothloss check [--device DEV]`` and ``python -m smoothloss bench``.
 
 ``check`` finds the installed frameworks and their devices, runs a fixed set of
 conformance cases on each (both target kinds, both conventions, weights, ignore_index,
@@ -154,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         "--frameworks", default=",".join(CHECK_DRIVERS),
         help=f"comma-separated drivers (default: {','.join(CHECK_DRIVERS)})",
     )
+    sub.add_parser(
+        "bench", add_help=False,
+        help="time forward+backward and peak memory against each framework's own losses "
+        "(python -m smoothloss bench --help for its options)",
+    )
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from smoothloss._bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.device, tuple(f for f in args.frameworks.split(",") if f))
