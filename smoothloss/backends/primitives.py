@@ -2,7 +2,8 @@
 
 Each function has an Array-API composition (the reference) and, where it pays, a
 framework-native version: PyTorch gets fused/in-place kernels (fewer B×K passes and
-allocations), TensorFlow gets ``tf.reduce_logsumexp`` and ``tf.nn.softmax``; JAX uses
+allocations), TensorFlow gets ``tf.reduce_logsumexp``, ``tf.nn.softmax`` and
+``tf.tensor_scatter_nd_add``; JAX uses
 the composition, which XLA fuses anyway. ``native_kernels(False)`` switches the natives off, so the test suite
 can check them against the composition.
 
@@ -95,6 +96,18 @@ def add_at_labels(xp: Any, g: Any, labels: Any, values: Any) -> Any:
         v = values if isinstance(values, torch.Tensor) else torch.full_like(labels, values, dtype=g.dtype)
         v = v.expand(labels.shape) if v.shape != labels.shape else v
         return g.scatter_add_(-1, labels.unsqueeze(-1), v.to(g.dtype).unsqueeze(-1))
+    if kind == "tensorflow":
+        import tensorflow as tf
+
+        shape = tf.shape(g)
+        flat_labels = tf.reshape(labels, (-1,))
+        rows = tf.range(tf.shape(flat_labels)[0], dtype=flat_labels.dtype)
+        values = tf.cast(values, g.dtype) if tf.is_tensor(values) else tf.constant(values, g.dtype)
+        updates = tf.reshape(tf.broadcast_to(values, tf.shape(labels)), (-1,))
+        flat = tf.tensor_scatter_nd_add(
+            tf.reshape(g, (-1, shape[-1])), tf.stack([rows, flat_labels], axis=1), updates
+        )
+        return tf.reshape(flat, shape)
     classes = xp.arange(g.shape[-1], dtype=labels.dtype, device=device(labels))
     hit = xp.expand_dims(labels, axis=-1) == classes
     v = xp.expand_dims(values, axis=-1) if not isinstance(values, float) and values.ndim else values
