@@ -1,10 +1,11 @@
-"""Keras 3 losses computed by :func:`smoothloss.cross_entropy`, on every Keras backend.
+"""Keras 3 losses computed by :func:`smoothloss.cross_entropy` and
+:func:`smoothloss.binary_cross_entropy`, on every Keras backend.
 
-``CategoricalCrossentropy`` and ``SparseCategoricalCrossentropy`` are drop-ins for
-Keras's losses of the same names: the same constructor arguments, the same values and
-gradients, usable in ``model.compile(loss=...)`` and saved with the model. They add
-``label_smoothing`` to the sparse loss (Keras 3.15 has none there) and smoothloss's
-options ``convention``, ``z_loss`` and ``softcap``.
+``CategoricalCrossentropy``, ``SparseCategoricalCrossentropy`` and ``BinaryCrossentropy``
+are drop-ins for Keras's losses of the same names: the same constructor arguments, the
+same values and gradients, usable in ``model.compile(loss=...)`` and saved with the
+model. They add ``label_smoothing`` to the sparse loss (Keras 3.15 has none there) and
+smoothloss's options ``convention``, ``z_loss`` and ``softcap`` to the categorical ones.
 
 Each class only holds configuration and forwards: ``call(y_true, y_pred)`` returns the
 per-example loss (``reduction="none"`` of the core), and :class:`keras.losses.Loss`
@@ -19,6 +20,10 @@ they already sum to 1. Only where clipping changes a probability (p below 1e-7 o
 1-1e-7) do the two differ, by at most about ``K·ε`` in absolute value. As in Keras on the
 TensorFlow backend, a ``y_pred`` produced by a softmax activation is traced back to its
 logits (``_keras_logits`` or the ``Softmax`` op) and those logits are used exactly.
+``BinaryCrossentropy`` turns clipped probabilities into logits ``log(p) - log(1-p)``
+(the sigmoid's inverse), whose binary cross-entropy is Keras's
+``-[t·log p + (1-t)·log(1-p)]`` up to float32 rounding, and follows a sigmoid (the
+``Sigmoid`` op, or ``_keras_logits``) back to its logits on TensorFlow, as Keras does.
 
 Importing this module registers the classes with Keras (package ``"smoothloss"``), so
 ``keras.models.load_model`` finds them without ``custom_objects`` once
@@ -43,15 +48,18 @@ except ImportError:  # pragma: no cover - Keras versions before the helper set t
         x._keras_mask = mask
 
 
-__all__ = ["CategoricalCrossentropy", "SparseCategoricalCrossentropy"]
+__all__ = ["BinaryCrossentropy", "CategoricalCrossentropy", "SparseCategoricalCrossentropy"]
 
 
-def _softmax_logits(y_pred: Any) -> Any:
-    """The logits behind a softmax output, where Keras's TensorFlow backend uses them.
+def _softmax_logits(y_pred: Any, op_type: str = "Softmax") -> Any:
+    """The logits behind a softmax (or, with ``op_type="Sigmoid"``, a sigmoid) output,
+    where Keras's TensorFlow backend uses them.
 
     Mirrors ``keras/src/backend/tensorflow/nn.py::_get_logits``: on the TensorFlow
     backend, Keras's cross-entropies ignore ``from_logits=False`` for a tensor made by
-    a softmax activation and use its input instead. Other backends never do this.
+    a softmax (categorical) or sigmoid (binary) activation and use its input instead:
+    the cached ``_keras_logits`` of a Keras activation, or the input of the graph op.
+    Other backends never do this.
     """
     if keras.backend.backend() != "tensorflow":
         return None
@@ -59,9 +67,16 @@ def _softmax_logits(y_pred: Any) -> Any:
     if cached is not None:
         return cached
     op = getattr(y_pred, "op", None)  # graph tensors only; eager tensors have none
-    if op is not None and op.type == "Softmax" and len(op.inputs) == 1:
+    if op is not None and op.type == op_type and len(op.inputs) == 1:
         return op.inputs[0]
     return None
+
+
+def _dtype_config(loss: keras.losses.Loss, dtype: Any) -> Any:
+    """``dtype`` as ``get_config`` returns it: None, a string, or a serialized policy."""
+    if dtype is None or isinstance(dtype, str):
+        return dtype
+    return keras.dtype_policies.serialize(loss._dtype_policy)  # which Loss.__init__ accepts back
 
 
 def _check_bool(value: Any, name: str) -> bool:
@@ -100,10 +115,7 @@ class _Crossentropy(keras.losses.Loss):
                 "z_loss and softcap act on logits; pass logits to the loss and set "
                 f"from_logits=True (got from_logits=False, z_loss={z_loss}, softcap={softcap})"
             )
-        if dtype is None or isinstance(dtype, str):
-            self._dtype_config = dtype
-        else:  # a DTypePolicy: its serialized form, which Loss.__init__ accepts back
-            self._dtype_config = keras.dtype_policies.serialize(self._dtype_policy)
+        self._dtype_config = _dtype_config(self, dtype)
 
     def _logits(self, y_pred: Any, *, follow_softmax: bool) -> Any:
         """``y_pred`` itself, or the logits of the probabilities ``y_pred`` (see module doc)."""
@@ -293,4 +305,96 @@ class SparseCategoricalCrossentropy(_Crossentropy):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["ignore_class"] = self.ignore_class
+        return config
+
+
+@keras.saving.register_keras_serializable(package="smoothloss")
+class BinaryCrossentropy(keras.losses.Loss):
+    r"""Binary (sigmoid) cross-entropy with label smoothing towards 0.5.
+
+    Drop-in for ``keras.losses.BinaryCrossentropy``: same arguments, same values. With
+    ε = ``label_smoothing`` the target becomes ``t·(1-ε) + ε/2`` and the loss is the mean
+    along ``axis`` of the element-wise binary cross-entropy, computed from logits by
+    :func:`smoothloss.binary_cross_entropy` (``max(x, 0) - x·t + log1p(exp(-|x|))``,
+    finite for any finite logit). ``sample_weight`` and the reduction are applied by
+    :class:`keras.losses.Loss`, as for Keras's own losses.
+
+    With ``from_logits=False`` (Keras's default) ``y_pred`` holds probabilities: they
+    are clipped to ``[ε, 1-ε]`` (``ε = keras.backend.epsilon()``) as Keras does and
+    turned into logits ``log(p) - log(1-p)``; the loss is then Keras's
+    ``-[t·log p + (1-t)·log(1-p)]`` up to rounding (float32: within 1e-5 relative),
+    and the gradient is Keras's too (zero where clipping is active). 16-bit
+    probabilities are converted to logits in float32 (where Keras's float16 arithmetic
+    can give ``log(1 - 1) = -inf``). On the TensorFlow backend a ``y_pred`` made by a
+    sigmoid is followed back to its logits, which are then used exactly, as Keras does.
+
+    Args:
+        from_logits: whether ``y_pred`` holds logits (else probabilities in [0, 1]).
+        label_smoothing: ε in [0, 1].
+        axis: the axis the element-wise losses are averaged over.
+        reduction: ``"sum_over_batch_size"`` (default), ``"sum"``, ``"mean"``,
+            ``"mean_with_sample_weight"``, ``"none"`` or ``None``, applied by
+            :class:`keras.losses.Loss` exactly as for Keras's losses.
+        name: the loss's name.
+        dtype: the loss's computation dtype (``None``: ``keras.backend.floatx()``).
+
+    Example:
+        >>> import numpy as np
+        >>> from smoothloss.keras import BinaryCrossentropy
+        >>> y_true = np.array([[0.0, 1.0], [0.0, 0.0]])
+        >>> y_pred = np.array([[0.6, 0.4], [0.4, 0.6]])
+        >>> round(float(BinaryCrossentropy()(y_true, y_pred)), 3)  # as Keras's
+        0.815
+        >>> logits = np.array([[-18.6, 0.51], [2.94, -12.8]])
+        >>> round(float(BinaryCrossentropy(from_logits=True, label_smoothing=0.1)(y_true, logits)), 4)
+        1.2276
+    """
+
+    def __init__(
+        self,
+        from_logits: bool = False,
+        label_smoothing: float = 0.0,
+        axis: int = -1,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "binary_crossentropy",
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = _check_bool(from_logits, "from_logits")
+        self.label_smoothing = V.check_smoothing(label_smoothing)
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise TypeError(f"axis must be an int, got {axis!r}")
+        self.axis = axis
+        self._dtype_config = _dtype_config(self, dtype)
+
+    def _logits(self, y_pred: Any) -> Any:
+        """``y_pred`` itself, or the logits of the probabilities ``y_pred`` (see above)."""
+        if self.from_logits:
+            return y_pred
+        logits = _softmax_logits(y_pred, "Sigmoid")
+        if logits is not None:
+            return logits
+        if keras.backend.standardize_dtype(y_pred.dtype) in ("float16", "bfloat16"):
+            y_pred = ops.cast(y_pred, "float32")
+        eps = keras.backend.epsilon()
+        p = ops.clip(y_pred, eps, 1.0 - eps)
+        return ops.log(p) - ops.log(1.0 - p)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        """Per-example loss: the mean of the element-wise losses along ``axis``."""
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.cast(y_true, y_pred.dtype)
+        loss = smoothloss.binary_cross_entropy(
+            self._logits(y_pred), y_true, label_smoothing=self.label_smoothing, reduction="none"
+        )
+        return ops.mean(loss, axis=self.axis)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()  # name, reduction
+        config.update(
+            from_logits=self.from_logits,
+            label_smoothing=self.label_smoothing,
+            axis=self.axis,
+            dtype=self._dtype_config,
+        )
         return config

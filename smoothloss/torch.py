@@ -1,9 +1,11 @@
-"""PyTorch-facing losses: drop-ins for ``torch.nn.CrossEntropyLoss`` and timm's losses.
+"""PyTorch-facing losses and mixing: drop-ins for ``torch.nn.CrossEntropyLoss`` and for
+timm's losses and ``Mixup``.
 
 Everything here is a thin adapter: it holds configuration, maps PyTorch's and timm's
 argument conventions (class axis, probability targets, the deprecated ``size_average`` /
-``reduce`` flags) onto :func:`smoothloss.cross_entropy`, and forwards. No loss is
-computed in this module.
+``reduce`` flags, timm's dense-or-index targets) onto :func:`smoothloss.cross_entropy`,
+:func:`smoothloss.binary_cross_entropy` and :class:`smoothloss.Mixup`, and forwards. No
+loss is computed in this module.
 
 Importing :mod:`smoothloss` never imports this module (nor torch); import it explicitly::
 
@@ -18,6 +20,7 @@ the precision of its internal reductions.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,8 +30,10 @@ import smoothloss
 from smoothloss import _validation as V
 
 __all__ = [
+    "BinaryCrossEntropy",
     "CrossEntropyLoss",
     "LabelSmoothingCrossEntropy",
+    "Mixup",
     "SoftTargetCrossEntropy",
     "cross_entropy",
 ]
@@ -84,8 +89,11 @@ _NARROW_INTS = tuple(
 )
 
 
-def _forward(logits: Tensor, targets: Tensor, **options: Any) -> Tensor:
-    """Call the core, outside any enclosing autocast region of the logits' device.
+def _forward(
+    logits: Tensor, targets: Tensor, *, loss: Callable[..., Tensor] = smoothloss.cross_entropy, **options: Any
+) -> Tensor:
+    """Call the core's ``loss`` (default :func:`smoothloss.cross_entropy`), outside any
+    enclosing autocast region of the logits' device.
 
     Autocast would otherwise choose 16-bit kernels for some of the core's float32 ops;
     the core does its own upcasting of 16-bit logits.
@@ -96,8 +104,8 @@ def _forward(logits: Tensor, targets: Tensor, **options: Any) -> Tensor:
     device_type = logits.device.type
     if _autocast_enabled(device_type):
         with torch.autocast(device_type=device_type, enabled=False):
-            return smoothloss.cross_entropy(logits, targets, **options)
-    return smoothloss.cross_entropy(logits, targets, **options)
+            return loss(logits, targets, **options)
+    return loss(logits, targets, **options)
 
 
 def cross_entropy(
@@ -422,3 +430,211 @@ class SoftTargetCrossEntropy(nn.Module):
                 "use LabelSmoothingCrossEntropy for class indices"
             )
         return _forward(x, target, axis=-1)
+
+
+class BinaryCrossEntropy(nn.Module):
+    r"""Drop-in for ``timm.loss.BinaryCrossEntropy``, computed by :func:`smoothloss.binary_cross_entropy`.
+
+    ``forward(x, target)``: sigmoid cross-entropy of the logits ``x`` (N, C) against
+
+    * class indices ``target`` (N,): made dense with ε/C off and 1-ε+ε/C on, ε =
+      ``smoothing`` (timm's one-hot with ``off_value``/``on_value``);
+    * dense targets of ``x``'s shape (e.g. the soft targets of :class:`Mixup`): used as
+      given, as in timm (they are assumed to be smoothed upstream), or, with
+      ``smooth_dense=True``, smoothed towards 0.5 as Keras does: ``t·(1-ε) + ε/2``;
+
+    then, if ``target_threshold`` is set, binarised as timm does: ``t ← [t > threshold]``.
+    Each element's loss is PyTorch's ``binary_cross_entropy_with_logits`` with ``weight``
+    and ``pos_weight``: ``w·[(1-t)·x + (1 + (pw-1)·t)·softplus(-x)]``, finite for any
+    finite logit. ``sum_classes=True`` sums over the classes first and returns the mean
+    over the examples, whatever ``reduction`` (timm then stores ``reduction="none"``).
+    ``weight`` and ``pos_weight`` are buffers, as in timm (in ``state_dict()``, moved by
+    ``.to(device/dtype)``); a number given as ``pos_weight`` becomes a 0-d tensor.
+
+    Deliberate differences from timm:
+
+    * ``smooth_dense`` is an addition (timm never smooths dense targets); its default
+      False gives timm's results.
+    * Class indices must be integer tensors (timm truncates floating ones with
+      ``.long()``): ``TypeError`` otherwise. Bad shapes, labels outside [0, C),
+      ``smoothing`` outside [0, 1) and an unknown ``reduction`` raise
+      ``ValueError``/``TypeError`` naming the values (timm: ``AssertionError`` or
+      errors from ``scatter_``/PyTorch), the constructor's at construction.
+    * Any leading shape (..., C) is accepted with class indices (...); timm's
+      ``scatter_`` handles (N, C) only.
+    * 16-bit logits give a float32 loss (accumulated in float32); the gradient keeps
+      the logits' dtype. Inside ``torch.autocast`` the loss is computed with autocast
+      disabled.
+
+    Args:
+        smoothing: ε in [0, 1), default 0.1.
+        target_threshold: if not None, targets above it become 1 and the others 0.
+        weight: optional tensor broadcastable to ``x`` (e.g. per class, shape (C,)).
+        reduction: ``"mean"`` (over all elements), ``"sum"`` or ``"none"``.
+        sum_classes: sum over the classes, then average over the examples (timm).
+        pos_weight: optional weight of the positive term: a tensor broadcastable to
+            ``x`` (e.g. (C,)) or a number.
+        smooth_dense: also smooth dense targets, towards 0.5 (Keras's convention).
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from smoothloss.torch import BinaryCrossEntropy
+        >>> x = torch.randn(4, 10, dtype=torch.float64)
+        >>> y = torch.tensor([1, 0, 9, 3])
+        >>> dense = torch.full((4, 10), 0.01, dtype=torch.float64).scatter_(1, y[:, None], 0.91)
+        >>> torch.allclose(BinaryCrossEntropy(0.1)(x, y), F.binary_cross_entropy_with_logits(x, dense))
+        True
+        >>> t = torch.rand(4, 10, dtype=torch.float64)  # dense targets: used as given
+        >>> torch.allclose(BinaryCrossEntropy(0.1)(x, t), F.binary_cross_entropy_with_logits(x, t))
+        True
+    """
+
+    weight: Tensor | None
+    pos_weight: Tensor | None
+
+    def __init__(
+        self,
+        smoothing: float = 0.1,
+        target_threshold: float | None = None,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+        sum_classes: bool = False,
+        pos_weight: Tensor | float | None = None,
+        smooth_dense: bool = False,
+    ) -> None:
+        super().__init__()
+        smoothing = V.check_smoothing(smoothing, "smoothing")
+        if smoothing >= 1.0:
+            raise ValueError(f"smoothing must be < 1 (as in timm), got {smoothing}")
+        if target_threshold is not None:
+            if isinstance(target_threshold, bool) or not isinstance(target_threshold, (int, float)):
+                raise TypeError(f"target_threshold must be None or a number, got {target_threshold!r}")
+            target_threshold = float(target_threshold)
+        _check_tensor("weight", weight, optional=True)
+        if pos_weight is not None and not isinstance(pos_weight, Tensor):
+            if isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float)):
+                raise TypeError(f"pos_weight must be None, a number or a tensor, got {type(pos_weight).__name__}")
+            pos_weight = torch.tensor(float(pos_weight))  # as timm: a 0-d tensor, so it is a buffer
+        V.check_choice("reduction", reduction, V.REDUCTIONS)
+        self.smoothing = smoothing
+        self.target_threshold = target_threshold
+        self.reduction = "none" if sum_classes else reduction  # as timm
+        self.sum_classes = bool(sum_classes)
+        self.smooth_dense = bool(smooth_dense)
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, x: Tensor, target: Tensor) -> Tensor:
+        """The loss of logits ``x`` (classes last) against class indices or dense targets."""
+        _check_tensor("x", x)
+        _check_tensor("target", target)
+        dense = target.shape == x.shape
+        if not dense:
+            if target.is_floating_point() or target.dtype == torch.bool:
+                raise TypeError(
+                    f"target of shape {tuple(target.shape)} (not x's shape {tuple(x.shape)}) must hold "
+                    f"integer class indices, got dtype {target.dtype}"
+                )
+            if x.ndim == 2 and target.ndim != 1 and target.numel() == x.shape[0]:
+                target = target.reshape(-1)  # timm's target.view(-1, 1), e.g. for (N, 1) labels
+        return _forward(
+            x,
+            target,
+            loss=smoothloss.binary_cross_entropy,
+            label_smoothing=self.smoothing if self.smooth_dense or not dense else 0.0,
+            target_threshold=self.target_threshold,
+            weight=self.weight,
+            pos_weight=self.pos_weight,
+            reduction="mean" if self.sum_classes else self.reduction,
+            sum_classes=self.sum_classes,
+        )
+
+    def extra_repr(self) -> str:
+        parts = [f"smoothing={self.smoothing}", f"reduction={self.reduction!r}"]
+        if self.target_threshold is not None:
+            parts.append(f"target_threshold={self.target_threshold}")
+        if self.sum_classes:
+            parts.append("sum_classes=True")
+        if self.smooth_dense:
+            parts.append("smooth_dense=True")
+        return ", ".join(parts)
+
+
+class Mixup(smoothloss.Mixup):
+    r"""Drop-in for ``timm.data.Mixup``: ``mixup_fn(x, target) -> (x, soft_target)``.
+
+    A thin subclass of :class:`smoothloss.Mixup` for NCHW image tensors: timm's
+    constructor (same names, order and defaults) plus ``seed``, timm's draws in timm's
+    order, and the targets of timm's ``mixup_target`` (smoothed with ε/K first, then
+    ``λ·y + (1-λ)·y.flip(0)``). See :class:`smoothloss.Mixup` for the options.
+
+    Deliberate differences from timm:
+
+    * The randomness comes from an explicit NumPy ``Generator`` (``seed``: an int, a
+      Generator, or None for fresh entropy), not from the global ``np.random`` state.
+    * The result is new tensors on ``x``'s device: ``x`` is left unchanged (timm mixes
+      it in place and returns it).
+    * Odd batch sizes are allowed (timm asserts an even batch): example i pairs with
+      B-1-i, so the middle example pairs with itself and comes out unchanged (up to
+      rounding); in ``"pair"`` mode it gets no draw and λ = 1.
+    * ``target`` must hold integer class indices (timm truncates floating ones with
+      ``.long()``): ``TypeError`` otherwise. Bad options raise ``ValueError`` at
+      construction (timm asserts or fails later).
+    * The soft targets are float64 for float64 images and float32 otherwise, on
+      ``x``'s device.
+
+    Args:
+        mixup_alpha: α of mixup's Beta(α, α); mixup is on when > 0.
+        cutmix_alpha: α of cutmix's Beta(α, α); cutmix is on when > 0.
+        cutmix_minmax: (min, max) box side as a fraction of the image, or None (forces
+            ``cutmix_alpha = 1``, as timm).
+        prob: probability of mixing a batch, pair or example.
+        switch_prob: probability of cutmix instead of mixup when both are on.
+        mode: ``"batch"`` (one draw), ``"pair"`` (one per pair i, B-1-i) or ``"elem"``.
+        correct_lam: λ from the clipped box area instead of the drawn value.
+        label_smoothing: ε of the targets (default 0.1, as timm).
+        num_classes: K (default 1000, as timm).
+        seed: an int, None or a ``numpy.random.Generator``: where the draws come from.
+
+    Example:
+        >>> import torch
+        >>> from smoothloss.torch import Mixup
+        >>> mixup_fn = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10, seed=0)
+        >>> x, y = torch.rand(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4])  # an odd batch is fine
+        >>> mixed, target = mixup_fn(x, y)
+        >>> mixed.shape, target.shape, target.dtype
+        (torch.Size([5, 3, 8, 8]), torch.Size([5, 10]), torch.float32)
+        >>> torch.allclose(target.sum(-1), torch.ones(5)), mixed is x
+        (True, False)
+    """
+
+    def __init__(
+        self,
+        mixup_alpha: float = 1.0,
+        cutmix_alpha: float = 0.0,
+        cutmix_minmax: tuple[float, float] | None = None,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+        mode: str = "batch",
+        correct_lam: bool = True,
+        label_smoothing: float = 0.1,
+        num_classes: int = 1000,
+        seed: Any = None,
+    ) -> None:
+        super().__init__(
+            mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, cutmix_minmax=cutmix_minmax, prob=prob,
+            switch_prob=switch_prob, mode=mode, correct_lam=correct_lam, label_smoothing=label_smoothing,
+            num_classes=num_classes, seed=seed, layout="NCHW",
+        )
+
+    def __call__(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Mix images ``x`` (B, C, H, W) and class indices ``target`` (B,): new tensors
+        ``(mixed x, soft targets (B, num_classes))`` on ``x``'s device."""
+        _check_tensor("x", x)
+        _check_tensor("target", target)
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+        if target.dtype in _NARROW_INTS:
+            target = target.to(torch.int64)
+        return super().__call__(x, target)

@@ -432,6 +432,200 @@ def test_training_on_every_keras_backend(backend):
 def test_public_api():
     import smoothloss.keras as sk
 
-    assert sk.__all__ == ["CategoricalCrossentropy", "SparseCategoricalCrossentropy"]
+    assert sk.__all__ == ["BinaryCrossentropy", "CategoricalCrossentropy", "SparseCategoricalCrossentropy"]
     assert keras.saving.get_registered_name(CategoricalCrossentropy) == "smoothloss>CategoricalCrossentropy"
     assert issubclass(SparseCategoricalCrossentropy, keras.losses.Loss)
+
+
+# ============================================================================= issue 4: BinaryCrossentropy
+from smoothloss.keras import BinaryCrossentropy  # noqa: E402
+
+# layout -> (y_pred shape, axis the element-wise losses are averaged over)
+BCE_LAYOUTS = {"2d": ((6, K), -1), "3d-axis1": ((3, K, 4), 1)}
+
+
+def _bce_data(layout: str, *, from_logits: bool, seed: int = 0):
+    """(y_pred, targets half hard 0/1 and half soft, sample weights per example, axis)."""
+    shape, axis = BCE_LAYOUTS[layout]
+    rng = np.random.default_rng(seed)
+    logits = (2.5 * rng.normal(size=shape)).astype(np.float32)
+    y_pred = logits if from_logits else (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    y_true = rng.random(shape).astype(np.float32)
+    y_true.flat[::2] = np.round(y_true.flat[::2])
+    positions = tuple(s for i, s in enumerate(shape) if i != axis % len(shape))
+    sample_weight = rng.uniform(0.2, 2.0, size=positions).astype(np.float32)
+    return y_pred, y_true, sample_weight, axis
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample_weight"])
+@pytest.mark.parametrize("layout", list(BCE_LAYOUTS))
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probs"])
+def test_binary_matches_keras(from_logits, label_smoothing, layout, weighted, reduction):
+    y_pred, y_true, sw, axis = _bce_data(layout, from_logits=from_logits)
+    sw = sw if weighted else None
+    kwargs = dict(from_logits=from_logits, label_smoothing=label_smoothing, axis=axis, reduction=reduction)
+    ours, theirs = BinaryCrossentropy(**kwargs), keras.losses.BinaryCrossentropy(**kwargs)
+    _assert_same(
+        _value_and_grad(lambda x: ours(y_true, x, sample_weight=sw), y_pred),
+        _value_and_grad(lambda x: theirs(y_true, x, sample_weight=sw), y_pred),
+    )
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_binary_saturated_probabilities_are_clipped_like_keras(label_smoothing):
+    y_pred = np.array([[0.0, 1.0, 1e-9, 1 - 1e-8, 0.5], [1.0, 0.0, 0.3, 1e-7, 1.0]], np.float32)
+    y_true = np.array([[1.0, 0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 1.0, 0.25]], np.float32)
+    ours = BinaryCrossentropy(label_smoothing=label_smoothing, reduction=None)(y_true, y_pred)
+    theirs = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing, reduction=None)(y_true, y_pred)
+    assert rel_err(ops.convert_to_numpy(ours), ops.convert_to_numpy(theirs)) <= TOL
+
+
+def test_binary_large_logits_are_finite_and_exact():
+    x = np.array([[80.0, -80.0, 0.0, 30.0]], np.float32)
+    t = np.array([[0.0, 1.0, 1.0, 1.0]], np.float32)
+    got = ops.convert_to_numpy(BinaryCrossentropy(from_logits=True, reduction=None)(t, x))
+    np.testing.assert_allclose(got, [(80.0 + 80.0 + np.log(2.0) + np.log1p(np.exp(-30.0))) / 4], rtol=TOL)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="Keras follows a sigmoid back to its logits on TensorFlow only")
+@pytest.mark.parametrize("traced", [False, True], ids=["eager-keras-sigmoid", "tf-function-tf-sigmoid"])
+def test_binary_sigmoid_output_uses_its_logits_like_keras(traced):
+    import tensorflow as tf
+
+    x = np.array([[40.0, -30.0, 0.0, -3.0, 1.0], [0.5, -1.0, 2.0, 0.0, 25.0]], dtype=np.float32)
+    y_true = np.array([[0.0, 1.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.5, 1.0, 0.0]], np.float32)
+    sigmoid = tf.nn.sigmoid if traced else keras.activations.sigmoid
+    ours, theirs = BinaryCrossentropy(reduction=None), keras.losses.BinaryCrossentropy(reduction=None)
+
+    def fn(loss):
+        f = lambda z: loss(y_true, sigmoid(z))  # noqa: E731
+        return tf.function(f) if traced else f
+
+    got = _value_and_grad(fn(ours), x)
+    _assert_same(got, _value_and_grad(fn(theirs), x))
+    exact = np.mean(np.maximum(x, 0) - x * y_true + np.log1p(np.exp(-np.abs(x))), axis=-1)
+    assert rel_err(got[0], exact) <= TOL  # 40 and 30 exactly, where clipping would give 16.1
+
+
+def test_binary_mixed_precision_policy_matches_keras():
+    y_pred, y_true, _, _ = _bce_data("2d", from_logits=False)
+    for from_logits in (False, True):
+        kwargs = dict(from_logits=from_logits, label_smoothing=0.1, dtype="mixed_float16")
+        x = y_pred if not from_logits else np.log(y_pred / (1 - y_pred))
+        a = BinaryCrossentropy(**kwargs)(y_true, x)
+        b = keras.losses.BinaryCrossentropy(**kwargs)(y_true, x)
+        assert keras.backend.standardize_dtype(a.dtype) == keras.backend.standardize_dtype(b.dtype) == "float16"
+        assert rel_err(ops.convert_to_numpy(a), ops.convert_to_numpy(b)) <= 1e-3
+
+
+def test_binary_float16_saturated_probabilities_stay_finite():
+    """The documented divergence: 16-bit probabilities become logits in float32, so a
+    saturated float16 probability (1 - 1e-7 rounds to 1 there) gives a finite loss where
+    Keras's float16 log(1 - p) is -inf (Keras 3.15: NaN)."""
+    y_true = np.array([[1.0, 0.0, 1.0]], np.float32)
+    y_pred = np.array([[1.0, 0.0, 0.9995]], np.float16)
+    got = ops.convert_to_numpy(BinaryCrossentropy(reduction=None, dtype="mixed_float16")(y_true, y_pred))
+    expected = ops.convert_to_numpy(BinaryCrossentropy(reduction=None)(y_true, y_pred.astype(np.float32)))
+    assert np.all(np.isfinite(got)) and rel_err(got, expected) <= 1e-2
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"label_smoothing": 1.5}, ValueError),
+        ({"label_smoothing": None}, TypeError),
+        ({"from_logits": 1}, TypeError),
+        ({"axis": 1.0}, TypeError),
+        ({"reduction": "mean_over_batch"}, ValueError),
+    ],
+)
+def test_binary_bad_arguments_fail_at_construction(kwargs, error):
+    with pytest.raises(error):
+        BinaryCrossentropy(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        BinaryCrossentropy(),
+        BinaryCrossentropy(True, 0.1, 1, "sum", "bce", "float32"),
+        BinaryCrossentropy(label_smoothing=0.2, reduction=None, dtype=keras.dtype_policies.DTypePolicy("mixed_bfloat16")),
+    ],
+    ids=["default", "positional", "policy"],
+)
+def test_binary_config_round_trip(loss):
+    config = loss.get_config()
+    params = set(inspect.signature(BinaryCrossentropy.__init__).parameters) - {"self"}
+    assert set(config) == params  # every constructor argument, nothing else
+    # Keras's own keys, plus dtype (Keras 3.15's BinaryCrossentropy.get_config drops it)
+    assert set(config) == set(keras.losses.BinaryCrossentropy().get_config()) | {"dtype"}
+    assert BinaryCrossentropy.from_config(config).get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert type(restored) is BinaryCrossentropy and restored.get_config() == config
+    assert restored.dtype == loss.dtype
+    assert keras.saving.get_registered_name(BinaryCrossentropy) == "smoothloss>BinaryCrossentropy"
+
+
+def test_binary_model_save_and_load(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 4)).astype(np.float32)
+    y = (rng.random((8, K)) < 0.3).astype(np.float32)
+    loss = BinaryCrossentropy(from_logits=True, label_smoothing=0.1)
+    model = _tiny_model(loss)
+    expected = model.evaluate(x, y, verbose=0)
+    path = tmp_path / "bce.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert type(restored.loss) is BinaryCrossentropy and restored.loss.get_config() == loss.get_config()
+    assert rel_err(restored.evaluate(x, y, verbose=0), expected) <= TOL
+
+
+BCE_ON_BACKEND = """
+import os
+import numpy as np
+import keras
+from smoothloss.keras import BinaryCrossentropy
+
+assert keras.backend.backend() == os.environ["KERAS_BACKEND"], keras.backend.backend()
+rng = np.random.default_rng(0)
+x = rng.normal(size=(32, 8)).astype("float32")
+y = (x[:, :4] + 0.3 * rng.normal(size=(32, 4)) > 0).astype("float32")
+sw = rng.uniform(0.5, 2.0, size=32).astype("float32")
+logits = (2.5 * rng.normal(size=(6, 4))).astype("float32")
+probs = 1 / (1 + np.exp(-logits))
+
+def close(a, b, tol=1e-5):
+    a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
+    assert np.max(np.abs(a - b)) <= tol * np.max(np.abs(b)), (a, b)
+
+for from_logits, pred in ((True, logits), (False, probs)):
+    for eps in (0.0, 0.1):
+        for reduction in ("sum_over_batch_size", "sum", None):
+            kw = dict(from_logits=from_logits, label_smoothing=eps, reduction=reduction)
+            close(BinaryCrossentropy(**kw)(y[:6], pred, sample_weight=sw[:6]),
+                  keras.losses.BinaryCrossentropy(**kw)(y[:6], pred, sample_weight=sw[:6]))
+
+def train(loss, activation):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation=activation)])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
+    return model.fit(x, y, sample_weight=sw, batch_size=32, epochs=5, shuffle=False, verbose=0).history["loss"]
+
+hist = train(BinaryCrossentropy(label_smoothing=0.1), "sigmoid")  # probabilities, as Keras's default
+close(hist, train(keras.losses.BinaryCrossentropy(label_smoothing=0.1), "sigmoid"), 1e-4)
+assert hist[-1] < 0.95 * hist[0], hist
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_binary_on_every_keras_backend(backend):
+    """Values against Keras's and the same fit() trajectory, on each Keras backend (the
+    in-process tests above already cover Keras's current backend)."""
+    if backend == BACKEND:
+        pytest.skip(f"{backend} is Keras's backend in this process: covered by the tests above")
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    assert _run(BCE_ON_BACKEND, backend).strip().endswith("OK")

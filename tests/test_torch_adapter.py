@@ -438,3 +438,269 @@ def test_import_smoothloss_does_not_import_the_torch_adapter():
     code = "import sys, smoothloss; print('smoothloss.torch' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# ================================================================ issue 4: BinaryCrossEntropy and Mixup
+class TimmBinaryCrossEntropy(torch.nn.Module):
+    """timm.loss.BinaryCrossEntropy (timm/loss/binary_cross_entropy.py), written out as
+    timm has it: one-hot with off/on values via scatter_, optional ``>`` threshold, then
+    F.binary_cross_entropy_with_logits; sum_classes sums the classes and averages."""
+
+    def __init__(self, smoothing=0.1, target_threshold=None, weight=None, reduction="mean",
+                 sum_classes=False, pos_weight=None):
+        super().__init__()
+        assert 0.0 <= smoothing < 1.0
+        if pos_weight is not None and not isinstance(pos_weight, torch.Tensor):
+            pos_weight = torch.tensor(pos_weight)
+        self.smoothing = smoothing
+        self.target_threshold = target_threshold
+        self.reduction = "none" if sum_classes else reduction
+        self.sum_classes = sum_classes
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, x, target):
+        batch_size = x.shape[0]
+        assert batch_size == target.shape[0]
+        if target.shape != x.shape:
+            num_classes = x.shape[-1]
+            off_value = self.smoothing / num_classes
+            on_value = 1.0 - self.smoothing + off_value
+            target = target.long().view(-1, 1)
+            target = torch.full(
+                (batch_size, num_classes), off_value, device=x.device, dtype=x.dtype
+            ).scatter_(1, target, on_value)
+        if self.target_threshold is not None:
+            target = target.gt(self.target_threshold).to(dtype=target.dtype)
+        loss = F.binary_cross_entropy_with_logits(
+            x, target, self.weight, pos_weight=self.pos_weight, reduction=self.reduction
+        )
+        if self.sum_classes:
+            loss = loss.sum(-1).mean()
+        return loss
+
+
+BCE_N, BCE_K = 6, 5
+BCE_OPTIONS = {  # name -> constructor kwargs shared by ours and timm's (tensors in float64)
+    "default": {},
+    "no-smoothing": {"smoothing": 0.0},
+    "smoothing-0.3": {"smoothing": 0.3},
+    "threshold": {"smoothing": 0.1, "target_threshold": 0.2},
+    "weights": {"smoothing": 0.2, "weight": "class", "pos_weight": "class"},
+    "per-element-weight": {"weight": "element", "pos_weight": 3.0},
+}
+
+
+def _bce_case(name, kind, seed=0):
+    """(kwargs, logits (N, K) with large entries too, targets) in float64."""
+    rng = np.random.default_rng(seed)
+    kwargs = dict(BCE_OPTIONS[name])
+    for key in ("weight", "pos_weight"):
+        if kwargs.get(key) == "class":
+            kwargs[key] = torch.as_tensor(rng.uniform(0.2, 3.0, size=BCE_K), dtype=F64)
+        elif kwargs.get(key) == "element":
+            kwargs[key] = torch.as_tensor(rng.uniform(0.2, 3.0, size=(BCE_N, BCE_K)), dtype=F64)
+    x = torch.as_tensor(rng.normal(scale=3.0, size=(BCE_N, BCE_K)), dtype=F64)
+    x[0, 0], x[1, 1] = 60.0, -60.0  # saturated logits stay finite and exact
+    if kind == "index":
+        y = torch.as_tensor(rng.integers(0, BCE_K, size=BCE_N))
+    else:  # e.g. soft mixup targets
+        y = torch.as_tensor(rng.random((BCE_N, BCE_K)), dtype=F64)
+    return kwargs, x, y
+
+
+@pytest.mark.parametrize("sum_classes", [False, True], ids=["elementwise", "sum_classes"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kind", ["index", "dense"])
+@pytest.mark.parametrize("name", list(BCE_OPTIONS))
+def test_binary_cross_entropy_matches_timm(name, kind, reduction, sum_classes):
+    kwargs, x, y = _bce_case(name, kind)
+    kwargs.update(reduction=reduction, sum_classes=sum_classes)
+    ours, theirs = st.BinaryCrossEntropy(**kwargs).to(F64), TimmBinaryCrossEntropy(**kwargs).to(F64)
+    assert ours.reduction == theirs.reduction  # timm stores "none" with sum_classes
+    v1, g1 = _value_and_grad(lambda z: ours(z, y), x)
+    v2, g2 = _value_and_grad(lambda z: theirs(z, y), x)
+    assert v1.shape == v2.shape and v1.dtype == v2.dtype == F64
+    assert torch.isfinite(v1).all() and torch.isfinite(g1).all()
+    assert rel_err(_np(v1), _np(v2)) <= 1e-10
+    assert rel_err(_np(g1), _np(g2)) <= 1e-10
+
+
+@pytest.mark.parametrize("threshold", [None, 0.45])
+def test_binary_cross_entropy_smooth_dense_goes_towards_one_half(threshold):
+    _, x, t = _bce_case("default", "dense")
+    ours = st.BinaryCrossEntropy(0.2, target_threshold=threshold, smooth_dense=True)
+    # Keras's convention on dense targets, then timm's loss with no further smoothing
+    theirs = TimmBinaryCrossEntropy(0.2, target_threshold=threshold)
+    v1, g1 = _value_and_grad(lambda z: ours(z, t), x)
+    v2, g2 = _value_and_grad(lambda z: theirs(z, t * 0.8 + 0.1), x)
+    assert rel_err(_np(v1), _np(v2)) <= 1e-10 and rel_err(_np(g1), _np(g2)) <= 1e-10
+    # class indices are smoothed the same way with or without smooth_dense
+    y = torch.tensor([0, 4, 2, 2, 1, 3])
+    assert torch.equal(ours(x, y), st.BinaryCrossEntropy(0.2, target_threshold=threshold)(x, y))
+
+
+def test_binary_cross_entropy_with_mixup_targets():
+    """timm's recipe: Mixup's soft (already smoothed) targets go through unchanged."""
+    mixup_fn = st.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=BCE_K, seed=3)
+    images = torch.rand(BCE_N, 3, 8, 8, dtype=F64)
+    _, target = mixup_fn(images, torch.tensor([0, 1, 2, 3, 4, 0]))
+    x = torch.randn(BCE_N, BCE_K, dtype=F64)
+    for threshold in (None, 0.2):
+        a = st.BinaryCrossEntropy(target_threshold=threshold)(x, target)
+        b = TimmBinaryCrossEntropy(target_threshold=threshold)(x, target)
+        assert rel_err(_np(a), _np(b)) <= 1e-10
+
+
+def test_binary_cross_entropy_index_targets_like_timm_view():
+    _, x, y = _bce_case("default", "index")
+    loss = st.BinaryCrossEntropy()
+    assert torch.equal(loss(x, y[:, None]), loss(x, y))  # (N, 1) labels, as timm's view(-1, 1)
+    assert rel_err(_np(loss(x, y.to(torch.int32))), _np(TimmBinaryCrossEntropy()(x, y))) <= 1e-10
+    # any leading shape with class indices (timm: (N, C) only)
+    x3 = torch.randn(2, 3, BCE_K, dtype=F64)
+    y3 = torch.randint(0, BCE_K, (2, 3))
+    flat = TimmBinaryCrossEntropy()(x3.reshape(-1, BCE_K), y3.reshape(-1))
+    assert rel_err(_np(loss(x3, y3)), _np(flat)) <= 1e-10
+
+
+def test_binary_cross_entropy_buffers_like_timm():
+    w = torch.rand(BCE_K) + 0.5
+    ours = st.BinaryCrossEntropy(weight=w, pos_weight=2.0)
+    theirs = TimmBinaryCrossEntropy(weight=w, pos_weight=2.0)
+    assert set(ours.state_dict()) == set(theirs.state_dict()) == {"weight", "pos_weight"}
+    assert ours.pos_weight.shape == () and list(ours.parameters()) == []
+    assert ours.to(F64) is ours and ours.weight.dtype == ours.pos_weight.dtype == F64
+    fresh = st.BinaryCrossEntropy(weight=torch.ones(BCE_K), pos_weight=torch.tensor(1.0))
+    fresh.load_state_dict(theirs.state_dict())
+    assert torch.equal(fresh.weight, w) and float(fresh.pos_weight) == 2.0
+    assert set(st.BinaryCrossEntropy().state_dict()) == set(TimmBinaryCrossEntropy().state_dict()) == set()
+    assert "smoothing=0.1" in repr(ours)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_binary_cross_entropy_dtype_and_device_follow_the_input(dtype):
+    loss = st.BinaryCrossEntropy(weight=torch.rand(BCE_K, dtype=F64), pos_weight=torch.rand(BCE_K))
+    x = torch.randn(BCE_N, BCE_K, dtype=dtype, requires_grad=True)
+    out = loss(x, torch.randint(0, BCE_K, (BCE_N,)))
+    assert out.dtype == (torch.float32 if dtype == torch.bfloat16 else dtype) and out.device == x.device
+    (g,) = torch.autograd.grad(out, x)
+    assert g.dtype == dtype and g.device == x.device
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: st.BinaryCrossEntropy(smoothing=1.0),
+        lambda: st.BinaryCrossEntropy(smoothing=-0.1),
+        lambda: st.BinaryCrossEntropy(reduction="batchmean"),
+        lambda: st.BinaryCrossEntropy(target_threshold="0.2"),
+        lambda: st.BinaryCrossEntropy(pos_weight="2"),
+        lambda: st.BinaryCrossEntropy(weight=[1.0, 2.0]),
+        lambda: st.BinaryCrossEntropy()(torch.randn(4, 3), torch.tensor([0.0, 1.0, 2.0, 1.0])),
+        lambda: st.BinaryCrossEntropy()(torch.randn(4, 3), torch.tensor([0, 1, 3, 1])),
+        lambda: st.BinaryCrossEntropy()(torch.randn(4, 3), torch.rand(4, 2)),
+        lambda: st.BinaryCrossEntropy()(np.zeros((4, 3)), torch.tensor([0, 1, 2, 1])),
+    ],
+    ids=["smoothing-1", "smoothing-negative", "reduction", "threshold-str", "pos_weight-str",
+         "weight-list", "float-indices", "label-out-of-range", "shape", "numpy-logits"],
+)
+def test_binary_cross_entropy_bad_input_raises(make):
+    with pytest.raises((ValueError, TypeError)):
+        make()
+
+
+MIXUP_CONFIGS = {
+    "mixup": dict(mixup_alpha=0.8),
+    "cutmix": dict(mixup_alpha=0.0, cutmix_alpha=1.0),
+    "both": dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5),
+    "minmax": dict(mixup_alpha=0.0, cutmix_minmax=(0.2, 0.8), correct_lam=False),
+    "prob-0.5": dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.5),
+}
+
+
+@pytest.mark.parametrize("batch", [6, 7], ids=["even", "odd"])
+@pytest.mark.parametrize("config", list(MIXUP_CONFIGS))
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_mixup_equals_core_mixup_with_the_same_seed(mode, config, batch):
+    kwargs = dict(MIXUP_CONFIGS[config], mode=mode, label_smoothing=0.1, num_classes=5)
+    ours, core = st.Mixup(**kwargs, seed=11), smoothloss.Mixup(**kwargs, seed=11)
+    assert isinstance(ours, smoothloss.Mixup)
+    rng = np.random.default_rng(batch)
+    for _ in range(3):  # successive calls keep drawing from the same stream
+        x_np = rng.random((batch, 3, 9, 10), dtype=np.float32)
+        y_np = rng.integers(0, 5, size=batch)
+        x, y = torch.from_numpy(x_np.copy()), torch.from_numpy(y_np)
+        mixed, target = ours(x, y)
+        mixed_np, target_np = core(x_np, y_np)
+        assert isinstance(mixed, torch.Tensor) and isinstance(target, torch.Tensor)
+        np.testing.assert_array_equal(mixed.numpy(), mixed_np)
+        np.testing.assert_array_equal(target.numpy(), target_np)
+        assert torch.equal(x, torch.from_numpy(x_np))  # the input is left unchanged
+        assert mixed.data_ptr() != x.data_ptr()
+        assert torch.allclose(target.sum(-1), torch.ones(batch))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_mixup_keeps_device_and_dtype_and_odd_middle(mode, dtype):
+    mixup_fn = st.Mixup(mixup_alpha=1.0, cutmix_alpha=1.0, mode=mode, num_classes=4, seed=0)
+    x = torch.rand(5, 2, 6, 6).to(dtype)
+    y = torch.tensor([0, 1, 2, 3, 0], dtype=torch.int32)  # a narrower label dtype is fine
+    before = x.clone()
+    mixed, target = mixup_fn(x, y)
+    assert mixed.dtype == dtype and mixed.device == x.device and mixed.shape == x.shape
+    assert target.dtype == (F64 if dtype == F64 else torch.float32) and target.device == x.device
+    assert target.shape == (5, 4)
+    assert torch.equal(x, before)
+    # the middle example of an odd batch pairs with itself: its image and its target stay
+    assert torch.allclose(mixed[2].float(), x[2].float(), atol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+    assert torch.allclose(target[2].double(), torch.tensor([0.025, 0.025, 0.925, 0.025], dtype=F64), atol=1e-6)
+
+
+def test_mixup_is_timm_constructor_plus_seed():
+    import inspect
+
+    params = list(inspect.signature(st.Mixup).parameters.items())
+    names = [name for name, _ in params]
+    assert names == [
+        "mixup_alpha", "cutmix_alpha", "cutmix_minmax", "prob", "switch_prob", "mode", "correct_lam",
+        "label_smoothing", "num_classes", "seed",
+    ]
+    defaults = {name: p.default for name, p in params}
+    assert defaults["label_smoothing"] == 0.1 and defaults["num_classes"] == 1000 and defaults["mode"] == "batch"
+    mixup_fn = st.Mixup(cutmix_minmax=(0.2, 0.8), num_classes=3, seed=0)
+    assert mixup_fn.cutmix_alpha == 1.0 and mixup_fn.mixup_enabled  # as timm
+    mixup_fn.mixup_enabled = False  # timm's switch for the end of training: targets only smoothed
+    x = torch.rand(4, 1, 4, 4)
+    mixed, target = mixup_fn(x, torch.tensor([0, 1, 2, 0]))
+    assert torch.equal(mixed, x) and mixed is not x
+    assert torch.allclose(target[0], torch.tensor([0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3]))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: st.Mixup(mixup_alpha=0.0, cutmix_alpha=0.0),
+        lambda: st.Mixup(mode="half"),
+        lambda: st.Mixup(num_classes=0),
+        lambda: st.Mixup(num_classes=3)(torch.rand(2, 1, 4, 4), torch.tensor([0.0, 1.0])),
+        lambda: st.Mixup(num_classes=3)(np.zeros((2, 1, 4, 4), np.float32), torch.tensor([0, 1])),
+        lambda: st.Mixup(num_classes=3)(torch.rand(2, 4, 4), torch.tensor([0, 1])),
+    ],
+    ids=["nothing-to-mix", "mode", "num_classes", "float-target", "numpy-images", "rank-3"],
+)
+def test_mixup_bad_input_raises(make):
+    with pytest.raises((ValueError, TypeError)):
+        make()
+
+
+@pytest.mark.filterwarnings(_DYNAMO_FUNCTION_DEPRECATION)
+def test_binary_cross_entropy_under_torch_compile():
+    kwargs, x, y = _bce_case("weights", "index")
+    loss = st.BinaryCrossEntropy(**kwargs, target_threshold=0.1).to(F64)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda v: loss(v, y), backend="eager", fullgraph=True)  # no graph breaks
+    a, ga = _value_and_grad(compiled, x)
+    b, gb = _value_and_grad(lambda v: loss(v, y), x)
+    assert rel_err(_np(a), _np(b)) <= 1e-12 and rel_err(_np(ga), _np(gb)) <= 1e-12
