@@ -7,6 +7,7 @@ are handed in.
 
 from smoothloss._core import cross_entropy, cross_entropy_and_grad, smoothing_coefficients
 from smoothloss._binary import binary_cross_entropy
+from smoothloss._linear import linear_cross_entropy, linear_cross_entropy_and_grad
 from smoothloss._mixing import Mixup, MixupParams, mix_images, mixup_cross_entropy, mixup_target
 from smoothloss._targets import one_hot, smooth_labels
 
@@ -18,6 +19,8 @@ __all__ = [
     "binary_cross_entropy",
     "cross_entropy",
     "cross_entropy_and_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_and_grad",
     "mix_images",
     "mixup_cross_entropy",
     "mixup_target",

@@ -30,7 +30,7 @@ __all__ = [
     # reductions
     "max", "min", "sum", "any",
     # shape and indexing
-    "reshape", "expand_dims", "moveaxis", "take", "take_along_axis",
+    "reshape", "expand_dims", "moveaxis", "take", "take_along_axis", "concat",
     # linear algebra
     "matmul",
 ]
@@ -146,6 +146,12 @@ def take(x: Any, indices: Any, /, *, axis: Any = None) -> Any:
     if axis is None:  # the standard allows None for 1-D x only
         x, axis = tf.reshape(x, (-1,)), 0
     return tf.gather(x, indices, axis=axis)
+
+
+def concat(arrays: Any, /, *, axis: int | None = 0) -> Any:
+    if axis is None:
+        return tf.concat([tf.reshape(a, (-1,)) for a in arrays], axis=0)
+    return tf.concat(list(arrays), axis=axis)
 
 
 def take_along_axis(x: Any, indices: Any, /, *, axis: int = -1) -> Any:

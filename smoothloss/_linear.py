@@ -1,0 +1,305 @@
+"""Chunked linear cross-entropy: the loss of a final projection without its N×V logits.
+
+For hidden states h (N, H), a projection W (V, H) and an optional bias b (V,),
+``linear_cross_entropy`` equals ``cross_entropy(h @ W.T + b, labels, ...)`` but walks
+the rows in chunks of ``chunk_size``: a chunk's logits ``z = h_c @ W.T + b`` (C×V) are
+made, reduced by the core's :func:`~smoothloss._core.forward` to the per-row loss and
+log-sum-exp (O(N) kept), and dropped. The backward makes each chunk's logits again,
+takes the core's closed form ``g = dℓ/dz`` (:func:`~smoothloss._core.backward`), and
+accumulates
+
+``dh_c = g @ W``,  ``dW += g.T @ h_c``,  ``db += Σ_rows g``.
+
+No loss formula lives here: smoothing, ignore_index, z_loss and softcap are the core's.
+The frameworks register this backward as the custom gradient (``backends.torch_linear``,
+``backends.jax_linear``, ``backends.tf_linear``); NumPy and array-api-strict use
+:func:`linear_cross_entropy_and_grad`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+from smoothloss import _validation as V
+from smoothloss._core import Options, backward, compute_dtype, forward, validate
+from smoothloss.backends import array_namespace, as_arrays, framework_name, is_traced
+
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_and_grad", "chunked_forward", "chunked_backward"]
+
+#: The default chunk holds about this many bytes of logits.
+CHUNK_BYTES = 64 << 20
+
+
+def _transpose(xp: Any, a: Any) -> Any:
+    """The transpose of a 2-D array (``moveaxis`` is in every namespace smoothloss uses)."""
+    return xp.moveaxis(a, 0, 1)
+
+
+def _concat(xp: Any, parts: list[Any]) -> Any:
+    """``xp.concat(parts, axis=0)``; one part is returned as it is."""
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+
+
+def _bounds(n: int, chunk: int) -> list[tuple[int, int]]:
+    """Row ranges of the chunks; one empty chunk when there are no rows."""
+    if n == 0:
+        return [(0, 0)]
+    return [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+
+
+def _logits(xp: Any, h: Any, weight: Any, bias: Any) -> Any:
+    z = xp.matmul(h, _transpose(xp, weight))
+    return z if bias is None else z + bias
+
+
+def _per_row(opts: Options) -> Options:
+    return opts if opts.reduction == "none" else replace(opts, reduction="none")
+
+
+def chunked_forward(
+    hidden: Any, weight: Any, bias: Any, labels: Any, opts: Options, chunk: int
+) -> tuple[Any, Any, Any]:
+    """``(loss, lse, scale)`` over 2-D ``hidden`` (N, H) and 1-D ``labels`` (N,).
+
+    ``lse`` is each row's log-sum-exp (N,), ``scale`` d(loss)/d(per-row loss): 1 for
+    ``"sum"`` and ``"none"``, 1/#valid rows for ``"mean"`` (0 when no row is valid).
+    """
+    xp = array_namespace(hidden, weight, bias)
+    row_opts = _per_row(opts)
+    losses, lses = [], []
+    for i, j in _bounds(int(hidden.shape[0]), chunk):
+        loss_c, lse_c, _ = forward(_logits(xp, hidden[i:j, ...], weight, bias), labels[i:j], None, row_opts)
+        losses.append(loss_c)
+        lses.append(lse_c)
+    loss, lse = _concat(xp, losses), _concat(xp, lses)
+    if opts.reduction == "none":
+        return loss, lse, 1.0
+    if opts.reduction == "sum":
+        return xp.sum(loss), lse, 1.0
+    if opts.ignore_index is None:
+        n = math.prod(loss.shape)
+        scale: Any = 1.0 / n if n > 0 else 0.0
+    else:  # a mean over zero valid rows is 0, never NaN
+        den = xp.sum(xp.astype(labels != opts.ignore_index, loss.dtype))
+        nonzero = den > 0
+        scale = xp.where(nonzero, 1.0 / xp.where(nonzero, den, 1.0), 0.0)
+    return xp.sum(loss) * scale, lse, scale
+
+
+def chunked_backward(
+    hidden: Any,
+    weight: Any,
+    bias: Any,
+    labels: Any,
+    opts: Options,
+    chunk: int,
+    lse: Any,
+    scale: Any,
+    cotangent: Any,
+    needs: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Any, Any, Any]:
+    """``(d_hidden, d_weight, d_bias)`` for 2-D ``hidden``; entries of ``needs`` that are
+    False (and ``d_bias`` without a bias) give None.
+
+    ``lse`` and ``scale`` come from :func:`chunked_forward`; ``cotangent`` is the
+    incoming cotangent, a scalar or, for ``reduction="none"``, one per row.
+    """
+    xp = array_namespace(hidden, weight, bias)
+    row_opts = _per_row(opts)
+    need_h, need_w, need_b = needs[0], needs[1], needs[2] and bias is not None
+    per_row_cotangent = getattr(cotangent, "ndim", 0) > 0
+    acc = compute_dtype(xp, hidden.dtype)
+    d_hidden, d_weight, d_bias = [], None, None
+    for i, j in _bounds(int(hidden.shape[0]), chunk):
+        h = hidden[i:j, ...]
+        cot = cotangent[i:j] if per_row_cotangent else cotangent
+        g, _, _ = backward(
+            _logits(xp, h, weight, bias), labels[i:j], None, row_opts, lse[i:j], scale, None, cot,
+            (True, False, False),
+        )
+        if need_h:
+            d_hidden.append(xp.matmul(g, weight))
+        if need_w:
+            d_w = xp.matmul(_transpose(xp, g), h)
+            d_w = d_w if d_w.dtype == acc else xp.astype(d_w, acc)
+            if d_weight is None:
+                d_weight = d_w
+            else:  # in place where the namespace allows it (NumPy, torch); rebinds in JAX/TF
+                d_weight += d_w
+        if need_b:
+            d_b = xp.sum(g, axis=0) if g.dtype == acc else xp.sum(xp.astype(g, acc), axis=0)
+            if d_bias is None:
+                d_bias = d_b
+            else:
+                d_bias += d_b
+    if d_weight is not None and d_weight.dtype != weight.dtype:
+        d_weight = xp.astype(d_weight, weight.dtype)
+    if d_bias is not None and d_bias.dtype != bias.dtype:
+        d_bias = xp.astype(d_bias, bias.dtype)
+    return (_concat(xp, d_hidden) if need_h else None), d_weight, d_bias
+
+
+def _prepare(
+    hidden: Any, weight: Any, labels: Any, bias: Any, chunk_size: Any, options: dict[str, Any]
+) -> tuple[Any, Any, Any, Any, Options, int]:
+    """Check the arguments; return (hidden (N, H), weight, labels (N,), bias, opts, chunk)."""
+    hidden, weight, labels, bias = as_arrays(hidden, weight, labels, bias)
+    xp = array_namespace(hidden, weight, labels, bias)
+    V.check_logits(xp, hidden, "hidden")
+    if weight.ndim != 2 or int(weight.shape[1]) != int(hidden.shape[-1]):
+        raise ValueError(
+            f"weight must have shape (V, H) with H = hidden.shape[-1] = {int(hidden.shape[-1])}, "
+            f"got {tuple(weight.shape)}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight's dtype {weight.dtype} differs from hidden's {hidden.dtype}")
+    num_classes = int(weight.shape[0])
+    if bias is not None:
+        if tuple(bias.shape) != (num_classes,):
+            raise ValueError(f"bias must have shape ({num_classes},), got {tuple(bias.shape)}")
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"bias's dtype {bias.dtype} differs from hidden's {hidden.dtype}")
+    if not V.is_integer(xp, labels.dtype):
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if tuple(labels.shape) != tuple(hidden.shape[:-1]):
+        raise ValueError(
+            f"labels must have hidden's shape without the last axis, {tuple(hidden.shape[:-1])}, "
+            f"got {tuple(labels.shape)}"
+        )
+    n = math.prod(int(s) for s in hidden.shape[:-1])
+    hidden2 = xp.reshape(hidden, (n, int(hidden.shape[-1])))
+    labels1 = xp.reshape(labels, (n,))
+    # the options are checked by the core on a zero-row logits probe (no N×V array)
+    opts = validate(_logits(xp, hidden2[0:0, ...], weight, bias), labels1[0:0], None, **options)
+    if not (is_traced(hidden) or is_traced(labels)):
+        V.check_label_values(xp, labels1, num_classes, opts.ignore_index)
+    if chunk_size is None:
+        itemsize = xp.finfo(compute_dtype(xp, hidden.dtype)).bits // 8
+        chunk = max(1, CHUNK_BYTES // (num_classes * itemsize))
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+    else:
+        chunk = chunk_size
+    return hidden2, weight, labels1, bias, opts, chunk
+
+
+def linear_cross_entropy(
+    hidden: Any,
+    weight: Any,
+    labels: Any,
+    *,
+    bias: Any = None,
+    chunk_size: int | None = None,
+    label_smoothing: float = 0.0,
+    convention: str = "uniform",
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> Any:
+    r"""``cross_entropy(hidden @ weight.T + bias, labels, ...)`` without the N×V logits.
+
+    The rows of ``hidden`` are processed ``chunk_size`` at a time: chunk c's logits
+    ``z_c = h_c @ W.T + b`` give each row's loss ``ℓ_n`` and log-sum-exp, and are dropped.
+    The loss is ``Σ_n ℓ_n / #valid rows`` (``"mean"``, 0 when no row is valid),
+    ``Σ_n ℓ_n`` (``"sum"``) or the ``ℓ_n`` (``"none"``), where ``ℓ_n`` is the label-smoothed
+    loss of :func:`smoothloss.cross_entropy`. In torch, JAX and TensorFlow the gradient is
+    registered: each chunk's logits are made again and, with ``g = dℓ/dz_c`` in closed
+    form, ``dh_c = g @ W``, ``dW = Σ_c g.T @ h_c``, ``db = Σ_c Σ_rows g``. Only the
+    inputs and the per-row log-sum-exp (O(N)) are kept for the backward. Peak memory
+    is O(chunk_size·V) on top of the inputs and gradients, instead of O(N·V).
+
+    Args:
+        hidden: floating (..., H); the leading axes are flattened into N rows.
+        weight: the projection (V, H), hidden's dtype.
+        labels: integer class indices of shape ``hidden.shape[:-1]``.
+        bias: optional (V,), hidden's dtype.
+        chunk_size: rows per chunk; default: as many as make about 64 MiB of logits
+            (at least 1). The result does not depend on it beyond float rounding.
+        label_smoothing: ε in [0, 1], as in :func:`smoothloss.cross_entropy`.
+        convention: ``"uniform"`` or ``"others"``, as in :func:`smoothloss.cross_entropy`.
+        ignore_index: label of rows that contribute 0, as in :func:`smoothloss.cross_entropy`.
+        z_loss: the ``lse²`` coefficient, as in :func:`smoothloss.cross_entropy`.
+        softcap: the logit soft cap, as in :func:`smoothloss.cross_entropy`.
+        reduction: ``"mean"`` (over the valid rows), ``"sum"`` or ``"none"`` (shape
+            ``hidden.shape[:-1]``).
+
+    Returns:
+        The loss, an array of hidden's namespace.
+
+    Example:
+        >>> import numpy as np, smoothloss
+        >>> from smoothloss._linear import linear_cross_entropy
+        >>> rng = np.random.default_rng(0)
+        >>> h, W, y = rng.normal(size=(5, 4)), rng.normal(size=(7, 4)), np.array([0, 3, 6, 1, 2])
+        >>> chunked = linear_cross_entropy(h, W, y, chunk_size=2, label_smoothing=0.1)
+        >>> bool(np.isclose(chunked, smoothloss.cross_entropy(h @ W.T, y, label_smoothing=0.1)))
+        True
+    """
+    options = dict(
+        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+        reduction=reduction, z_loss=z_loss, softcap=softcap,
+    )
+    shape = tuple(labels.shape)
+    hidden2, weight, labels1, bias, opts, chunk = _prepare(hidden, weight, labels, bias, chunk_size, options)
+    name = framework_name(hidden2)
+    if name == "torch":
+        from smoothloss.backends.torch_linear import linear_cross_entropy as custom
+    elif name == "jax":
+        from smoothloss.backends.jax_linear import linear_cross_entropy as custom
+    elif name == "tensorflow":
+        from smoothloss.backends.tf_linear import linear_cross_entropy as custom
+    else:
+        custom = None
+    if custom is not None:
+        loss = custom(hidden2, weight, bias, labels1, opts, chunk)
+    else:
+        loss = chunked_forward(hidden2, weight, bias, labels1, opts, chunk)[0]
+    if opts.reduction == "none":
+        loss = array_namespace(loss).reshape(loss, shape)
+    return loss
+
+
+def linear_cross_entropy_and_grad(
+    hidden: Any,
+    weight: Any,
+    labels: Any,
+    *,
+    bias: Any = None,
+    chunk_size: int | None = None,
+    label_smoothing: float = 0.0,
+    convention: str = "uniform",
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> tuple[Any, tuple[Any, Any, Any]]:
+    r"""``(loss, (d_hidden, d_weight, d_bias))`` of :func:`linear_cross_entropy`, chunked.
+
+    With ``g = dℓ/dz`` the core's closed-form gradient of a chunk's logits z:
+    ``d_hidden = g @ W`` (hidden's shape), ``d_weight = Σ_chunks g.T @ h``,
+    ``d_bias = Σ_rows g`` (None without a bias). For ``reduction="none"`` the gradients
+    are those of the sum of the per-row losses. Arguments as in :func:`linear_cross_entropy`.
+
+    Example:
+        >>> import numpy as np
+        >>> from smoothloss._linear import linear_cross_entropy_and_grad
+        >>> h, W = np.zeros((2, 3)), np.ones((4, 3))
+        >>> loss, (dh, dW, db) = linear_cross_entropy_and_grad(h, W, np.array([1, 2]), bias=np.zeros(4))
+        >>> round(float(loss), 6), dh.shape, dW.shape, db.tolist()
+        (1.386294, (2, 3), (4, 3), [0.25, -0.25, -0.25, 0.25])
+    """
+    options = dict(
+        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+        reduction=reduction, z_loss=z_loss, softcap=softcap,
+    )
+    shape, h_shape = tuple(labels.shape), tuple(hidden.shape)
+    hidden2, weight, labels1, bias, opts, chunk = _prepare(hidden, weight, labels, bias, chunk_size, options)
+    xp = array_namespace(hidden2, weight, bias)
+    loss, lse, scale = chunked_forward(hidden2, weight, bias, labels1, opts, chunk)
+    d_h, d_w, d_b = chunked_backward(hidden2, weight, bias, labels1, opts, chunk, lse, scale, 1.0)
+    if opts.reduction == "none":
+        loss = xp.reshape(loss, shape)
+    return loss, (xp.reshape(d_h, h_shape), d_w, d_b)
