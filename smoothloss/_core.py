@@ -216,12 +216,17 @@ def forward(logits: Any, targets: Any, weight: Any, opts: Options) -> tuple[Any,
         den = xp.sum(xp.astype(P.valid, loss.dtype))
     else:
         den = float(math.prod(loss.shape))
-    if isinstance(den, float):
-        scale = 1.0 / den if den > 0 else 0.0
-    else:  # a mean over zero valid positions is 0, never NaN
-        nonzero = den > 0
-        scale = xp.where(nonzero, 1.0 / xp.where(nonzero, den, 1.0), 0.0)
+    scale = mean_scale(xp, den)
     return xp.sum(loss) * scale, lse, scale
+
+
+def mean_scale(xp: Any, den: Any) -> Any:
+    """1/den for a mean, and 0 when the denominator is 0 (a mean over zero valid
+    positions is 0, never NaN). ``den`` is a Python float or a 0-d array."""
+    if isinstance(den, float):
+        return 1.0 / den if den > 0 else 0.0
+    nonzero = den > 0
+    return xp.where(nonzero, 1.0 / xp.where(nonzero, den, 1.0), 0.0)
 
 
 def backward(

@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 from smoothloss import _validation as V
-from smoothloss._core import Options, backward, compute_dtype, forward, validate
+from smoothloss._core import Options, backward, compute_dtype, forward, mean_scale, validate
 from smoothloss.backends import array_namespace, as_arrays, framework_name, is_traced
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_and_grad", "chunked_forward", "chunked_backward"]
@@ -79,12 +79,10 @@ def chunked_forward(
     if opts.reduction == "sum":
         return xp.sum(loss), lse, 1.0
     if opts.ignore_index is None:
-        n = math.prod(loss.shape)
-        scale: Any = 1.0 / n if n > 0 else 0.0
-    else:  # a mean over zero valid rows is 0, never NaN
+        den: Any = float(math.prod(loss.shape))
+    else:
         den = xp.sum(xp.astype(labels != opts.ignore_index, loss.dtype))
-        nonzero = den > 0
-        scale = xp.where(nonzero, 1.0 / xp.where(nonzero, den, 1.0), 0.0)
+    scale = mean_scale(xp, den)
     return xp.sum(loss) * scale, lse, scale
 
 
