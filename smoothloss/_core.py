@@ -168,6 +168,39 @@ class _Prepared:
         return g if g.dtype == dtype else xp.astype(g, dtype)
 
 
+def integer_loss(
+    lse: Any, x_y: Any, sum_wx: Any, *, on: float, off: float, w_y: Any, sum_w: Any, kl: bool
+) -> Any:
+    """Each position's loss for integer labels, from row statistics only.
+
+    ``ℓ = (on-off)·w_y·(lse - x_y) + off·(lse·Σ_c w_c - Σ_c w_c x_c) [+ Σ_c w_c q_c log q_c]``
+    with ``lse`` the log-sum-exp, ``x_y`` the label's logit and ``sum_wx = Σ_c w_c x_c``
+    (``Σ_c x_c`` and ``sum_w = K`` without weights; unused when off = 0). The statistics
+    may come from one array or be reduced across shards of the classes.
+    """
+    hard = on - off
+    factor = w_y * hard
+    loss = lse - x_y
+    if not (isinstance(factor, float) and factor == 1.0):
+        loss = loss * factor
+    if off:
+        loss = loss + (lse * sum_w - sum_wx) * off
+    if kl:  # + Σ_c w_c q_c log q_c, the negative entropy of q
+        loss = loss + (w_y * (_xlogx(on) - _xlogx(off)) + sum_w * _xlogx(off))
+    return loss
+
+
+def integer_grad_coefficients(
+    lse: Any, s: Any, *, on: float, off: float, w_y: Any, sum_w: Any, z_loss: float
+) -> tuple[Any, Any]:
+    """``(row, on_mass)`` of the integer-label gradient with per-position cotangent s:
+    ``dℓ/dx_c = row·softmax_c - s·off·w_c - [c = y]·on_mass``."""
+    hard = on - off
+    total = w_y * hard + sum_w * off
+    coef = total + 2.0 * z_loss * lse if z_loss else total
+    return coef * s, w_y * hard * s
+
+
 def forward(logits: Any, targets: Any, weight: Any, opts: Options) -> tuple[Any, Any, Any]:
     """``(loss, lse, scale)``: the reduced loss, each position's log-sum-exp (compute
     dtype, O(positions)), and d(loss)/d(per-position loss) of the reduction (a float or
@@ -178,19 +211,12 @@ def forward(logits: Any, targets: Any, weight: Any, opts: Options) -> tuple[Any,
 
     if P.integer:
         x_y = xp.take_along_axis(x, xp.expand_dims(P.y, axis=-1), axis=-1)[..., 0]
-        nll = lse - x_y
-        if w is None:
-            loss = nll * P.hard if P.hard != 1.0 else nll
-        else:
-            loss = nll * (P.w_y * P.hard)
-        if P.off:  # Σ_c w_c (lse - x_c), without a K-wide temporary when unweighted
-            if w is None:
-                smooth = lse * float(P.K) - xp.sum(x, axis=-1)
-            else:
-                smooth = lse * P.sum_w - xp.sum(x * w, axis=-1)
-            loss = loss + smooth * P.off
-        if opts.kl:  # + Σ_c w_c q_c log q_c, the negative entropy of q
-            loss = loss + (P.w_y * (_xlogx(P.on) - _xlogx(P.off)) + P.sum_w * _xlogx(P.off))
+        sum_wx = None
+        if P.off:  # Σ_c w_c x_c, without a K-wide temporary when unweighted
+            sum_wx = xp.sum(x, axis=-1) if w is None else xp.sum(x * w, axis=-1)
+        loss = integer_loss(
+            lse, x_y, sum_wx, on=P.on, off=P.off, w_y=P.w_y, sum_w=P.sum_w, kl=opts.kl
+        )
     else:
         q = P.soft_q()
         mass = q if w is None else q * w
@@ -267,12 +293,12 @@ def backward(
 
     if needs[0]:
         if P.integer:
-            total = P.w_y * P.hard + P.sum_w * P.off if w is not None else P.hard + P.off * float(K)
-            coef = total + 2.0 * opts.z_loss * lse if opts.z_loss else total
-            coef = xp.expand_dims(coef, axis=-1) * s_k if not isinstance(coef, float) else coef * s_k
+            row, on_mass = integer_grad_coefficients(
+                lse, s, on=P.on, off=P.off, w_y=P.w_y, sum_w=P.sum_w, z_loss=opts.z_loss
+            )
+            coef = xp.expand_dims(row, axis=-1) if getattr(row, "ndim", 0) > 0 else row
             shift = (w * P.off if w is not None else P.off) * s_k if P.off else 0.0
             g = primitives.softmax_affine(xp, x, lse, coef, shift)
-            on_mass = (P.w_y * P.hard if w is not None else P.hard) * s
             g = primitives.add_at_labels(xp, g, P.y, -on_mass)
         else:
             q = P.soft_q()
