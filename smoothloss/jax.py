@@ -65,11 +65,13 @@ import jax.numpy as jnp
 
 import smoothloss
 from smoothloss import _validation as V
+from smoothloss.jax_parallel import vocab_parallel_cross_entropy
 
 __all__ = [
     "smooth_labels",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
+    "vocab_parallel_cross_entropy",
 ]
 
 Axis = Union[int, Sequence[int]]

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 import smoothloss
 from smoothloss import _validation as V
+from smoothloss.torch_parallel import vocab_parallel_cross_entropy
 
 __all__ = [
     "BinaryCrossEntropy",
@@ -36,6 +37,7 @@ __all__ = [
     "Mixup",
     "SoftTargetCrossEntropy",
     "cross_entropy",
+    "vocab_parallel_cross_entropy",
 ]
 
 _LEGACY_WARNING = "size_average and reduce args will be deprecated, please use reduction='{}' instead."

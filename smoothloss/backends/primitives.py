@@ -8,8 +8,8 @@ the composition, which XLA fuses anyway. ``native_kernels(False)`` switches the 
 can check them against the composition.
 
 * ``logsumexp(xp, x)``: log Σ_c exp(x_c) over the last axis.
-* ``softmax_affine(xp, x, lse, scale, shift)``: scale·exp(x - lse) - shift, where
-  ``lse`` is per position, ``scale`` per position (…, 1) or a float, ``shift`` anything
+* ``softmax_affine(xp, x, lse, scale, shift, *, row_lse=True)``: scale·exp(x - lse) - shift,
+  where ``lse`` is per position (the row's own unless ``row_lse=False``), ``scale`` per position (…, 1) or a float, ``shift`` anything
   that broadcasts against x.
 * ``add_at_labels(xp, g, labels, values)``: g with ``values`` (per position) added at
   each position's label. The natives may write into ``g`` (it is always a fresh array).
@@ -68,14 +68,18 @@ def logsumexp(xp: Any, x: Any) -> Any:
     return m[..., 0] + xp.log(xp.sum(xp.exp(x - m), axis=-1))
 
 
-def softmax_affine(xp: Any, x: Any, lse: Any, scale: Any, shift: Any) -> Any:
-    if _kind(xp) == "torch":
+def softmax_affine(xp: Any, x: Any, lse: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
+    # The native softmax kernels normalise over x's own last axis; they stand in for
+    # exp(x - lse) only when lse is that row's log-sum-exp (row_lse=True). A shard of
+    # the classes (vocab parallelism) passes its global lse with row_lse=False.
+    kind = _kind(xp) if row_lse else None
+    if kind == "torch":
         import torch
 
         g = torch.softmax(x, dim=-1)  # = exp(x - lse), by torch's fused kernel
         g = g.mul_(scale) if not isinstance(scale, float) or scale != 1.0 else g
         return g.sub_(shift) if not isinstance(shift, float) or shift != 0.0 else g
-    if _kind(xp) == "tensorflow":
+    if kind == "tensorflow":
         import tensorflow as tf
 
         g = tf.nn.softmax(x, axis=-1)
