@@ -285,3 +285,22 @@ def test_torch_custom_gradient_saves_no_class_sized_intermediate():
     assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()  # only the logits themselves
     loss.backward()
     assert x.grad.shape == x.shape
+
+
+def test_data_parallel_global_mean_pattern(backend):
+    """docs/distributed.md: per-rank sums over the global valid count equal the
+    single-process mean when ranks hold different amounts of padding."""
+    rng = np.random.default_rng(7)
+    logits, labels = rng.normal(size=(10, 5)), rng.integers(0, 5, 10)
+    labels[[0, 1, 2, 7]] = -100  # rank 0 holds three padding tokens, rank 1 one
+    opts = {"ignore_index": -100, "label_smoothing": 0.1}
+    whole = float(backend.to_numpy(smoothloss.cross_entropy(
+        backend.asarray(logits), backend.asarray(labels), **opts)))
+    sums, counts = [], []
+    for part in (slice(0, 7), slice(7, 10)):  # 4 and 2 valid tokens
+        x, y = backend.asarray(logits[part]), backend.asarray(labels[part])
+        sums.append(float(backend.to_numpy(smoothloss.cross_entropy(x, y, reduction="sum", **opts))))
+        counts.append(int(np.sum(labels[part] != -100)))
+    assert abs(sum(sums) / sum(counts) - whole) <= 1e-12
+    naive = np.mean([s / c for s, c in zip(sums, counts)])
+    assert abs(naive - whole) > 1e-3  # averaging per-rank means would be wrong here
