@@ -15,11 +15,10 @@ and ``abs`` would leave the subgradient at 0 to each framework: TensorFlow's
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from smoothloss import _validation as V
-from smoothloss._core import compute_dtype
+from smoothloss._core import compute_dtype, reduce_positions
 from smoothloss._targets import smooth_labels
 from smoothloss.backends import array_namespace, as_arrays
 
@@ -140,10 +139,4 @@ def binary_cross_entropy(
     if sum_classes:
         loss = xp.sum(loss, axis=-1)
 
-    if reduction == "none":
-        return loss
-    total = xp.sum(loss)
-    if reduction == "sum":
-        return total
-    n = math.prod(loss.shape)
-    return total * (1.0 / n) if n else total
+    return reduce_positions(xp, loss, reduction)

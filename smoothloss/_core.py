@@ -246,6 +246,13 @@ def forward(logits: Any, targets: Any, weight: Any, opts: Options) -> tuple[Any,
     return xp.sum(loss) * scale, lse, scale
 
 
+def reduce_positions(xp: Any, loss: Any, reduction: str) -> Any:
+    """``"none"``, ``"sum"`` or the plain ``"mean"`` over every position (0 when empty)."""
+    if reduction == "none":
+        return loss
+    return xp.sum(loss) * (1.0 if reduction == "sum" else mean_scale(xp, float(math.prod(loss.shape))))
+
+
 def mean_scale(xp: Any, den: Any) -> Any:
     """1/den for a mean, and 0 when the denominator is 0 (a mean over zero valid
     positions is 0, never NaN). ``den`` is a Python float or a 0-d array."""

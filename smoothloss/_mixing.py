@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from smoothloss import _validation as V
-from smoothloss._core import cross_entropy, smoothing_coefficients
+from smoothloss._core import cross_entropy, reduce_positions, smoothing_coefficients
 from smoothloss._targets import smooth_labels
 from smoothloss.backends import array_namespace, as_arrays, device, framework_name, is_traced
 
@@ -804,10 +804,4 @@ def mixup_cross_entropy(
         loss = loss + _mixture_negentropy(
             xp, labels, partner_labels, lam_k, K, eps, convention, weight, own.dtype
         )
-    if reduction == "none":
-        return loss
-    total = xp.sum(loss)
-    if reduction == "sum":
-        return total
-    n = math.prod(loss.shape)
-    return total * (1.0 / n) if n else total
+    return reduce_positions(xp, loss, reduction)
