@@ -43,6 +43,25 @@ def backend(request: pytest.FixtureRequest):
     return _driver(request, request.param)
 
 
+@pytest.fixture(params=[b for b in BACKENDS if b not in ("jax", "tensorflow")])
+def grid_backend(request: pytest.FixtureRequest):
+    """Every backend id but eager JAX and TensorFlow, which run the same code as their
+    traced ids (jax-jit, tensorflow-function) and take the K = 3 and 1000 part of the grid."""
+    return _driver(request, request.param)
+
+
+@pytest.fixture(params=[b for b in BACKENDS if not DRIVERS[b].traced])
+def eager_backend(request: pytest.FixtureRequest):
+    """The backends that run eagerly (for tests that call smoothloss outside any trace)."""
+    return _driver(request, request.param)
+
+
+@pytest.fixture(params=["jax", "tensorflow"])
+def eager_framework(request: pytest.FixtureRequest):
+    """Eager JAX and TensorFlow."""
+    return _driver(request, request.param)
+
+
 @pytest.fixture(params=["numpy", "array_api_strict"])
 def array_backend(request: pytest.FixtureRequest):
     """The backends without autodiff (where the closed form is the only gradient)."""
