@@ -1,70 +1,552 @@
 """Peak memory and time of forward+backward: chunked linear cross-entropy vs the unchunked path.
 
-Each measurement runs in a fresh subprocess (torch, float32, CPU) so that its peak resident
-set size (``ru_maxrss``) is its own::
+For hidden states (N, H), a projection (V, H) and integer labels (N,), float32 on the CPU,
+``label_smoothing=0.1``, mean reduction, this compares one forward+backward with respect
+to hidden *and* weight of
 
-    python -m smoothloss._bench_linear 8192 1024 65536        # N H V [chunk_size]
+* unchunked: ``smoothloss.cross_entropy(hidden @ weight.T, labels)``, whose N×V logits and
+  their gradient exist at once;
+* chunked: ``smoothloss._linear.linear_cross_entropy(hidden, weight, labels, chunk_size=C)``
+  (``C`` = None: the library's default, about 64 MiB of logits per chunk);
 
-The unchunked path is ``cross_entropy(hidden @ weight.T, labels)``, whose N×V logits and
-their gradient exist at once; the chunked path is ``linear_cross_entropy``.
+in torch (``.backward()``), jax (``jax.jit(jax.value_and_grad(f, argnums=(0, 1)))``) and
+TensorFlow (a ``GradientTape`` inside ``tf.function``)::
+
+    python -m smoothloss._bench_linear 8192 1024 65536               # N H V [chunk_size]
+    python -m smoothloss._bench_linear 8192 1024 65536 512 --frameworks torch,jax --repeats 3
+
+or as part of ``python -m smoothloss bench --linear NxHxV`` (``--only-linear`` for it alone).
+
+Every run is a fresh subprocess for one (framework, path); for ``repeats`` R the two paths
+alternate, R runs each (U C C U U C ...), so that drifting machine load hits both alike.
+
+Inside a run: the inputs are made, one full-size warm-up step runs (jax compiles, TensorFlow
+traces, thread pools and kernels start), its outputs are dropped and ``malloc_trim`` hands
+freed pages back. Then the resident set's high-water mark is reset (Linux
+``/proc/self/clear_refs``) and one measured step runs: its wall time is the run's time, the
+high-water mark after it its peak (``peak_mib``), the resident set at the reset
+``peak_before_mib`` (runtime, compiled code and inputs), and ``peak − before`` its extra
+memory (the logits or chunks, their gradients, the gradients of hidden and weight). So the
+warm-up speeds the timing up without entering the peak, and compilation memory is not
+counted. Where the reset is unavailable (not Linux), the peak is ``ru_maxrss`` over the
+*first* step (compilation included), ``peak_before_mib`` the ``ru_maxrss`` before it, and the
+time that of the second step; the record says which (``method``).
+
+Runs use the memory settings of ``python -m smoothloss bench``: a fixed glibc mmap threshold
+(``MALLOC_MMAP_THRESHOLD_=262144``: large blocks are mapped when allocated and unmapped when
+freed, so every step faults its own) and ``TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1`` (TensorFlow's
+default CPU allocator pools large blocks out of sight of the resident set). Both paths run
+under the same settings, so the time ratio is like for like.
+
+Reported per (framework, size): the median time and every sample, the largest peak, the
+median ``peak_before_mib``, the largest extra, and the ratios chunked ÷ unchunked of time,
+of peak (``peak_ratio``) and of extra beyond the inputs (``extra_ratio``).
 """
 
 from __future__ import annotations
 
+import argparse
+import gc
+import importlib.util
 import json
-import resource
-import subprocess
+import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 
-def measure(mode: str, n: int, h: int, v: int, chunk: int | None) -> dict[str, Any]:
-    """One forward+backward in this process; peak RSS in MiB (Linux reports KiB)."""
-    import torch
+from smoothloss._bench import _fmt_ratio
 
+FRAMEWORKS = ("torch", "jax", "tensorflow")
+MODES = ("unchunked", "chunked")
+SMOOTHING = 0.1
+QUICK_SIZES = ((256, 64, 1024),)
+MIB = float(1 << 20)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_linear_sizes(text: str) -> list[tuple[int, int, int]]:
+    """``"8192x1024x65536,256x64x1024"`` → ``[(8192, 1024, 65536), (256, 64, 1024)]``;
+    ``"none"`` → ``[]``. Separators ``x``, ``X``, ``×``, ``*``.
+
+    >>> parse_linear_sizes("8192x1024x65536, 4×3*5")
+    [(8192, 1024, 65536), (4, 3, 5)]
+    >>> parse_linear_sizes("none")
+    []
+    >>> parse_linear_sizes("8x4")
+    Traceback (most recent call last):
+    ...
+    ValueError: linear size '8x4' is not of the form NxHxV
+    """
+    if text.strip().lower() == "none":
+        return []
+    sizes = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        norm = part
+        for sep in ("X", "×", "*"):
+            norm = norm.replace(sep, "x")
+        fields = norm.split("x")
+        if len(fields) != 3:
+            raise ValueError(f"linear size {part!r} is not of the form NxHxV")
+        try:
+            n, h, v = (int(f) for f in fields)
+        except ValueError:
+            raise ValueError(f"linear size {part!r} is not of the form NxHxV with integers") from None
+        if n < 1 or h < 1 or v < 2:
+            raise ValueError(f"linear size {part!r}: N and H must be >= 1 and V >= 2")
+        sizes.append((n, h, v))
+    if not sizes:
+        raise ValueError("no linear sizes given")
+    return sizes
+
+
+def size_name(size: Sequence[int]) -> str:
+    """``(8192, 1024, 65536)`` → ``"8192×1024×65536"``.
+
+    >>> size_name((4, 3, 5))
+    '4×3×5'
+    """
+    return "×".join(str(int(s)) for s in size)
+
+
+def logits_mib(size: Sequence[int]) -> float:
+    """MiB of the float32 N×V logits that the unchunked path makes (its gradient is as large).
+
+    >>> logits_mib((8192, 1024, 65536))
+    2048.0
+    """
+    return size[0] * size[2] * 4 / MIB
+
+
+def inputs_mib(size: Sequence[int]) -> float:
+    """MiB of the inputs: float32 hidden (N×H) and weight (V×H), int64 labels (N).
+
+    >>> round(inputs_mib((8192, 1024, 65536)), 2)
+    288.06
+    """
+    n, h, v = size
+    return (n * h * 4 + v * h * 4 + n * 8) / MIB
+
+
+def chunk_rows(size: Sequence[int], chunk: int | None) -> int | None:
+    """Rows in the largest chunk: ``chunk`` or, for None, what the library's default
+    (``_linear.CHUNK_BYTES`` of float32 logits) picks; at most N. None if unknown.
+
+    >>> chunk_rows((100, 8, 1000), 64), chunk_rows((100, 8, 1000), 512)
+    (64, 100)
+    """
+    if chunk is None:
+        from smoothloss import _linear
+
+        chunk_bytes = getattr(_linear, "CHUNK_BYTES", None)
+        if not isinstance(chunk_bytes, int):
+            return None
+        chunk = max(1, chunk_bytes // (int(size[2]) * 4))
+    return min(int(chunk), int(size[0]))
+
+
+def installed(framework: str) -> bool:
+    return importlib.util.find_spec(framework) is not None
+
+
+def make_inputs(size: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 hidden ~ N(0, 0.1²) (N, H), weight ~ N(0, 0.02²) (V, H), int64 labels (N,)."""
+    n, h, v = (int(s) for s in size)
+    rng = np.random.default_rng(seed)
+    hidden = rng.standard_normal((n, h), dtype=np.float32)
+    hidden *= np.float32(0.1)
+    weight = rng.standard_normal((v, h), dtype=np.float32)
+    weight *= np.float32(0.02)
+    labels = rng.integers(0, v, size=(n,), dtype=np.int64)
+    return hidden, weight, labels
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class Step:
+    """One forward+backward with respect to hidden and weight, run to completion by
+    ``run()``, which returns the outputs (kept alive by the caller until it drops them);
+    ``loss(out)`` / ``grads(out)`` read them; ``reset()`` drops what the framework keeps
+    between steps (torch's ``.grad``)."""
+
+    def __init__(self, run: Callable[[], Any], loss: Callable[[Any], float],
+                 grads: Callable[[Any], tuple[np.ndarray, np.ndarray]], reset: Callable[[], None] = lambda: None):
+        self.run, self.loss, self.grads, self.reset = run, loss, grads, reset
+
+
+def _loss_fn(framework: str, mode: str, chunk: int | None, eps: float) -> Callable[[Any, Any, Any], Any]:
     import smoothloss
     from smoothloss._linear import linear_cross_entropy
 
-    torch.manual_seed(0)
-    hidden = (torch.randn(n, h) * 0.1).requires_grad_(True)
-    weight = (torch.randn(v, h) * 0.02).requires_grad_(True)
-    labels = torch.randint(0, v, (n,))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
     if mode == "chunked":
-        loss = linear_cross_entropy(hidden, weight, labels, label_smoothing=0.1, chunk_size=chunk)
+        return lambda h, w, y: linear_cross_entropy(h, w, y, label_smoothing=eps, chunk_size=chunk)
+    if mode != "unchunked":
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return lambda h, w, y: smoothloss.cross_entropy(tf.matmul(h, w, transpose_b=True), y, label_smoothing=eps)
+    return lambda h, w, y: smoothloss.cross_entropy(h @ w.T, y, label_smoothing=eps)
+
+
+def _torch_step(fn: Callable[..., Any], hidden: np.ndarray, weight: np.ndarray, labels: np.ndarray) -> Step:
+    import torch
+
+    h = torch.from_numpy(hidden).requires_grad_()
+    w = torch.from_numpy(weight).requires_grad_()
+    y = torch.from_numpy(labels)
+
+    def reset() -> None:
+        h.grad = None
+        w.grad = None
+
+    def run() -> Any:
+        reset()
+        loss = fn(h, w, y)
+        loss.backward()
+        return loss
+
+    def grads(_out: Any) -> tuple[np.ndarray, np.ndarray]:
+        assert h.grad is not None and w.grad is not None
+        return h.grad.numpy().copy(), w.grad.numpy().copy()
+
+    return Step(run, lambda out: float(out.detach()), grads, reset)
+
+
+def _jax_step(fn: Callable[..., Any], hidden: np.ndarray, weight: np.ndarray, labels: np.ndarray) -> Step:
+    import jax
+    import jax.numpy as jnp
+
+    h, w, y = jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(labels.astype(np.int32))
+    g = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+
+    def run() -> Any:
+        return jax.block_until_ready(g(h, w, y))
+
+    return Step(run, lambda out: float(out[0]), lambda out: (np.asarray(out[1][0]), np.asarray(out[1][1])))
+
+
+def _tf_step(fn: Callable[..., Any], hidden: np.ndarray, weight: np.ndarray, labels: np.ndarray) -> Step:
+    import tensorflow as tf
+
+    h, w, y = tf.constant(hidden), tf.constant(weight), tf.constant(labels)
+
+    @tf.function
+    def g(h: Any, w: Any, y: Any) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch(h)
+            tape.watch(w)
+            loss = fn(h, w, y)
+        d_h, d_w = tape.gradient(loss, [h, w])
+        return loss, d_h, d_w
+
+    def run() -> Any:
+        return g(h, w, y)  # a tf.function call on the CPU returns when its outputs are computed
+
+    return Step(run, lambda out: float(out[0].numpy()), lambda out: (out[1].numpy(), out[2].numpy()))
+
+
+STEP_BUILDERS = {"torch": _torch_step, "jax": _jax_step, "tensorflow": _tf_step}
+
+
+def build_step(framework: str, mode: str, hidden: np.ndarray, weight: np.ndarray, labels: np.ndarray,
+               chunk: int | None = None, eps: float = SMOOTHING) -> Step:
+    """The forward+backward of ``mode`` ("unchunked" or "chunked") in ``framework``."""
+    if framework not in STEP_BUILDERS:
+        raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
+    return STEP_BUILDERS[framework](_loss_fn(framework, mode, chunk, eps), hidden, weight, labels)
+
+
+# --------------------------------------------------------------------------- one run (child)
+
+
+def measure(framework: str, mode: str, size: Sequence[int], chunk: int | None,
+            eps: float = SMOOTHING) -> dict[str, Any]:
+    """One run in this process: warm-up step, high-water-mark reset, measured step.
+
+    Times in seconds, memory in MiB (see the module docstring for what each means).
+    """
+    from smoothloss._bench import _framework_info, _malloc_trim, _reset_hwm, _rss_now_and_hwm, _ru_maxrss
+
+    rec: dict[str, Any] = {
+        "framework": framework, "mode": mode, "size": [int(s) for s in size], "chunk": chunk,
+        "chunk_rows": chunk_rows(size, chunk) if mode == "chunked" else None,
+        "logits_mib": logits_mib(size), "inputs_mib": inputs_mib(size),
+    }
+    step = build_step(framework, mode, *make_inputs(size), chunk=chunk, eps=eps)
+    rec["info"] = _framework_info(framework)
+    gc.collect()
+    _malloc_trim()
+    ru_before_first = _ru_maxrss()
+    t0 = time.perf_counter()
+    out = step.run()
+    rec["first_step_s"] = time.perf_counter() - t0
+    rec["loss"] = step.loss(out)
+    del out
+    step.reset()
+    ru_after_first = _ru_maxrss()
+    gc.collect()
+    _malloc_trim()
+    if _reset_hwm():
+        before = _rss_now_and_hwm()[0]  # type: ignore[index]
+        t0 = time.perf_counter()
+        out = step.run()
+        seconds = time.perf_counter() - t0
+        peak = _rss_now_and_hwm()[1]  # type: ignore[index]
+        rec["method"] = "second step: VmHWM reset after a warm-up step; before = VmRSS at the reset"
     else:
-        loss = smoothloss.cross_entropy(hidden @ weight.T, labels, label_smoothing=0.1)
-    loss.backward()
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"mode": mode, "loss": float(loss.detach()), "time_s": round(seconds, 3),
-            "peak_mib": round(peak / 1024, 1), "peak_before_mib": round(before / 1024, 1)}
+        before, peak = ru_before_first, ru_after_first
+        t0 = time.perf_counter()
+        out = step.run()
+        seconds = time.perf_counter() - t0
+        rec["method"] = "ru_maxrss before/after the first step (compilation included); time of the second step"
+    del out
+    step.reset()
+    rec["time_s"] = seconds
+    rec["peak_mib"] = peak / MIB
+    rec["peak_before_mib"] = before / MIB
+    rec["extra_mib"] = max(0.0, (peak - before) / MIB)
+    rec["ru_maxrss_mib"] = _ru_maxrss() / MIB
+    return rec
 
 
-def main(argv: list[str]) -> int:
-    """``N H V [chunk_size]``: print one JSON line per run and the chunked/unchunked ratios."""
-    if argv and argv[0] == "--child":
-        mode, n, h, v, chunk = argv[1], *(int(a) for a in argv[2:5]), argv[5]
-        print(json.dumps(measure(mode, n, h, v, None if chunk == "None" else int(chunk))))
-        return 0
-    n, h, v = (int(a) for a in argv[:3])
-    chunk = argv[3] if len(argv) > 3 else "None"
-    runs = {}
-    for mode in ("unchunked", "chunked"):
-        out = subprocess.run(
-            [sys.executable, "-m", "smoothloss._bench_linear", "--child", mode, str(n), str(h), str(v), chunk],
-            capture_output=True, text=True, check=True,
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``task: "linear"`` worker of ``python -m smoothloss._bench --worker``."""
+    try:
+        return measure(spec["framework"], spec["mode"], tuple(spec["size"]), spec.get("chunk"),
+                       spec.get("smoothing", SMOOTHING))
+    except Exception as exc:  # reported in the JSON, not as a crash
+        return {"framework": spec["framework"], "mode": spec["mode"], "size": spec["size"],
+                "error": f"{type(exc).__name__}: {exc}"}
+
+
+# --------------------------------------------------------------------------- runs (parent)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Median time, largest peak, median before, largest extra over the runs of one path.
+
+    >>> s = summarise_runs([{"time_s": 2.0, "peak_mib": 10.0, "peak_before_mib": 4.0, "loss": 1.0},
+    ...                     {"time_s": 1.0, "peak_mib": 12.0, "peak_before_mib": 5.0, "loss": 1.0},
+    ...                     {"error": "boom"}])
+    >>> s["time_s"], s["peak_mib"], s["peak_before_mib"], s["extra_mib"], s["runs"], s["failed"]
+    (1.5, 12.0, 4.5, 7.0, 2, 1)
+    """
+    ok = [r for r in runs if "error" not in r]
+    out: dict[str, Any] = {"runs": len(ok), "failed": len(runs) - len(ok)}
+    if not ok:
+        out["error"] = next((r["error"] for r in runs), "no runs")
+        return out
+    times = [r["time_s"] for r in ok]
+    extras = [max(0.0, r["peak_mib"] - r["peak_before_mib"]) for r in ok]
+    out.update({
+        "time_s": statistics.median(times), "time_samples_s": times,
+        "peak_mib": max(r["peak_mib"] for r in ok), "peak_samples_mib": [r["peak_mib"] for r in ok],
+        "peak_before_mib": statistics.median(r["peak_before_mib"] for r in ok),
+        "extra_mib": max(extras), "extra_samples_mib": extras,
+        "loss": ok[0]["loss"],
+    })
+    return out
+
+
+def summarise_entry(framework: str, size: Sequence[int], chunk: int | None,
+                    runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One (framework, size): both paths' summaries, their ratios chunked ÷ unchunked, every run."""
+    u, c = summarise_runs(runs["unchunked"]), summarise_runs(runs["chunked"])
+    entry: dict[str, Any] = {
+        "framework": framework, "size": [int(s) for s in size], "chunk": chunk,
+        "chunk_rows": chunk_rows(size, chunk), "logits_mib": logits_mib(size),
+        "inputs_mib": inputs_mib(size), "unchunked": u, "chunked": c,
+        "time_ratio": _ratio(c.get("time_s"), u.get("time_s")),
+        "peak_ratio": _ratio(c.get("peak_mib"), u.get("peak_mib")),
+        "extra_ratio": _ratio(c.get("extra_mib"), u.get("extra_mib")),
+        "runs": runs,
+    }
+    if "loss" in u and "loss" in c:
+        entry["losses_match"] = bool(abs(c["loss"] - u["loss"]) <= 1e-4 * max(1.0, abs(u["loss"])))
+    errors = [f"{r.get('mode')}: {r['error']}" for rs in runs.values() for r in rs if "error" in r]
+    if errors:
+        entry["errors"] = errors
+    return entry
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def run(frameworks: Sequence[str], sizes: Sequence[Sequence[int]], chunk: int | None = None, repeats: int = 3,
+        eps: float = SMOOTHING, threads: int | None = None, timeout_s: float = 3600.0,
+        on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every (framework, size): ``repeats`` fresh-process runs of each path, alternated.
+
+    Returns ``{"settings": ..., "results": [summarise_entry(...), ...]}``; frameworks that
+    are not installed are listed under ``settings["skipped"]``.
+    """
+    from smoothloss._bench import _run_worker
+
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    todo = [f for f in frameworks if installed(f)]
+    skipped = [f for f in frameworks if f not in todo]
+    for f in skipped:
+        _log(f"linear {f}: not installed, skipped")
+    settings = {
+        "sizes": [[int(s) for s in size] for size in sizes], "frameworks": todo, "skipped": skipped,
+        "chunk": chunk, "repeats": repeats, "smoothing": eps, "threads": threads, "dtype": "float32",
+        "order": "per repeat r: unchunked, chunked if r is even, else chunked, unchunked",
+        "method": "fresh process per run; warm-up step, VmHWM reset, measured step (time and peak)",
+    }
+    results = []
+    for fw in todo:
+        for size in sizes:
+            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+            for r in range(repeats):
+                for mode in (MODES if r % 2 == 0 else MODES[::-1]):
+                    rec = _run_worker({"task": "linear", "framework": fw, "mode": mode, "size": list(size),
+                                       "chunk": chunk, "smoothing": eps, "threads": threads}, timeout_s)
+                    rec.setdefault("framework", fw)
+                    rec.setdefault("mode", mode)
+                    rec["repeat"] = r
+                    runs[mode].append(rec)
+                    if "error" in rec:
+                        msg = f"FAILED {rec['error']}"
+                    else:
+                        msg = (f"{rec['time_s']:.4g} s, peak {rec['peak_mib']:.1f} MiB "
+                               f"(before {rec['peak_before_mib']:.1f}, extra {rec['extra_mib']:.1f})")
+                    _log(f"linear {fw:<10} {size_name(size):>16} {mode:<9} #{r + 1}: {msg}")
+                    if on_run is not None:
+                        on_run(rec)
+            results.append(summarise_entry(fw, size, chunk, runs))
+    return {"settings": settings, "results": results}
+
+
+def failed(linear: dict[str, Any] | None) -> bool:
+    """Whether any run of a linear report failed."""
+    return bool(linear) and any(e.get("errors") for e in linear["results"])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt_s(v: float | None) -> str:
+    """Seconds to 3 significant digits.
+
+    >>> _fmt_s(12.345), _fmt_s(0.0012345), _fmt_s(None)
+    ('12.3', '0.00123', '—')
+    """
+    return "—" if v is None else f"{v:.3g}"
+
+
+def _fmt_mib(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def markdown(linear: dict[str, Any]) -> str:
+    """The linear results as a Markdown section: a paragraph on the method and one table."""
+    s = linear["settings"]
+    threads = f"{s['threads']} intra-op thread(s)" if s.get("threads") else "each framework's default threading"
+    lines = [
+        "## Chunked linear cross-entropy",
+        "",
+        f"`linear_cross_entropy(hidden, weight, labels, label_smoothing={s['smoothing']}, chunk_size=C)` against "
+        f"`cross_entropy(hidden @ weight.T, labels, label_smoothing={s['smoothing']})`: forward+backward with "
+        "respect to hidden (N×H) and weight (V×H), float32, CPU, "
+        f"{threads}. Each run is a fresh process: one full-size warm-up step, then the resident-set high-water "
+        "mark is reset and one measured step gives the time and the peak resident set; before = resident set at "
+        "the reset (runtime + inputs), extra = peak − before. "
+        f"{s['repeats']} run(s) per path, the paths alternated; time = median, peak and extra = largest. "
+        "Ratios are chunked ÷ unchunked (< 1: the chunked path is faster / smaller).",
+        "",
+        "| framework | N×H×V (logits MiB) | chunk rows | time s unchunked | time s chunked | time ratio "
+        "| peak MiB unchunked | peak MiB chunked | peak ratio | extra MiB unchunked → chunked | extra ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in linear["results"]:
+        u, c = e["unchunked"], e["chunked"]
+        rows = e.get("chunk_rows")
+        chunk = f"{rows}" if e.get("chunk") else (f"default ({rows})" if rows else "default")
+        head = f"| {e['framework']} | {size_name(e['size'])} ({e['logits_mib']:.0f}) | {chunk} "
+        if "error" in u or "error" in c:
+            err = u.get("error") or c.get("error")
+            lines.append(head + f"| failed: {str(err)[:160]} | | | | | | | |")
+            continue
+        lines.append(
+            head + f"| {_fmt_s(u['time_s'])} | {_fmt_s(c['time_s'])} | {_fmt_ratio(e['time_ratio'])} "
+            f"| {_fmt_mib(u['peak_mib'])} | {_fmt_mib(c['peak_mib'])} | {_fmt_ratio(e['peak_ratio'])} "
+            f"| {_fmt_mib(u['extra_mib'])} → {_fmt_mib(c['extra_mib'])} | {_fmt_ratio(e['extra_ratio'])} |"
         )
-        runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(json.dumps(runs[mode]), flush=True)
-    c, u = runs["chunked"], runs["unchunked"]
-    print(f"N={n} H={h} V={v}: peak {c['peak_mib']:.0f} / {u['peak_mib']:.0f} MiB = "
-          f"{c['peak_mib'] / u['peak_mib']:.2f}; time {c['time_s']:.2f} / {u['time_s']:.2f} s = "
-          f"{c['time_s'] / u['time_s']:.2f}")
-    return 0
+    if not linear["results"]:
+        lines.append("| — | no framework measured | | | | | | | | | |")
+    mismatched = [e for e in linear["results"] if e.get("losses_match") is False]
+    for e in mismatched:
+        lines += ["", f"- **{e['framework']} {size_name(e['size'])}: the two paths' losses differ** "
+                      f"({e['unchunked']['loss']} vs {e['chunked']['loss']})."]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``N H V [chunk_size] [--frameworks ...] [--repeats R]``: one JSON line per run, then a
+    summary line per framework; 1 if a run failed."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m smoothloss._bench_linear",
+                                description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("n", type=int, help="rows N")
+    p.add_argument("h", type=int, help="hidden size H")
+    p.add_argument("v", type=int, help="classes V")
+    p.add_argument("chunk", nargs="?", default="None", help="chunk_size (default None: the library's default)")
+    p.add_argument("--frameworks", default="torch", help=f"comma-separated subset of {','.join(FRAMEWORKS)} "
+                   "(default: torch)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per path, alternated (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (as python -m smoothloss bench)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed to each run")
+    p.add_argument("--json", default=None, help="also write the whole result to this file")
+    args = p.parse_args(argv)
+    if args.n < 1 or args.h < 1 or args.v < 2:
+        p.error("N and H must be >= 1 and V >= 2")
+    chunk = None if args.chunk in ("None", "none", "") else int(args.chunk)
+    if chunk is not None and chunk < 1:
+        p.error("chunk_size must be >= 1")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    fws = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    unknown = [f for f in fws if f not in FRAMEWORKS]
+    if unknown:
+        p.error(f"unknown framework(s) {unknown}; choose from {list(FRAMEWORKS)}")
+    size = (args.n, args.h, args.v)
+    result = run(fws, [size], chunk, args.repeats, threads=args.threads, timeout_s=args.timeout,
+                 on_run=lambda rec: print(json.dumps(rec, default=str), flush=True))
+    for e in result["results"]:
+        u, c = e["unchunked"], e["chunked"]
+        if "error" in u or "error" in c:
+            print(f"{e['framework']} N={args.n} H={args.h} V={args.v}: failed: {u.get('error') or c.get('error')}")
+            continue
+        r = {k: "—" if e[k] is None else f"{e[k]:.2f}" for k in ("peak_ratio", "extra_ratio", "time_ratio")}
+        print(f"{e['framework']} N={args.n} H={args.h} V={args.v}: "
+              f"peak {c['peak_mib']:.0f} / {u['peak_mib']:.0f} MiB = {r['peak_ratio']}; "
+              f"extra {c['extra_mib']:.0f} / {u['extra_mib']:.0f} MiB = {r['extra_ratio']}; "
+              f"time {c['time_s']:.3g} / {u['time_s']:.3g} s = {r['time_ratio']} (median of {c['runs']})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+    return 1 if failed(result) else 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

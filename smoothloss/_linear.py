@@ -24,7 +24,7 @@ from typing import Any
 
 from smoothloss import _validation as V
 from smoothloss._core import Options, backward, compute_dtype, forward, mean_scale, validate
-from smoothloss.backends import array_namespace, as_arrays, framework_name, is_traced
+from smoothloss.backends import array_namespace, as_arrays, dynamic_shape, framework_name, is_traced, primitives
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_and_grad", "chunked_forward", "chunked_backward"]
 
@@ -58,32 +58,144 @@ def _per_row(opts: Options) -> Options:
     return opts if opts.reduction == "none" else replace(opts, reduction="none")
 
 
-def chunked_forward(
-    hidden: Any, weight: Any, bias: Any, labels: Any, opts: Options, chunk: int
-) -> tuple[Any, Any, Any]:
-    """``(loss, lse, scale)`` over 2-D ``hidden`` (N, H) and 1-D ``labels`` (N,).
+def _reduction_scale(xp: Any, labels: Any, opts: Options, dtype: Any) -> Any:
+    """d(loss)/d(row loss): 1 for ``"sum"`` and ``"none"``, 1/#valid rows for ``"mean"``
+    (0 when no row is valid), counted in ``dtype``. It depends on the labels only, so it
+    is known before the first chunk."""
+    if opts.reduction != "mean":
+        return 1.0
+    if opts.ignore_index is None and labels.shape[0] is not None:
+        return mean_scale(xp, float(labels.shape[0]))
+    valid = labels != opts.ignore_index if opts.ignore_index is not None else labels == labels  # every row
+    return mean_scale(xp, xp.sum(xp.astype(valid, dtype)))
 
-    ``lse`` is each row's log-sum-exp (N,), ``scale`` d(loss)/d(per-row loss): 1 for
-    ``"sum"`` and ``"none"``, 1/#valid rows for ``"mean"`` (0 when no row is valid).
+
+def chunk_step(
+    xp: Any,
+    h: Any,
+    y: Any,
+    weight: Any,
+    bias: Any,
+    row_opts: Options,
+    lse_c: Any,
+    scale: Any,
+    cot: Any,
+    needs: tuple[bool, bool, bool],
+    d_weight: Any,
+    d_bias: Any,
+) -> tuple[Any, Any, Any, Any, Any]:
+    """One chunk of rows ``h`` (C, H) with labels ``y``: ``(loss_c, lse_c, dh_c, d_weight, d_bias)``.
+
+    With ``lse_c=None`` the chunk's per-row loss and log-sum-exp are computed (the
+    forward); otherwise ``loss_c`` is None. For the gradients named by ``needs`` (hidden,
+    weight, bias) at cotangent ``cot``: ``dh_c = g @ W`` of this chunk, and the running
+    sums ``d_weight += g.T @ h``, ``d_bias += Σ_rows g`` (started when given as None), in
+    the compute dtype. ``g = dℓ/dz`` is the core's closed form.
+    """
+    acc = compute_dtype(xp, h.dtype)
+    z = _logits(xp, h, weight, bias)
+    loss_c = dh_c = None
+    if lse_c is None:
+        loss_c, lse_c, _ = forward(z, y, None, row_opts)
+    if not any(needs):
+        return loss_c, lse_c, dh_c, d_weight, d_bias
+    g, _, _ = backward(z, y, None, row_opts, lse_c, scale, None, cot, (True, False, False))
+    del z
+    if needs[0]:
+        dh_c = xp.matmul(g, weight)
+    if needs[1]:  # in place where the framework allows it
+        if d_weight is None:
+            d_weight = xp.matmul(_transpose(xp, g), h)
+            d_weight = d_weight if d_weight.dtype == acc else xp.astype(d_weight, acc)
+        else:
+            d_weight = primitives.add_matmul(xp, d_weight, _transpose(xp, g), h)
+    if needs[2]:
+        d_b = xp.sum(g if g.dtype == acc else xp.astype(g, acc), axis=0)
+        d_bias = d_b if d_bias is None else d_bias + d_b
+    return loss_c, lse_c, dh_c, d_weight, d_bias
+
+
+def _sweep(
+    hidden: Any,
+    weight: Any,
+    bias: Any,
+    labels: Any,
+    opts: Options,
+    chunk: int,
+    lse: Any,
+    scale: Any,
+    cotangent: Any,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Any, Any, Any, Any, Any]:
+    """One pass of :func:`chunk_step` over the row chunks: ``(losses, lse, d_hidden,
+    d_weight, d_bias)``.
+
+    With ``lse=None`` each chunk's per-row loss and log-sum-exp are computed (the
+    forward) and returned; otherwise ``lse`` is the forward's and no loss is computed.
+    The gradients named by ``needs`` are accumulated at ``cotangent`` (a scalar, or one
+    per row); the others, and every loss/lse that was not computed, are None. A row
+    count unknown until run time (a TensorFlow graph's batch axis) takes a
+    ``tf.while_loop`` over the same step.
     """
     xp = array_namespace(hidden, weight, bias)
     row_opts = _per_row(opts)
-    losses, lses = [], []
-    for i, j in _bounds(int(hidden.shape[0]), chunk):
-        loss_c, lse_c, _ = forward(_logits(xp, hidden[i:j, ...], weight, bias), labels[i:j], None, row_opts)
-        losses.append(loss_c)
-        lses.append(lse_c)
-    loss, lse = _concat(xp, losses), _concat(xp, lses)
-    if opts.reduction == "none":
-        return loss, lse, 1.0
-    if opts.reduction == "sum":
-        return xp.sum(loss), lse, 1.0
-    if opts.ignore_index is None:
-        den: Any = float(math.prod(loss.shape))
+    needs = (needs[0], needs[1], needs[2] and bias is not None)
+    per_row_cotangent = getattr(cotangent, "ndim", 0) > 0
+    if hidden.shape[0] is None:
+        from smoothloss.backends.tf_linear import sweep_unknown_rows
+
+        losses, lse, d_hidden, d_weight, d_bias = sweep_unknown_rows(
+            chunk_step, hidden, weight, bias, labels, row_opts, chunk, lse, scale, cotangent, needs
+        )
     else:
-        den = xp.sum(xp.astype(labels != opts.ignore_index, loss.dtype))
-    scale = mean_scale(xp, den)
-    return xp.sum(loss) * scale, lse, scale
+        parts: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+        d_weight = d_bias = None
+        for i, j in _bounds(int(hidden.shape[0]), chunk):
+            loss_c, lse_c, dh_c, d_weight, d_bias = chunk_step(
+                xp, hidden[i:j, ...], labels[i:j], weight, bias, row_opts, None if lse is None else lse[i:j],
+                scale, cotangent[i:j] if per_row_cotangent else cotangent, needs, d_weight, d_bias,
+            )
+            for part, value in zip(parts, (loss_c, lse_c, dh_c)):
+                part.append(value)
+        losses = _concat(xp, parts[0]) if lse is None else None
+        lse = _concat(xp, parts[1]) if lse is None else lse
+        d_hidden = _concat(xp, parts[2]) if needs[0] else None
+    if d_weight is not None and d_weight.dtype != weight.dtype:
+        d_weight = xp.astype(d_weight, weight.dtype)
+    if d_bias is not None and d_bias.dtype != bias.dtype:
+        d_bias = xp.astype(d_bias, bias.dtype)
+    return losses, lse, d_hidden, d_weight, d_bias
+
+
+def chunked_forward(
+    hidden: Any,
+    weight: Any,
+    bias: Any,
+    labels: Any,
+    opts: Options,
+    chunk: int,
+    needs: tuple[bool, bool, bool] = (False, False, False),
+) -> tuple[Any, Any, Any, Any]:
+    """``(loss, lse, scale, grads)`` over 2-D ``hidden`` (N, H) and 1-D ``labels`` (N,).
+
+    ``lse`` is each row's log-sum-exp (N,), ``scale`` d(loss)/d(per-row loss): 1 for
+    ``"sum"`` and ``"none"``, 1/#valid rows for ``"mean"`` (0 when no row is valid).
+
+    For ``"mean"`` and ``"sum"`` the loss is a scalar, so its gradient is the gradient at
+    cotangent 1 times the incoming cotangent: ``grads`` is then ``(d_hidden, d_weight,
+    d_bias)`` at cotangent 1, made in the same pass as the loss (entries of ``needs``
+    that are False give None), and the backward only scales them. This saves making
+    every chunk's logits a second time. For ``"none"`` (one cotangent per row) and when
+    no gradient is needed, ``grads`` is None: :func:`chunked_backward` makes them.
+    """
+    xp = array_namespace(hidden, weight, bias)
+    scale = _reduction_scale(xp, labels, opts, compute_dtype(xp, hidden.dtype))
+    early = opts.reduction != "none" and any(needs)
+    losses, lse, d_h, d_w, d_b = _sweep(
+        hidden, weight, bias, labels, opts, chunk, None, scale, 1.0, needs if early else (False, False, False)
+    )
+    loss = losses if opts.reduction == "none" else xp.sum(losses) * scale
+    return loss, lse, scale, ((d_h, d_w, d_b) if early else None)
 
 
 def chunked_backward(
@@ -98,45 +210,13 @@ def chunked_backward(
     cotangent: Any,
     needs: tuple[bool, bool, bool] = (True, True, True),
 ) -> tuple[Any, Any, Any]:
-    """``(d_hidden, d_weight, d_bias)`` for 2-D ``hidden``; entries of ``needs`` that are
-    False (and ``d_bias`` without a bias) give None.
+    """``(d_hidden, d_weight, d_bias)`` for 2-D ``hidden``, making each chunk's logits
+    again; entries of ``needs`` that are False (and ``d_bias`` without a bias) give None.
 
     ``lse`` and ``scale`` come from :func:`chunked_forward`; ``cotangent`` is the
     incoming cotangent, a scalar or, for ``reduction="none"``, one per row.
     """
-    xp = array_namespace(hidden, weight, bias)
-    row_opts = _per_row(opts)
-    need_h, need_w, need_b = needs[0], needs[1], needs[2] and bias is not None
-    per_row_cotangent = getattr(cotangent, "ndim", 0) > 0
-    acc = compute_dtype(xp, hidden.dtype)
-    d_hidden, d_weight, d_bias = [], None, None
-    for i, j in _bounds(int(hidden.shape[0]), chunk):
-        h = hidden[i:j, ...]
-        cot = cotangent[i:j] if per_row_cotangent else cotangent
-        g, _, _ = backward(
-            _logits(xp, h, weight, bias), labels[i:j], None, row_opts, lse[i:j], scale, None, cot,
-            (True, False, False),
-        )
-        if need_h:
-            d_hidden.append(xp.matmul(g, weight))
-        if need_w:
-            d_w = xp.matmul(_transpose(xp, g), h)
-            d_w = d_w if d_w.dtype == acc else xp.astype(d_w, acc)
-            if d_weight is None:
-                d_weight = d_w
-            else:  # in place where the namespace allows it (NumPy, torch); rebinds in JAX/TF
-                d_weight += d_w
-        if need_b:
-            d_b = xp.sum(g, axis=0) if g.dtype == acc else xp.sum(xp.astype(g, acc), axis=0)
-            if d_bias is None:
-                d_bias = d_b
-            else:
-                d_bias += d_b
-    if d_weight is not None and d_weight.dtype != weight.dtype:
-        d_weight = xp.astype(d_weight, weight.dtype)
-    if d_bias is not None and d_bias.dtype != bias.dtype:
-        d_bias = xp.astype(d_bias, bias.dtype)
-    return (_concat(xp, d_hidden) if need_h else None), d_weight, d_bias
+    return _sweep(hidden, weight, bias, labels, opts, chunk, lse, scale, cotangent, needs)[2:]
 
 
 def _prepare(
@@ -161,12 +241,14 @@ def _prepare(
             raise TypeError(f"bias's dtype {bias.dtype} differs from hidden's {hidden.dtype}")
     if not V.is_integer(xp, labels.dtype):
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    if tuple(labels.shape) != tuple(hidden.shape[:-1]):
+    lead, label_shape = tuple(hidden.shape[:-1]), tuple(labels.shape)
+    if len(label_shape) != len(lead) or any(a != b for a, b in zip(label_shape, lead) if None not in (a, b)):
         raise ValueError(
             f"labels must have hidden's shape without the last axis, {tuple(hidden.shape[:-1])}, "
             f"got {tuple(labels.shape)}"
         )
-    n = math.prod(int(s) for s in hidden.shape[:-1])
+    # -1: a TensorFlow graph's batch axis may be unknown until run time
+    n = -1 if None in lead else math.prod(int(s) for s in lead)
     hidden2 = xp.reshape(hidden, (n, int(hidden.shape[-1])))
     labels1 = xp.reshape(labels, (n,))
     # the options are checked by the core on a zero-row logits probe (no N×V array)
@@ -256,7 +338,7 @@ def linear_cross_entropy(
     else:
         loss = chunked_forward(hidden2, weight, bias, labels1, opts, chunk)[0]
     if opts.reduction == "none":
-        loss = array_namespace(loss).reshape(loss, shape)
+        loss = array_namespace(loss).reshape(loss, dynamic_shape(labels) if None in shape else shape)
     return loss
 
 
@@ -296,8 +378,10 @@ def linear_cross_entropy_and_grad(
     shape, h_shape = tuple(labels.shape), tuple(hidden.shape)
     hidden2, weight, labels1, bias, opts, chunk = _prepare(hidden, weight, labels, bias, chunk_size, options)
     xp = array_namespace(hidden2, weight, bias)
-    loss, lse, scale = chunked_forward(hidden2, weight, bias, labels1, opts, chunk)
-    d_h, d_w, d_b = chunked_backward(hidden2, weight, bias, labels1, opts, chunk, lse, scale, 1.0)
+    loss, lse, scale, grads = chunked_forward(hidden2, weight, bias, labels1, opts, chunk, (True, True, True))
+    if grads is None:  # reduction="none": a second pass, at cotangent 1 per row
+        grads = chunked_backward(hidden2, weight, bias, labels1, opts, chunk, lse, scale, 1.0)
+    d_h, d_w, d_b = grads
     if opts.reduction == "none":
-        loss = xp.reshape(loss, shape)
-    return loss, (xp.reshape(d_h, h_shape), d_w, d_b)
+        loss = xp.reshape(loss, dynamic_shape(labels) if None in shape else shape)
+    return loss, (xp.reshape(d_h, dynamic_shape(hidden) if None in h_shape else h_shape), d_w, d_b)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from smoothloss.backends import is_traced
+
 REDUCTIONS = ("mean", "sum", "none")
 CONVENTIONS = ("uniform", "others")
 
@@ -127,7 +129,10 @@ def check_label_values(xp: Any, labels: Any, num_classes: int, ignore_index: int
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_index is not None:
         bad = bad & (labels != ignore_index)
-    if bool(xp.any(bad)):
+    any_bad = xp.any(bad)
+    if is_traced(any_bad):  # concrete labels inside a jax.jit trace: their ops are staged too
+        return
+    if bool(any_bad):
         lo = int(xp.min(xp.where(bad, labels, xp.max(labels))))  # the smallest bad label
         hi = int(xp.max(xp.where(bad, labels, xp.min(labels))))  # the largest bad label
         shown = sorted({lo, hi})

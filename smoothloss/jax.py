@@ -68,6 +68,7 @@ from smoothloss import _validation as V
 from smoothloss.jax_parallel import vocab_parallel_cross_entropy
 
 __all__ = [
+    "linear_cross_entropy",
     "smooth_labels",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
@@ -377,3 +378,49 @@ def smooth_labels(
         sum_axis = axis if axis is None or isinstance(axis, int) else tuple(axis)
         num_classes = jnp.sum(jnp.asarray(where), axis=sum_axis, keepdims=True)
     return (1.0 - alpha) * labels + alpha / num_classes
+
+
+def linear_cross_entropy(
+    hidden: Any,
+    weight: Any,
+    labels: Any,
+    *,
+    bias: Any = None,
+    chunk_size: int | None = None,
+    label_smoothing: float = 0.0,
+    convention: str = "uniform",
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> jax.Array:
+    r"""The loss of ``hidden @ weight.T + bias`` without the N×V logits, as a JAX function.
+
+    :func:`smoothloss.linear_cross_entropy` on JAX arrays (NumPy inputs are converted):
+    ``hidden`` (..., H), ``weight`` (V, H) (a Flax ``Dense`` kernel is (H, V): pass
+    ``kernel.T``), integer ``labels`` of shape ``hidden.shape[:-1]``. Unlike the optax-style
+    functions above it reduces (``"mean"`` over the valid positions by default), because
+    a scalar loss lets its ``jax.custom_vjp`` make the gradients for hidden, weight and
+    bias in the same pass over the row chunks as the loss; ``reduction="none"`` gives the
+    per-position losses and a backward that makes each chunk's logits again. The chunks
+    are a Python loop, unrolled under ``jit``; under ``jit``, XLA drops the gradients
+    nobody asks for.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from smoothloss.jax import linear_cross_entropy
+        >>> h = jax.random.normal(jax.random.key(0), (6, 8))
+        >>> w = 0.1 * jax.random.normal(jax.random.key(1), (50, 8))
+        >>> y = jnp.array([3, 1, 7, 49, 0, 7])
+        >>> step = jax.jit(jax.value_and_grad(
+        ...     lambda w: linear_cross_entropy(h, w, y, label_smoothing=0.1, chunk_size=4)))
+        >>> loss, dw = step(w)
+        >>> dw.shape
+        (50, 8)
+    """
+    hidden, weight, labels = jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(labels)
+    return smoothloss.linear_cross_entropy(
+        hidden, weight, labels, bias=None if bias is None else jnp.asarray(bias), chunk_size=chunk_size,
+        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+        reduction=reduction, z_loss=z_loss, softcap=softcap,
+    )

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 import smoothloss as _sl
 
-__all__ = ["cross_entropy", "cross_entropy_and_grad", "one_hot", "smooth_labels"]
+__all__ = ["cross_entropy", "cross_entropy_and_grad", "linear_cross_entropy", "one_hot", "smooth_labels"]
 
 
 def _tensor(x: Any) -> Any:
@@ -44,6 +44,17 @@ def cross_entropy_and_grad(logits: Any, targets: Any, **options: Any) -> tuple[A
     if "weight" in options:
         options["weight"] = _tensor(options["weight"])
     return _sl.cross_entropy_and_grad(_tensor(logits), _tensor(targets), **options)
+
+
+def linear_cross_entropy(hidden: Any, weight: Any, labels: Any, *, bias: Any = None, **options: Any) -> Any:
+    """:func:`smoothloss.linear_cross_entropy` on TensorFlow (``tf.Variable`` weights
+    welcome; NumPy inputs are converted). ``weight`` is (V, H): a Keras ``Dense`` kernel
+    is (H, V), pass ``tf.transpose(kernel)``. The gradient is registered with
+    ``tf.custom_gradient``; under an eager tape or inside ``tf.function``, for
+    ``"mean"``/``"sum"``, it is made in the same pass over the row chunks as the loss."""
+    return _sl.linear_cross_entropy(
+        _tensor(hidden), _tensor(weight), _tensor(labels), bias=_tensor(bias), **options
+    )
 
 
 def one_hot(labels: Any, num_classes: int, **options: Any) -> Any:

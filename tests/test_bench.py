@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 from smoothloss import _bench as bench
@@ -164,3 +165,161 @@ def test_summary_targets_from_known_numbers():
     md = bench.markdown_tables(report)
     assert "| torch | 1024×32000 (125.00) | torch F.cross_entropy(label_smoothing) | 300 |" in md
     assert "0.33×" in md and "**no**" in md
+
+
+# --------------------------------------------------------------------------- chunked linear cross-entropy
+
+from smoothloss import _bench_linear as linear  # noqa: E402
+
+LINEAR_FIELDS = ("time_s", "time_samples_s", "peak_mib", "peak_samples_mib", "peak_before_mib", "extra_mib", "loss")
+
+
+def test_quick_run_measures_the_linear_path(quick_run):
+    rc, _, _, report = quick_run
+    lin = report["linear"]
+    s = lin["settings"]
+    assert s["sizes"] == [list(size) for size in bench.QUICK_LINEAR_SIZES]
+    assert s["repeats"] == 1 and s["chunk"] is None and s["smoothing"] == 0.1
+    assert s["frameworks"] + s["skipped"] == ["torch"]
+    assert [(e["framework"], e["size"]) for e in lin["results"]] == [
+        (fw, list(size)) for fw in s["frameworks"] for size in bench.QUICK_LINEAR_SIZES
+    ]
+    for e in lin["results"]:
+        assert "errors" not in e, e["errors"]
+        assert e["losses_match"], (e["unchunked"]["loss"], e["chunked"]["loss"])
+        assert e["logits_mib"] == linear.logits_mib(e["size"]) and 0 < e["chunk_rows"] <= e["size"][0]
+        for mode in linear.MODES:
+            summary, runs = e[mode], e["runs"][mode]
+            assert all(k in summary for k in LINEAR_FIELDS), summary
+            assert summary["runs"] == len(runs) == s["repeats"] and summary["failed"] == 0
+            assert summary["time_s"] > 0 and len(summary["time_samples_s"]) == s["repeats"]
+            assert summary["peak_mib"] >= summary["peak_before_mib"] > 0
+            assert summary["extra_mib"] >= 0
+            for r in runs:
+                assert r["mode"] == mode and r["framework"] == e["framework"] and r["method"]
+                assert r["peak_mib"] >= r["peak_before_mib"] > 0 and r["first_step_s"] > 0
+        assert e["time_ratio"] > 0 and e["peak_ratio"] > 0
+        assert e["extra_ratio"] is None or e["extra_ratio"] >= 0
+    assert rc == 0
+
+
+def test_linear_markdown_in_bench_md_and_docs(quick_run):
+    _, out, docs, report = quick_run
+    for text in ((out / "bench.md").read_text(), docs.read_text()):
+        assert "## Chunked linear cross-entropy" in text
+        assert "| peak MiB unchunked | peak MiB chunked | peak ratio |" in text
+        for e in report["linear"]["results"]:
+            assert any(line.startswith(f"| {e['framework']} | {linear.size_name(e['size'])} (")
+                       and line.count("×") >= 5 for line in text.splitlines())
+
+
+def _fake_linear_run(frameworks, sizes, chunk=None, repeats=3, **_):
+    """``_bench_linear.run`` without subprocesses: made-up runs, summarised for real."""
+
+    def rec(fw, mode, r, t, peak):
+        return {"framework": fw, "mode": mode, "repeat": r, "time_s": t, "peak_mib": peak,
+                "peak_before_mib": 100.0, "loss": 6.9, "method": "fake"}
+
+    results = []
+    for fw in frameworks:
+        for size in sizes:
+            runs = {"unchunked": [rec(fw, "unchunked", r, 2.0 + r, 300.0) for r in range(repeats)],
+                    "chunked": [rec(fw, "chunked", r, 1.0 + r, 150.0) for r in range(repeats)]}
+            results.append(linear.summarise_entry(fw, size, chunk, runs))
+    settings = {"sizes": [list(s) for s in sizes], "frameworks": list(frameworks), "skipped": [], "chunk": chunk,
+                "repeats": repeats, "smoothing": 0.1, "threads": None}
+    return {"settings": settings, "results": results}
+
+
+def test_only_linear_skips_the_frameworks(tmp_path, monkeypatch):
+    monkeypatch.setattr(linear, "run", _fake_linear_run)
+    docs = tmp_path / "linear.md"
+    rc = bench.main(["--only-linear", "--linear", "64x8x32,16x4x8", "--linear-frameworks", "torch,jax",
+                     "--linear-chunk", "16", "--linear-repeats", "3", "--out", str(tmp_path), "--docs", str(docs)])
+    assert rc == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["frameworks"] == {} and report["settings"]["only_linear"] is True
+    assert report["settings"]["sizes"] == []
+    assert [(e["framework"], e["size"]) for e in report["linear"]["results"]] == [
+        ("torch", [64, 8, 32]), ("torch", [16, 4, 8]), ("jax", [64, 8, 32]), ("jax", [16, 4, 8])]
+    e = report["linear"]["results"][0]
+    assert e["chunk"] == 16 and e["chunk_rows"] == 16
+    assert e["unchunked"]["time_s"] == 3.0 and e["chunked"]["time_s"] == 2.0 and e["time_ratio"] == 2 / 3
+    assert e["unchunked"]["time_samples_s"] == [2.0, 3.0, 4.0]
+    assert e["peak_ratio"] == 0.5 and e["extra_ratio"] == 0.25 and e["losses_match"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "| torch | 64×8×32 (0) | 16 | 3 | 2 | 0.67× | 300 | 150 | 0.50× | 200 → 50.0 | 0.25× |" in md
+    assert "| jax | 16×4×8 (0) | 16 | 3 | 2 |" in md
+    assert "smoothloss.cross_entropy" not in md  # no table of the frameworks' losses
+    page = docs.read_text()
+    assert page.startswith("# Benchmark: chunked linear cross-entropy") and report["command"] in page
+    assert not (tmp_path / "bench.png").exists()
+
+
+def test_linear_failure_is_reported(tmp_path, monkeypatch):
+    def broken(frameworks, sizes, chunk=None, repeats=3, **_):
+        runs = {"unchunked": [{"framework": "torch", "mode": "unchunked", "error": "MemoryError: boom"}],
+                "chunked": [{"framework": "torch", "mode": "chunked", "time_s": 1.0, "peak_mib": 2.0,
+                             "peak_before_mib": 1.0, "loss": 1.0}]}
+        return {"settings": {"sizes": [list(sizes[0])], "frameworks": ["torch"], "skipped": [], "chunk": None,
+                             "repeats": 1, "smoothing": 0.1, "threads": None},
+                "results": [linear.summarise_entry("torch", sizes[0], None, runs)]}
+
+    monkeypatch.setattr(linear, "run", broken)
+    assert bench.main(["--only-linear", "--linear", "8x4x16", "--out", str(tmp_path)]) == 1
+    md = (tmp_path / "bench.md").read_text()
+    assert "| torch | 8×4×16 (0) | default (8) | failed: MemoryError: boom |" in md
+
+
+@pytest.mark.parametrize("fw", linear.FRAMEWORKS)
+def test_linear_steps_agree_in_process(fw):
+    """The benchmark's own steps: both paths give the same loss and gradients in each framework."""
+    if not linear.installed(fw):
+        pytest.skip(f"{fw} is not installed")
+    inputs = linear.make_inputs((10, 4, 12), seed=3)
+    outs = {}
+    for mode in linear.MODES:
+        step = linear.build_step(fw, mode, *(a.copy() for a in inputs), chunk=3)
+        out = step.run()
+        outs[mode] = (step.loss(out), *step.grads(out))
+        step.reset()
+    (lu, hu, wu), (lc, hc, wc) = outs["unchunked"], outs["chunked"]
+    assert lc == pytest.approx(lu, rel=1e-5)
+    assert hc.shape == (10, 4) and wc.shape == (12, 4)
+    np.testing.assert_allclose(hc, hu, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(wc, wu, rtol=1e-4, atol=1e-6)
+
+
+def test_parse_linear_sizes():
+    assert linear.parse_linear_sizes("8192x1024x65536, 4X3*5,2×1×2") == [(8192, 1024, 65536), (4, 3, 5), (2, 1, 2)]
+    assert linear.parse_linear_sizes(" None ") == []
+    for bad in ("", "8x4", "8x4x2x1", "ax4x8", "0x4x8", "8x0x8", "8x4x1"):
+        with pytest.raises(ValueError):
+            linear.parse_linear_sizes(bad)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--linear", "12x3"], ["--linear-frameworks", "mxnet"], ["--linear-chunk", "0"],
+             ["--linear-repeats", "0"], ["--only-linear"], ["--only-linear", "--linear", "none"]],
+)
+def test_bad_linear_arguments_exit_2(argv, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*argv, "--out", str(tmp_path)])
+    assert exc.value.code == 2
+
+
+def test_bench_linear_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(linear, "run", _fake_linear_run)
+    out = tmp_path / "linear.json"
+    assert linear.main(["64", "8", "32", "16", "--frameworks", "torch,jax", "--repeats", "2",
+                        "--json", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("torch N=64 H=8 V=32: peak 150 / 300 MiB = 0.50;")
+    assert lines[1].startswith("jax N=64 H=8 V=32:")
+    result = json.loads(out.read_text())
+    assert result["settings"]["chunk"] == 16 and result["settings"]["repeats"] == 2
+    for bad in (["8", "4"], ["8", "4", "16", "--frameworks", "mxnet"], ["8", "4", "16", "0"],
+                ["8", "4", "16", "--repeats", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            linear.main(bad)
+        assert exc.value.code == 2

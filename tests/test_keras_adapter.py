@@ -432,7 +432,9 @@ def test_training_on_every_keras_backend(backend):
 def test_public_api():
     import smoothloss.keras as sk
 
-    assert sk.__all__ == ["BinaryCrossentropy", "CategoricalCrossentropy", "SparseCategoricalCrossentropy"]
+    assert sk.__all__ == [
+        "BinaryCrossentropy", "CategoricalCrossentropy", "LinearCrossEntropyHead", "SparseCategoricalCrossentropy",
+    ]
     assert keras.saving.get_registered_name(CategoricalCrossentropy) == "smoothloss>CategoricalCrossentropy"
     assert issubclass(SparseCategoricalCrossentropy, keras.losses.Loss)
 

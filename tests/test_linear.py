@@ -232,3 +232,210 @@ def test_jax_jit_value_and_grad():
     _, vjp = jax.vjp(chunked, h, w, b)
     leaves = jax.tree_util.tree_leaves(vjp)
     assert leaves and all(leaf.size < 10 * V_CLASSES for leaf in leaves if hasattr(leaf, "size"))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cotangent_scales_the_gradient(framework, reduction):
+    """The gradients made during the forward (mean/sum) are scaled by the incoming
+    cotangent; "none" takes one cotangent per row. Against autodiff of the unchunked path."""
+    h, w, b, y = _data((6,), {"ignore_index": -100}, True, seed=5)
+    opts = {"label_smoothing": 0.1, "ignore_index": -100, "reduction": reduction}
+    weights = np.linspace(-1.5, 2.5, 6) if reduction == "none" else 2.5
+    args = (framework.asarray(h, "float64"), framework.asarray(w, "float64"), framework.asarray(y),
+            framework.asarray(b, "float64"))
+    c = framework.asarray(np.asarray(weights, dtype=np.float64), "float64")
+
+    def chunked(h, w, y, b):
+        return linear_cross_entropy(h, w, y, bias=b, chunk_size=4, **opts) * c
+
+    def unchunked(h, w, y, b):
+        return smoothloss.cross_entropy(_matmul_t(h, w) + b, y, **opts) * c
+
+    expected = framework.grads(unchunked, args, (0, 1, 3))
+    got = framework.grads(chunked, args, (0, 1, 3))
+    for e, g in zip(expected, got):
+        assert rel_err(framework.to_numpy(g), framework.to_numpy(e)) <= 1e-10
+
+
+def test_torch_retain_graph_and_partial_needs():
+    """A second backward of the same graph recomputes (the first one consumed the
+    gradients made in the forward); only the inputs that require grad get one."""
+    torch = pytest.importorskip("torch")
+    h, w, b, y = (torch.as_tensor(a) for a in _data((9,), {}, True, seed=7))
+    opts = {"label_smoothing": 0.2, "z_loss": 1e-3}
+    ref = [t.clone().requires_grad_(True) for t in (h, w, b)]
+    smoothloss.cross_entropy(ref[0] @ ref[1].T + ref[2], y, **opts).backward()
+
+    hh, ww, bb = (t.clone().requires_grad_(True) for t in (h, w, b))
+    loss = linear_cross_entropy(hh, ww, y, bias=bb, chunk_size=4, **opts)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    for got, r in zip((hh, ww, bb), ref):
+        assert rel_err(got.grad, 2 * r.grad) <= 1e-12
+
+    ww = w.clone().requires_grad_(True)
+    linear_cross_entropy(h, ww, y, bias=b, chunk_size=4, **opts).backward()
+    assert rel_err(ww.grad, ref[1].grad) <= 1e-12
+    with torch.no_grad():
+        value = linear_cross_entropy(hh, ww, y, bias=bb, chunk_size=4, **opts)
+    assert value.grad_fn is None and rel_err(value, loss.detach()) <= 1e-12
+
+
+def test_tensorflow_with_and_without_tape():
+    """Eager TensorFlow makes the gradients in the forward only under a recording tape;
+    without one the value is the same, and a persistent tape can ask twice."""
+    tf = pytest.importorskip("tensorflow")
+    h, w, b, y = (tf.constant(a) for a in _data((9,), {}, True, seed=8))
+    opts = {"label_smoothing": 0.1, "reduction": "sum"}
+    plain = linear_cross_entropy(h, w, y, bias=b, chunk_size=4, **opts)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([h, w, b])
+        loss = 3.0 * linear_cross_entropy(h, w, y, bias=b, chunk_size=4, **opts)
+        ref = 3.0 * smoothloss.cross_entropy(tf.matmul(h, w, transpose_b=True) + b, y, **opts)
+    assert rel_err(3.0 * plain, loss) <= 1e-12
+    for _ in range(2):
+        for got, e in zip(tape.gradient(loss, [h, w, b]), tape.gradient(ref, [h, w, b])):
+            assert rel_err(got, e) <= 1e-12
+
+
+def test_jax_jit_with_only_the_weight_traced():
+    """Concrete hidden and labels closed over by a jitted function (only the weight is an
+    argument): the label check sees staged values and is skipped, never a TracerBoolConversionError."""
+    jax = pytest.importorskip("jax")
+    h, w, _, y = _data((6,), {}, False, seed=9)
+    ref_loss, _, ref_dw, _ = _reference_numpy(h, w, None, y, {})
+    h, w, y = (jax.numpy.asarray(a) for a in (h, w, y))
+    loss, dw = jax.jit(jax.value_and_grad(lambda w: linear_cross_entropy(h, w, y, chunk_size=4)))(w)
+    assert rel_err(loss, ref_loss) <= 1e-5 and rel_err(dw, ref_dw) <= 1e-5  # float32 unless x64 is on
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_tensorflow_unknown_row_count(reduction):
+    """A tf.function traced with an unknown batch axis (Keras after a partial batch) runs
+    the chunks in a tf.while_loop: same value and gradients as the unchunked path, for
+    row counts that do and do not fill the last chunk, and for no rows."""
+    tf = pytest.importorskip("tensorflow")
+    h, w, b, y = (tf.constant(a) for a in _data((10,), {"ignore_index": -100}, True, seed=11))
+    opts = {"label_smoothing": 0.1, "ignore_index": -100, "reduction": reduction}
+    spec = [tf.TensorSpec([None, H], tf.float64), tf.TensorSpec([None], y.dtype)]
+
+    def value_and_grads(loss_fn, h, y):
+        with tf.GradientTape() as tape:
+            tape.watch([h, w, b])
+            loss = loss_fn(h, y)
+            c = tf.cast(tf.range(tf.size(loss)) + 1, loss.dtype)  # a different cotangent per row
+            total = tf.reduce_sum(loss * c)
+        return loss, tape.gradient(total, [h, w, b])
+
+    chunked = tf.function(
+        lambda h, y: value_and_grads(lambda h, y: linear_cross_entropy(h, w, y, bias=b, chunk_size=3, **opts), h, y),
+        input_signature=spec,
+    )
+    for n in (10, 4, 0):
+        loss, grads = chunked(h[:n], y[:n])
+        ref_loss, ref_grads = value_and_grads(
+            lambda h, y: smoothloss.cross_entropy(tf.matmul(h, w, transpose_b=True) + b, y, **opts), h[:n], y[:n]
+        )
+        assert loss.shape == ref_loss.shape
+        assert np.allclose(loss, ref_loss, rtol=1e-12, atol=1e-14)
+        for g, e in zip(grads, ref_grads):
+            assert np.allclose(g, e, rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- adapters
+
+
+def _liger_reference(torch, h, w, y, b, eps, z, cap):
+    """Liger's fused linear cross-entropy, written with torch float64 ops: logits
+    (softcapped), torch's smoothed CE per token + z·lse², mean over labels != -100."""
+    logits = h @ w.T + (0.0 if b is None else b)
+    if cap is not None:
+        logits = cap * torch.tanh(logits / cap)
+    per = torch.nn.functional.cross_entropy(logits, y, label_smoothing=eps, reduction="none", ignore_index=-100)
+    valid = y != -100
+    per = per + z * torch.logsumexp(logits, dim=-1) ** 2 * valid
+    return per.sum() / valid.sum()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_torch_liger_drop_in(bias):
+    torch = pytest.importorskip("torch")
+    from smoothloss.torch import LinearCrossEntropyLoss
+
+    h, w, b, y = (None if a is None else torch.as_tensor(a) for a in _data((12,), {"ignore_index": -100}, bias, seed=12))
+    loss_fn = LinearCrossEntropyLoss(lse_square_scale=1e-3, label_smoothing=0.1, softcap=5.0, chunk_size=5)
+    args = [t.clone().requires_grad_(True) for t in (h, w) + ((b,) if bias else ())]
+    ref_args = [t.detach().clone().requires_grad_(True) for t in args]
+    loss = loss_fn(args[1], args[0], y, *args[2:])
+    ref = _liger_reference(torch, ref_args[0], ref_args[1], y, ref_args[2] if bias else None, 0.1, 1e-3, 5.0)
+    assert rel_err(loss.detach(), ref.detach()) <= 1e-12
+    loss.backward()
+    ref.backward()
+    for a, r in zip(args, ref_args):
+        assert rel_err(a.grad, r.grad) <= 1e-12
+    assert "lse_square_scale=0.001" in repr(loss_fn)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        LinearCrossEntropyLoss(label_smoothing=1.5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        LinearCrossEntropyLoss(chunk_size=0)
+
+
+def test_torch_functional_layouts_and_autocast():
+    """(B, T, H) input, int32 labels, and inside torch.autocast: the tensors are cast to
+    the autocast dtype (as F.linear would be) and the loss is float32."""
+    torch = pytest.importorskip("torch")
+    from smoothloss.torch import linear_cross_entropy as torch_lce
+
+    h, w, b, y = (torch.as_tensor(a) for a in _data((2, 6), {"ignore_index": -100}, True, seed=13))
+    got = torch_lce(h, w, y.to(torch.int32), b, label_smoothing=0.2, chunk_size=4)
+    ref = torch.nn.functional.cross_entropy((h @ w.T + b).reshape(-1, V_CLASSES), y.reshape(-1), label_smoothing=0.2)
+    assert rel_err(got, ref) <= 1e-12
+    per_row = torch_lce(h, w, y, b, reduction="none")
+    assert per_row.shape == y.shape
+    h32, w32 = h.float().requires_grad_(True), w.float().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = torch_lce(h32, w32, y, label_smoothing=0.1)
+    assert loss.dtype == torch.float32
+    expected = torch.nn.functional.cross_entropy(
+        (h32.detach().bfloat16() @ w32.detach().bfloat16().T).double().reshape(-1, V_CLASSES), y.reshape(-1),
+        label_smoothing=0.1,
+    )
+    assert rel_err(loss.detach(), expected) <= 1e-5
+    loss.backward()
+    assert h32.grad.dtype == torch.float32 and w32.grad.shape == w32.shape
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        torch_lce(h.numpy(), w, y)
+
+
+def test_jax_adapter():
+    jax = pytest.importorskip("jax")
+    from smoothloss.jax import linear_cross_entropy as jax_lce
+
+    h, w, b, y = _data((2, 5), {"ignore_index": -100}, True, seed=14)
+    opts = {"label_smoothing": 0.1, "ignore_index": -100, "z_loss": 1e-3}
+    ref_loss, ref_dh, ref_dw, ref_db = _reference_numpy(h, w, b, y, opts)
+    jax.config.update("jax_enable_x64", True)  # as the suite's conftest does
+    loss, grads = jax.jit(jax.value_and_grad(
+        lambda h, w, b: jax_lce(h, w, y, bias=b, chunk_size=3, **opts), argnums=(0, 1, 2)
+    ))(*(jax.numpy.asarray(a) for a in (h, w, b)))
+    assert rel_err(loss, ref_loss) <= 1e-10
+    for g, e in zip(grads, (ref_dh, ref_dw, ref_db)):
+        assert rel_err(g, e) <= 1e-10
+    assert rel_err(jax_lce(h, w, y, bias=b, **opts), ref_loss) <= 1e-10  # NumPy in
+
+
+def test_tensorflow_adapter_with_variables():
+    tf = pytest.importorskip("tensorflow")
+    from smoothloss.tensorflow import linear_cross_entropy as tf_lce
+
+    h, w, b, y = _data((8,), {}, True, seed=15)
+    ref_loss, ref_dh, ref_dw, ref_db = _reference_numpy(h, w, b, y, {"label_smoothing": 0.1})
+    wv, bv = tf.Variable(w), tf.Variable(b)
+    hv = tf.constant(h)
+    with tf.GradientTape() as tape:
+        tape.watch(hv)
+        loss = tf_lce(hv, wv, y, bias=bv, label_smoothing=0.1, chunk_size=3)
+    grads = tape.gradient(loss, [hv, wv, bv])
+    assert rel_err(loss, ref_loss) <= 1e-10
+    for g, e in zip(grads, (ref_dh, ref_dw, ref_db)):
+        assert rel_err(g, e) <= 1e-10

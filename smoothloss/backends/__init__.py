@@ -13,7 +13,7 @@ from typing import Any
 import array_api_compat
 
 __all__ = [
-    "array_namespace", "as_arrays", "custom_gradient", "device", "framework_name", "is_traced", "is_tensorflow",
+    "array_namespace", "as_arrays", "custom_gradient", "device", "dynamic_shape", "framework_name", "is_traced", "is_tensorflow",
 ]
 
 
@@ -88,6 +88,15 @@ def is_traced(x: Any) -> bool:
     if torch is not None and isinstance(x, torch.Tensor):
         return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
     return False
+
+
+def dynamic_shape(x: Any) -> Any:
+    """``x``'s shape: a tuple of ints, or, where an axis is unknown until run time (a
+    ``tf.function`` input), TensorFlow's run-time shape tensor, for ``reshape``."""
+    shape = tuple(x.shape)
+    if None in shape and is_tensorflow(x):
+        return sys.modules["tensorflow"].shape(x)
+    return shape
 
 
 def custom_gradient(x: Any) -> Any:

@@ -1,7 +1,10 @@
 """The chunked linear cross-entropy's closed-form gradient as a ``jax.custom_vjp``.
 
-The residuals are the inputs and the per-row log-sum-exp (O(N)); the backward makes
-each chunk's logits again. The chunks are a Python loop, unrolled under jit.
+For ``"mean"``/``"sum"`` the forward pass of ``jax.grad`` also makes the gradients at
+cotangent 1 (one pass over the chunks) and the backward scales them; under jit, XLA
+drops the ones nobody asks for. For ``"none"`` the residuals are the inputs and the
+per-row log-sum-exp (O(N)) and the backward makes each chunk's logits again. The chunks
+are a Python loop, unrolled under jit.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import jax.numpy as jnp
 from smoothloss._core import Options
 from smoothloss._linear import chunked_backward, chunked_forward
 
+_ALL = (True, True, True)
+
 
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _linear_cross_entropy(hidden: Any, weight: Any, bias: Any, labels: Any, opts: Options, chunk: int) -> Any:
@@ -22,16 +27,18 @@ def _linear_cross_entropy(hidden: Any, weight: Any, bias: Any, labels: Any, opts
 
 
 def _fwd(hidden: Any, weight: Any, bias: Any, labels: Any, opts: Options, chunk: int) -> Any:
-    loss, lse, scale = chunked_forward(hidden, weight, bias, labels, opts, chunk)
-    return loss, (hidden, weight, bias, labels, lse, jnp.asarray(scale, dtype=lse.dtype))
+    loss, lse, scale, grads = chunked_forward(hidden, weight, bias, labels, opts, chunk, _ALL)
+    if grads is not None:
+        return loss, (grads, None)
+    return loss, (None, (hidden, weight, bias, labels, lse, jnp.asarray(scale, dtype=lse.dtype)))
 
 
 def _bwd(opts: Options, chunk: int, residuals: Any, cotangent: Any) -> Any:
-    hidden, weight, bias, labels, lse, scale = residuals
-    d_hidden, d_weight, d_bias = chunked_backward(
-        hidden, weight, bias, labels, opts, chunk, lse, scale, cotangent
-    )
-    return d_hidden, d_weight, d_bias, None
+    grads, inputs = residuals
+    if grads is not None:
+        return (*(None if g is None else g * cotangent.astype(g.dtype) for g in grads), None)
+    hidden, weight, bias, labels, lse, scale = inputs
+    return (*chunked_backward(hidden, weight, bias, labels, opts, chunk, lse, scale, cotangent), None)
 
 
 _linear_cross_entropy.defvjp(_fwd, _bwd)

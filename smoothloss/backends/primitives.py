@@ -13,6 +13,9 @@ can check them against the composition.
   that broadcasts against x.
 * ``add_at_labels(xp, g, labels, values)``: g with ``values`` (per position) added at
   each position's label. The natives may write into ``g`` (it is always a fresh array).
+* ``add_matmul(xp, acc, a, b)``: ``acc + a @ b`` in ``acc``'s dtype (``a @ b`` when
+  ``acc`` is None); torch adds into ``acc`` in place (``addmm_``), so accumulating a
+  V×H gradient over chunks never allocates a second V×H array.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import array_api_compat
 
 from smoothloss.backends import device
 
-__all__ = ["logsumexp", "softmax_affine", "add_at_labels", "native_kernels"]
+__all__ = ["logsumexp", "softmax_affine", "add_at_labels", "add_matmul", "native_kernels"]
 
 _ENABLED = [True]
 
@@ -116,3 +119,12 @@ def add_at_labels(xp: Any, g: Any, labels: Any, values: Any) -> Any:
     hit = xp.expand_dims(labels, axis=-1) == classes
     v = xp.expand_dims(values, axis=-1) if not isinstance(values, float) and values.ndim else values
     return xp.where(hit, g + v, g)
+
+
+def add_matmul(xp: Any, acc: Any, a: Any, b: Any) -> Any:
+    if acc is None:
+        return xp.matmul(a, b)
+    if _kind(xp) == "torch" and a.dtype == acc.dtype == b.dtype:
+        return acc.addmm_(a, b)
+    ab = xp.matmul(a, b)
+    return acc + (ab if ab.dtype == acc.dtype else xp.astype(ab, acc.dtype))

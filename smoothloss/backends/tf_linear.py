@@ -1,7 +1,10 @@
 """The chunked linear cross-entropy's closed-form gradient with ``tf.custom_gradient``.
 
-The gradient function closes over the inputs and the per-row log-sum-exp (O(N)) and
-makes each chunk's logits again.
+For ``"mean"``/``"sum"``, when a gradient may be taken (a tape is recording, or inside a
+graph, where unused results are pruned), the forward also makes the gradients at
+cotangent 1 in the same pass over the chunks and the gradient function scales them.
+Otherwise the gradient function closes over the inputs and the per-row log-sum-exp
+(O(N)) and makes each chunk's logits again.
 """
 
 from __future__ import annotations
@@ -14,18 +17,83 @@ from smoothloss._core import Options
 from smoothloss._linear import chunked_backward, chunked_forward
 
 
+def _may_record() -> bool:
+    """Whether a gradient of this call may be asked for (eager tapes only; graphs prune)."""
+    if not tf.executing_eagerly():
+        return True
+    try:
+        from tensorflow.python.eager import record
+    except ImportError:  # private module moved: assume a tape
+        return True
+    return bool(record.could_possibly_record())
+
+
 def linear_cross_entropy(hidden: Any, weight: Any, bias: Any, labels: Any, opts: Options, chunk: int) -> Any:
+    needs = (True, True, True) if _may_record() else (False, False, False)
+
     @tf.custom_gradient
     def _loss(hidden: Any, weight: Any, *maybe_bias: Any) -> Any:
         b = maybe_bias[0] if maybe_bias else None
-        loss, lse, scale = chunked_forward(hidden, weight, b, labels, opts, chunk)
+        loss, lse, scale, grads = chunked_forward(hidden, weight, b, labels, opts, chunk, needs)
 
         def grad(cotangent: Any) -> Any:
-            d_hidden, d_weight, d_bias = chunked_backward(
-                hidden, weight, b, labels, opts, chunk, lse, scale, cotangent
-            )
-            return (d_hidden, d_weight) + ((d_bias,) if b is not None else ())
+            if grads is not None:
+                d = tuple(None if g is None else g * tf.cast(cotangent, g.dtype) for g in grads)
+            else:
+                d = chunked_backward(hidden, weight, b, labels, opts, chunk, lse, scale, cotangent)
+            return d[:2] + ((d[2],) if b is not None else ())
 
         return loss, grad
 
     return _loss(hidden, weight) if bias is None else _loss(hidden, weight, bias)
+
+
+def sweep_unknown_rows(
+    step: Any, hidden: Any, weight: Any, bias: Any, labels: Any, row_opts: Options, chunk: int,
+    lse: Any, scale: Any, cotangent: Any, needs: tuple[bool, bool, bool],
+) -> tuple[Any, Any, Any, Any, Any]:
+    """``_linear._sweep`` for a row count known only at run time (a ``tf.function`` whose
+    batch axis is None, e.g. Keras's last, smaller batch): a ``tf.while_loop`` over the
+    chunks calling the same ``step`` (``_linear.chunk_step``), with the per-row results
+    in TensorArrays and the weight and bias gradients as loop-carried sums."""
+    from smoothloss._core import compute_dtype
+    from smoothloss.backends import tensorflow_namespace as xp
+
+    n = tf.shape(hidden)[0]
+    count = (n + chunk - 1) // chunk
+    acc = compute_dtype(xp, hidden.dtype)
+    forward = lse is None
+    per_row = getattr(cotangent, "ndim", 0) > 0
+
+    def rows(dtype: Any, shape: list[Any]) -> Any:
+        return tf.TensorArray(dtype, size=count, infer_shape=False, element_shape=tf.TensorShape(shape))
+
+    placeholder = tf.zeros((), acc)  # loop variables for the sums nobody asked for
+    start = (
+        tf.constant(0), rows(acc, [None]), rows(acc, [None]), rows(hidden.dtype, [None, hidden.shape[-1]]),
+        tf.zeros(weight.shape, acc) if needs[1] else placeholder,
+        tf.zeros(weight.shape[:1], acc) if needs[2] else placeholder,
+    )
+
+    def body(k: Any, losses: Any, lses: Any, dhs: Any, d_weight: Any, d_bias: Any) -> Any:
+        i = k * chunk
+        j = tf.minimum(i + chunk, n)
+        loss_c, lse_c, dh_c, d_w, d_b = step(
+            xp, hidden[i:j], labels[i:j], weight, bias, row_opts, None if forward else lse[i:j], scale,
+            cotangent[i:j] if per_row else cotangent, needs,
+            d_weight if needs[1] else None, d_bias if needs[2] else None,
+        )
+        if forward:
+            losses, lses = losses.write(k, loss_c), lses.write(k, lse_c)
+        if needs[0]:
+            dhs = dhs.write(k, dh_c)
+        return (k + 1, losses, lses, dhs, d_w if needs[1] else d_weight, d_b if needs[2] else d_bias)
+
+    _, losses, lses, dhs, d_weight, d_bias = tf.while_loop(lambda k, *_: k < count, body, start)
+    return (
+        losses.concat() if forward else None,
+        lses.concat() if forward else lse,
+        dhs.concat() if needs[0] else None,
+        d_weight if needs[1] else None,
+        d_bias if needs[2] else None,
+    )

@@ -11,24 +11,32 @@ from smoothloss._linear import chunked_backward, chunked_forward
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
-    """Forward saves hidden, weight, bias, labels and the per-row log-sum-exp (O(N));
-    backward makes each chunk's logits again. No N×V tensor is saved."""
+    """For ``"mean"``/``"sum"`` the forward also makes the gradients at cotangent 1 (one
+    pass over the chunks instead of two) and the backward scales them in place. The
+    saved tensors are the inputs and the per-row log-sum-exp (O(N)); a second backward
+    of the same graph (``retain_graph=True``), and ``"none"``, make each chunk's logits
+    again. No N×V tensor is kept."""
 
     @staticmethod
     def forward(ctx: Any, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Options, chunk: int) -> Any:
-        loss, lse, scale = chunked_forward(hidden, weight, bias, labels, opts, chunk)
+        needs = tuple(ctx.needs_input_grad[:3])
+        loss, lse, scale, grads = chunked_forward(hidden, weight, bias, labels, opts, chunk, needs)
         ctx.opts, ctx.chunk, ctx.scale = opts, chunk, scale
+        # not saved tensors: the first backward scales them in place and drops them
+        ctx.grads = grads
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         return loss
 
     @staticmethod
     def backward(ctx: Any, cotangent: Any) -> Any:
-        hidden, weight, bias, labels, lse = ctx.saved_tensors
-        needs = tuple(ctx.needs_input_grad[:3])
-        d_hidden, d_weight, d_bias = chunked_backward(
-            hidden, weight, bias, labels, ctx.opts, ctx.chunk, lse, ctx.scale, cotangent, needs
-        )
-        return d_hidden, d_weight, d_bias, None, None, None
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            hidden, weight, bias, labels, lse = ctx.saved_tensors
+            needs = tuple(ctx.needs_input_grad[:3])
+            grads = chunked_backward(hidden, weight, bias, labels, ctx.opts, ctx.chunk, lse, ctx.scale, cotangent, needs)
+        else:
+            grads = tuple(None if g is None else g.mul_(cotangent) for g in grads)
+        return (*grads, None, None, None)
 
 
 def linear_cross_entropy(hidden: Any, weight: Any, bias: Any, labels: Any, opts: Options, chunk: int) -> Any:
