@@ -108,6 +108,20 @@ def validate(
     return Options(axis, eps, convention, ignore_index, reduction, z_loss, softcap, bool(kl))
 
 
+def soft_cap(xp: Any, x: Any, softcap: float | None) -> tuple[Any, Any]:
+    """``(softcap·tanh(x/softcap), tanh(x/softcap))``, or ``(x, None)`` without a cap; the
+    second is what :func:`soft_cap_grad` needs."""
+    if softcap is None:
+        return x, None
+    capped = xp.tanh(x / softcap)
+    return capped * softcap, capped
+
+
+def soft_cap_grad(g: Any, capped: Any) -> Any:
+    """The chain rule through the cap: ``g·(1 - tanh²(x/softcap))`` (``g`` without a cap)."""
+    return g if capped is None else g * (1.0 - capped * capped)
+
+
 class _Prepared:
     """The inputs in compute layout: class axis last, compute dtype, softcap applied."""
 
@@ -120,11 +134,7 @@ class _Prepared:
         x = logits if cdtype == logits.dtype else xp.astype(logits, cdtype)
         if self.moved:
             x = xp.moveaxis(x, opts.axis, -1)
-        self.capped = None
-        if opts.softcap is not None:
-            self.capped = xp.tanh(x / opts.softcap)
-            x = self.capped * opts.softcap
-        self.x = x
+        self.x, self.capped = soft_cap(xp, x, opts.softcap)
         K = self.K = int(x.shape[-1])
         self.on, self.off = smoothing_coefficients(opts.label_smoothing, K, opts.convention)
         self.hard = self.on - self.off
@@ -314,8 +324,7 @@ def backward(
             if opts.z_loss:
                 coef = coef + 2.0 * opts.z_loss * lse
             g = primitives.softmax_affine(xp, x, lse, xp.expand_dims(coef, axis=-1) * s_k, mass * s_k)
-        if P.capped is not None:
-            g = g * (1.0 - P.capped * P.capped)
+        g = soft_cap_grad(g, P.capped)
         g_logits = P.to_layout(g, P.in_dtype)
 
     if needs[1] or needs[2]:

@@ -4,11 +4,15 @@ For hidden states h (N, H), a projection W (V, H) and an optional bias b (V,),
 ``linear_cross_entropy`` equals ``cross_entropy(h @ W.T + b, labels, ...)`` but walks
 the rows in chunks of ``chunk_size``: a chunk's logits ``z = h_c @ W.T + b`` (C×V) are
 made, reduced by the core's :func:`~smoothloss._core.forward` to the per-row loss and
-log-sum-exp (O(N) kept), and dropped. The backward makes each chunk's logits again,
-takes the core's closed form ``g = dℓ/dz`` (:func:`~smoothloss._core.backward`), and
-accumulates
+log-sum-exp (O(N) kept), given the core's closed form ``g = dℓ/dz``
+(:func:`~smoothloss._core.backward`) where a gradient is wanted, and dropped:
 
 ``dh_c = g @ W``,  ``dW += g.T @ h_c``,  ``db += Σ_rows g``.
+
+For ``"mean"`` and ``"sum"`` this happens in the forward pass, at cotangent 1, and the
+backward only scales the three gradients by the incoming cotangent: each chunk's logits
+are made once per training step. For ``"none"`` (one cotangent per row) the backward
+makes each chunk's logits again from the saved per-row log-sum-exp.
 
 No loss formula lives here: smoothing, ignore_index, z_loss and softcap are the core's.
 The frameworks register this backward as the custom gradient (``backends.torch_linear``,
@@ -115,6 +119,31 @@ def chunk_step(
     return loss_c, lse_c, dh_c, d_weight, d_bias
 
 
+def _python_loop(
+    step: Any, hidden: Any, weight: Any, bias: Any, labels: Any, row_opts: Options, chunk: int,
+    lse: Any, scale: Any, cotangent: Any, needs: tuple[bool, bool, bool],
+) -> tuple[Any, Any, Any, Any, Any]:
+    """:func:`_sweep`'s loop as a Python ``for`` over the chunks (eager frameworks, NumPy)."""
+    xp = array_namespace(hidden, weight, bias)
+    per_row_cotangent = getattr(cotangent, "ndim", 0) > 0
+    parts: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+    d_weight = d_bias = None
+    for i, j in _bounds(int(hidden.shape[0]), chunk):
+        loss_c, lse_c, dh_c, d_weight, d_bias = step(
+            xp, hidden[i:j, ...], labels[i:j], weight, bias, row_opts, None if lse is None else lse[i:j],
+            scale, cotangent[i:j] if per_row_cotangent else cotangent, needs, d_weight, d_bias,
+        )
+        for part, value in zip(parts, (loss_c, lse_c, dh_c)):
+            part.append(value)
+    return (
+        _concat(xp, parts[0]) if lse is None else None,
+        _concat(xp, parts[1]) if lse is None else lse,
+        _concat(xp, parts[2]) if needs[0] else None,
+        d_weight,
+        d_bias,
+    )
+
+
 def _sweep(
     hidden: Any,
     weight: Any,
@@ -133,33 +162,25 @@ def _sweep(
     With ``lse=None`` each chunk's per-row loss and log-sum-exp are computed (the
     forward) and returned; otherwise ``lse`` is the forward's and no loss is computed.
     The gradients named by ``needs`` are accumulated at ``cotangent`` (a scalar, or one
-    per row); the others, and every loss/lse that was not computed, are None. A row
-    count unknown until run time (a TensorFlow graph's batch axis) takes a
-    ``tf.while_loop`` over the same step.
+    per row); the others, and every loss/lse that was not computed, are None. The loop
+    over the chunks is a Python ``for``, except in JAX (a ``lax.scan``) and in a
+    TensorFlow graph (a ``tf.while_loop``, which also serves a batch axis unknown until
+    run time): XLA and TensorFlow's executor would run an unrolled loop's chunks side by
+    side and hold their logits at once. Every loop runs the same :func:`chunk_step`.
     """
     xp = array_namespace(hidden, weight, bias)
     row_opts = _per_row(opts)
     needs = (needs[0], needs[1], needs[2] and bias is not None)
-    per_row_cotangent = getattr(cotangent, "ndim", 0) > 0
-    if hidden.shape[0] is None:
-        from smoothloss.backends.tf_linear import sweep_unknown_rows
-
-        losses, lse, d_hidden, d_weight, d_bias = sweep_unknown_rows(
-            chunk_step, hidden, weight, bias, labels, row_opts, chunk, lse, scale, cotangent, needs
-        )
+    name = framework_name(hidden)
+    if name == "jax":
+        from smoothloss.backends.jax_linear import sweep_scan as loop
+    elif name == "tensorflow" and is_traced(hidden):
+        from smoothloss.backends.tf_linear import sweep_while as loop
     else:
-        parts: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
-        d_weight = d_bias = None
-        for i, j in _bounds(int(hidden.shape[0]), chunk):
-            loss_c, lse_c, dh_c, d_weight, d_bias = chunk_step(
-                xp, hidden[i:j, ...], labels[i:j], weight, bias, row_opts, None if lse is None else lse[i:j],
-                scale, cotangent[i:j] if per_row_cotangent else cotangent, needs, d_weight, d_bias,
-            )
-            for part, value in zip(parts, (loss_c, lse_c, dh_c)):
-                part.append(value)
-        losses = _concat(xp, parts[0]) if lse is None else None
-        lse = _concat(xp, parts[1]) if lse is None else lse
-        d_hidden = _concat(xp, parts[2]) if needs[0] else None
+        loop = _python_loop
+    losses, lse, d_hidden, d_weight, d_bias = loop(
+        chunk_step, hidden, weight, bias, labels, row_opts, chunk, lse, scale, cotangent, needs
+    )
     if d_weight is not None and d_weight.dtype != weight.dtype:
         d_weight = xp.astype(d_weight, weight.dtype)
     if d_bias is not None and d_bias.dtype != bias.dtype:
@@ -286,10 +307,12 @@ def linear_cross_entropy(
     The loss is ``Σ_n ℓ_n / #valid rows`` (``"mean"``, 0 when no row is valid),
     ``Σ_n ℓ_n`` (``"sum"``) or the ``ℓ_n`` (``"none"``), where ``ℓ_n`` is the label-smoothed
     loss of :func:`smoothloss.cross_entropy`. In torch, JAX and TensorFlow the gradient is
-    registered: each chunk's logits are made again and, with ``g = dℓ/dz_c`` in closed
-    form, ``dh_c = g @ W``, ``dW = Σ_c g.T @ h_c``, ``db = Σ_c Σ_rows g``. Only the
-    inputs and the per-row log-sum-exp (O(N)) are kept for the backward. Peak memory
-    is O(chunk_size·V) on top of the inputs and gradients, instead of O(N·V).
+    registered: with ``g = dℓ/dz_c`` in closed form, ``dh_c = g @ W``,
+    ``dW = Σ_c g.T @ h_c``, ``db = Σ_c Σ_rows g``, made in the forward pass for
+    ``"mean"``/``"sum"`` (the backward scales them by the cotangent) and, for ``"none"``,
+    in the backward from each chunk's logits made again and the saved per-row
+    log-sum-exp. Peak memory is O(chunk_size·V) on top of the inputs and gradients,
+    instead of O(N·V).
 
     Args:
         hidden: floating (..., H); the leading axes are flattened into N rows.

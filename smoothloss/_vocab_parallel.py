@@ -18,7 +18,10 @@ Megatron-LM's local average):
 
 ``ℓ = (on-off)·(lse - x_y) + off·(K·lse - Σ_c x_c) + z_loss·lse²``,
 
-identical on every rank. The gradient needs no collective: with the per-position
+identical on every rank (with ``softcap`` each rank first caps its own slice,
+``x ← softcap·tanh(x/softcap)``, and the gradient gains the factor ``1 - tanh²``; with
+``kl`` the target's entropy, a constant of on, off and K, is subtracted). The gradient
+needs no collective: with the per-position
 cotangent s (times the reduction's scale, 0 at ignored positions),
 
 ``dℓ/dx_c = (1 + 2·z_loss·lse)·s·softmax_c - s·off - [c = y]·s·(on-off)``
@@ -42,7 +45,8 @@ from array_api_compat import is_torch_namespace
 
 from smoothloss import _validation as V
 from smoothloss._core import (
-    compute_dtype, integer_grad_coefficients, integer_loss, mean_scale, smoothing_coefficients,
+    compute_dtype, integer_grad_coefficients, integer_loss, mean_scale, smoothing_coefficients, soft_cap,
+    soft_cap_grad,
 )
 from smoothloss.backends import array_namespace, primitives
 
@@ -70,6 +74,8 @@ class VocabParallelOptions:
     z_loss: float
     on: float
     off: float
+    softcap: float | None = None
+    kl: bool = False
 
 
 def vocab_parallel_options(
@@ -80,6 +86,8 @@ def vocab_parallel_options(
     ignore_index: int | None = None,
     reduction: str = "none",
     z_loss: float = 0.0,
+    softcap: float | None = None,
+    kl: bool = False,
 ) -> VocabParallelOptions:
     """Check the options (as :func:`smoothloss.cross_entropy` does) for the global K.
 
@@ -91,6 +99,9 @@ def vocab_parallel_options(
         reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over positions; a mean over zero
             valid positions is 0).
         z_loss: coefficient of the ``lse²`` penalty per valid position.
+        softcap: if given, every logit ← softcap·tanh(logit/softcap) first (elementwise,
+            so each rank caps its own slice).
+        kl: subtract the entropy of the smoothed target (a constant of on, off and K).
 
     Returns:
         The normalised :class:`VocabParallelOptions`.
@@ -105,7 +116,9 @@ def vocab_parallel_options(
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise TypeError(f"ignore_index must be None or an int, got {type(ignore_index).__name__}")
     on, off = smoothing_coefficients(eps, num_classes, convention)
-    return VocabParallelOptions(num_classes, eps, convention, ignore_index, reduction, z_loss, on, off)
+    return VocabParallelOptions(
+        num_classes, eps, convention, ignore_index, reduction, z_loss, on, off, V.check_softcap(softcap), bool(kl)
+    )
 
 
 class _Local:
@@ -115,7 +128,8 @@ class _Local:
         xp = self.xp = array_namespace(local_logits, labels)
         self.in_dtype = local_logits.dtype
         cdtype = self.cdtype = compute_dtype(xp, local_logits.dtype)
-        self.x = local_logits if cdtype == local_logits.dtype else xp.astype(local_logits, cdtype)
+        x = local_logits if cdtype == local_logits.dtype else xp.astype(local_logits, cdtype)
+        self.x, self.capped = soft_cap(xp, x, opts.softcap)
         v_local = int(self.x.shape[-1])
         y = labels
         if is_torch_namespace(xp) and y.dtype != xp.int64:
@@ -174,7 +188,7 @@ def vocab_parallel_forward(
     lse = m + xp.log(stats[..., 0])
     sum_x = stats[..., 2] if opts.off else None
     loss = integer_loss(
-        lse, stats[..., 1], sum_x, on=opts.on, off=opts.off, w_y=1.0, sum_w=float(opts.num_classes), kl=False
+        lse, stats[..., 1], sum_x, on=opts.on, off=opts.off, w_y=1.0, sum_w=float(opts.num_classes), kl=opts.kl
     )
     if opts.z_loss:
         loss = loss + opts.z_loss * (lse * lse)
@@ -233,4 +247,5 @@ def vocab_parallel_backward(
     # lse is global: the native softmax kernels would normalise over the local classes
     g = primitives.softmax_affine(xp, x, lse, xp.expand_dims(row, axis=-1), shift, row_lse=False)
     g = primitives.add_at_labels(xp, g, L.y, xp.where(L.owned, -on_mass, xp.zeros_like(on_mass)))
+    g = soft_cap_grad(g, L.capped)
     return g if g.dtype == L.in_dtype else xp.astype(g, L.in_dtype)

@@ -25,6 +25,8 @@ def vocab_parallel_cross_entropy(
     ignore_index: int | None = None,
     reduction: str = "none",
     z_loss: float = 0.0,
+    softcap: float | None = None,
+    kl: bool = False,
 ) -> Any:
     r"""Label-smoothed cross-entropy over classes sharded along a mesh axis, inside ``shard_map``.
 
@@ -54,6 +56,9 @@ def vocab_parallel_cross_entropy(
         reduction: ``"none"`` (default, the positions' shape), ``"sum"`` or ``"mean"``
             over this call's positions (a mean over zero valid positions is 0).
         z_loss: coefficient of the ``lse²`` penalty per valid position.
+        softcap: if given, logits ← softcap·tanh(logits/softcap) first (each shard caps
+            its own slice; the gradient gains the factor 1 - tanh²).
+        kl: subtract the entropy of the smoothed target, so the minimum is 0.
 
     Returns:
         The loss, replicated over ``axis_name`` (``out_specs`` may leave that axis out).
@@ -76,6 +81,6 @@ def vocab_parallel_cross_entropy(
         shards = int(jax.lax.psum(1, axis_name))
     opts = vocab_parallel_options(
         shards * int(local_logits.shape[-1]), label_smoothing=label_smoothing, convention=convention,
-        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss,
+        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
     )
     return jax_vocab_parallel.vocab_parallel_cross_entropy(local_logits, labels, axis_name, opts)

@@ -26,6 +26,8 @@ def vocab_parallel_cross_entropy(
     ignore_index: int | None = None,
     reduction: str = "none",
     z_loss: float = 0.0,
+    softcap: float | None = None,
+    kl: bool = False,
     group: Any = None,
 ) -> torch.Tensor:
     r"""Label-smoothed cross-entropy over classes sharded across the ranks of a process group.
@@ -58,6 +60,9 @@ def vocab_parallel_cross_entropy(
         reduction: ``"none"`` (default, the positions' shape), ``"sum"`` or ``"mean"``
             over this call's positions (a mean over zero valid positions is 0).
         z_loss: coefficient of the ``lse²`` penalty per valid position.
+        softcap: if given, logits ← softcap·tanh(logits/softcap) first (each shard caps
+            its own slice; the gradient gains the factor 1 - tanh²).
+        kl: subtract the entropy of the smoothed target, so the minimum is 0.
         group: the process group that shards the classes (default: the world).
 
     Returns:
@@ -87,7 +92,7 @@ def vocab_parallel_cross_entropy(
     v_local = int(local_logits.shape[-1])
     opts = vocab_parallel_options(
         world * v_local, label_smoothing=label_smoothing, convention=convention,
-        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss,
+        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
     )
     V.check_label_values(array_namespace(labels), labels, opts.num_classes, opts.ignore_index)
     return torch_vocab_parallel.vocab_parallel_cross_entropy(local_logits, labels, rank * v_local, opts, group)

@@ -22,12 +22,13 @@ import smoothloss
 TOL = 1e-10
 B, T, K = 3, 5, 16  # positions (B, T); K classes, divisible by 2 and 4
 IGNORE = -100
-# (label_smoothing, convention, ignore_index, z_loss); every case runs every reduction
+# (label_smoothing, convention, ignore_index, z_loss, other options); every case runs every reduction
 CASES = [
-    (0.0, "uniform", None, 0.0),
-    (0.2, "uniform", IGNORE, 1e-3),
-    (0.3, "others", IGNORE, 1e-3),
-    (0.1, "others", None, 0.0),
+    (0.0, "uniform", None, 0.0, {}),
+    (0.2, "uniform", IGNORE, 1e-3, {}),
+    (0.3, "others", IGNORE, 1e-3, {}),
+    (0.1, "others", None, 0.0, {}),
+    (0.2, "uniform", IGNORE, 1e-3, {"softcap": 4.0, "kl": True}),
 ]
 REDUCTIONS = ["none", "sum", "mean"]
 
@@ -71,10 +72,10 @@ _JAX_SCRIPT = textwrap.dedent(
     logits_np, labels_np = _data()
     x = jnp.asarray(logits_np)
     checked = 0
-    for eps, conv, ignore, z in CASES:
+    for eps, conv, ignore, z, extra in CASES:
         y = jnp.asarray(_labels(labels_np, ignore))
         for red in REDUCTIONS:
-            kw = dict(label_smoothing=eps, convention=conv, ignore_index=ignore, reduction=red, z_loss=z)
+            kw = dict(label_smoothing=eps, convention=conv, ignore_index=ignore, reduction=red, z_loss=z, **extra)
 
             def total(loss):
                 # a non-uniform cotangent for reduction="none"
@@ -146,12 +147,12 @@ def _torch_worker(rank: int, world: int, init_method: str, out_dir: str) -> None
         logits_np, labels_np = _data()
         v = K // world
         results = {}
-        for i, (eps, conv, ignore, z) in enumerate(CASES):
+        for i, (eps, conv, ignore, z, extra) in enumerate(CASES):
             y = torch.from_numpy(_labels(labels_np, ignore))
             for red in REDUCTIONS:
                 local = torch.from_numpy(logits_np[..., rank * v:(rank + 1) * v].copy()).requires_grad_(True)
                 loss = vocab_parallel_cross_entropy(
-                    local, y, label_smoothing=eps, convention=conv, ignore_index=ignore, reduction=red, z_loss=z
+                    local, y, label_smoothing=eps, convention=conv, ignore_index=ignore, reduction=red, z_loss=z, **extra
                 )
                 weights = torch.arange(1.0, 1.0 + loss.numel(), dtype=loss.dtype).reshape(loss.shape)
                 (loss * weights).sum().backward()
@@ -175,12 +176,12 @@ def test_torch_distributed_matches_single_process(world: int, tmp_path: Path) ->
 
     per_rank = [np.load(tmp_path / f"rank{r}.npy", allow_pickle=True).item() for r in range(world)]
     logits_np, labels_np = _data()
-    for i, (eps, conv, ignore, z) in enumerate(CASES):
+    for i, (eps, conv, ignore, z, extra) in enumerate(CASES):
         y = torch.from_numpy(_labels(labels_np, ignore))
         for red in REDUCTIONS:
             x = torch.from_numpy(logits_np.copy()).requires_grad_(True)
             ref = smoothloss.cross_entropy(
-                x, y, label_smoothing=eps, convention=conv, ignore_index=ignore, reduction=red, z_loss=z
+                x, y, label_smoothing=eps, convention=conv, ignore_index=ignore, reduction=red, z_loss=z, **extra
             )
             weights = torch.arange(1.0, 1.0 + ref.numel(), dtype=ref.dtype).reshape(ref.shape)
             (ref * weights).sum().backward()
@@ -211,10 +212,10 @@ def test_core_single_shard_equals_unsharded() -> None:
     from smoothloss._vocab_parallel import vocab_parallel_backward, vocab_parallel_forward, vocab_parallel_options
 
     logits, labels = _data(1)
-    for eps, conv, ignore, z in CASES:
+    for eps, conv, ignore, z, extra in CASES:
         y = _labels(labels, ignore)
         for red in REDUCTIONS:
-            kw = dict(label_smoothing=eps, convention=conv, ignore_index=ignore, reduction=red, z_loss=z)
+            kw = dict(label_smoothing=eps, convention=conv, ignore_index=ignore, reduction=red, z_loss=z, **extra)
             opts = vocab_parallel_options(K, **kw)
             loss, lse, scale = vocab_parallel_forward(logits, y, 0, opts, lambda a: a, lambda a: a)
             grad = vocab_parallel_backward(logits, y, 0, opts, lse, scale, np.ones_like(loss) if red == "none" else 1.0)

@@ -1,4 +1,4 @@
-"""The three kernels the core's hot path is made of, with native versions per framework.
+"""The kernels the core's hot path is made of, with native versions per framework.
 
 Each function has an Array-API composition (the reference) and, where it pays, a
 framework-native version: PyTorch gets fused/in-place kernels (fewer B×K passes and

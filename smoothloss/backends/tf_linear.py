@@ -48,40 +48,58 @@ def linear_cross_entropy(hidden: Any, weight: Any, bias: Any, labels: Any, opts:
     return _loss(hidden, weight) if bias is None else _loss(hidden, weight, bias)
 
 
-def sweep_unknown_rows(
+def sweep_while(
     step: Any, hidden: Any, weight: Any, bias: Any, labels: Any, row_opts: Options, chunk: int,
     lse: Any, scale: Any, cotangent: Any, needs: tuple[bool, bool, bool],
 ) -> tuple[Any, Any, Any, Any, Any]:
-    """``_linear._sweep`` for a row count known only at run time (a ``tf.function`` whose
-    batch axis is None, e.g. Keras's last, smaller batch): a ``tf.while_loop`` over the
-    chunks calling the same ``step`` (``_linear.chunk_step``), with the per-row results
-    in TensorArrays and the weight and bias gradients as loop-carried sums."""
+    """``_linear._sweep``'s loop inside a TensorFlow graph: a ``tf.while_loop`` calling the
+    same ``step`` (``_linear.chunk_step``), per-row results in TensorArrays, the weight
+    and bias gradients as loop-carried sums.
+
+    A Python loop unrolled into the graph lets TensorFlow's executor run the chunks side
+    by side and hold their logits at once (measured: 0.73× the unchunked path's peak
+    memory instead of about 0.2); the while loop runs one chunk at a time
+    (``parallel_iterations=1``). With a static row count the loop
+    takes the full chunks with fixed-size slices (so ``jit_compile=True`` works) and the
+    shorter last chunk follows it; with a row count known only at run time (Keras's
+    retrace after a partial batch) every chunk is a ``[i, min(i + chunk, N))`` slice.
+    """
     from smoothloss._core import compute_dtype
     from smoothloss.backends import tensorflow_namespace as xp
 
-    n = tf.shape(hidden)[0]
-    count = (n + chunk - 1) // chunk
+    static = hidden.shape[0] is not None
+    n = int(hidden.shape[0]) if static else tf.shape(hidden)[0]
+    count = n // chunk if static else (n + chunk - 1) // chunk
     acc = compute_dtype(xp, hidden.dtype)
     forward = lse is None
     per_row = getattr(cotangent, "ndim", 0) > 0
 
-    def rows(dtype: Any, shape: list[Any]) -> Any:
+    def rows(a: Any, i: Any) -> Any:
+        if a is None:
+            return None
+        if static:  # a fixed-size slice
+            return tf.slice(a, [i] + [0] * (a.shape.rank - 1), [chunk] + a.shape[1:].as_list())
+        return a[i:tf.minimum(i + chunk, n)]
+
+    def call(i: Any, d_weight: Any, d_bias: Any, take: Any) -> Any:
+        return step(
+            xp, take(hidden, i), take(labels, i), weight, bias, row_opts, None if forward else take(lse, i), scale,
+            take(cotangent, i) if per_row else cotangent, needs, d_weight, d_bias,
+        )
+
+    def array(dtype: Any, shape: list[Any]) -> Any:
         return tf.TensorArray(dtype, size=count, infer_shape=False, element_shape=tf.TensorShape(shape))
 
     placeholder = tf.zeros((), acc)  # loop variables for the sums nobody asked for
     start = (
-        tf.constant(0), rows(acc, [None]), rows(acc, [None]), rows(hidden.dtype, [None, hidden.shape[-1]]),
+        tf.constant(0), array(acc, [None]), array(acc, [None]), array(hidden.dtype, [None, hidden.shape[-1]]),
         tf.zeros(weight.shape, acc) if needs[1] else placeholder,
         tf.zeros(weight.shape[:1], acc) if needs[2] else placeholder,
     )
 
     def body(k: Any, losses: Any, lses: Any, dhs: Any, d_weight: Any, d_bias: Any) -> Any:
-        i = k * chunk
-        j = tf.minimum(i + chunk, n)
-        loss_c, lse_c, dh_c, d_w, d_b = step(
-            xp, hidden[i:j], labels[i:j], weight, bias, row_opts, None if forward else lse[i:j], scale,
-            cotangent[i:j] if per_row else cotangent, needs,
-            d_weight if needs[1] else None, d_bias if needs[2] else None,
+        loss_c, lse_c, dh_c, d_w, d_b = call(
+            k * chunk, d_weight if needs[1] else None, d_bias if needs[2] else None, rows
         )
         if forward:
             losses, lses = losses.write(k, loss_c), lses.write(k, lse_c)
@@ -89,11 +107,25 @@ def sweep_unknown_rows(
             dhs = dhs.write(k, dh_c)
         return (k + 1, losses, lses, dhs, d_w if needs[1] else d_weight, d_b if needs[2] else d_bias)
 
-    _, losses, lses, dhs, d_weight, d_bias = tf.while_loop(lambda k, *_: k < count, body, start)
+    # parallel_iterations=1: by default up to 10 iterations, each with its chunk's logits, overlap
+    _, losses, lses, dhs, d_weight, d_bias = tf.while_loop(
+        lambda k, *_: k < count, body, start, parallel_iterations=1
+    )
+    parts = [[losses.concat()] if forward else [], [lses.concat()] if forward else [], [dhs.concat()] if needs[0] else []]
+    d_weight, d_bias = (d_weight if needs[1] else None), (d_bias if needs[2] else None)
+    if static and n % chunk:  # the shorter last chunk
+        loss_c, lse_c, dh_c, d_weight, d_bias = call(count * chunk, d_weight, d_bias, lambda a, i: a[i:])
+        for part, value, wanted in zip(parts, (loss_c, lse_c, dh_c), (forward, forward, needs[0])):
+            if wanted:
+                part.append(value)
+
+    def joined(part: list[Any]) -> Any:
+        return part[0] if len(part) == 1 else tf.concat(part, axis=0)
+
     return (
-        losses.concat() if forward else None,
-        lses.concat() if forward else lse,
-        dhs.concat() if needs[0] else None,
-        d_weight if needs[1] else None,
-        d_bias if needs[2] else None,
+        joined(parts[0]) if forward else None,
+        joined(parts[1]) if forward else lse,
+        joined(parts[2]) if needs[0] else None,
+        d_weight,
+        d_bias,
     )
