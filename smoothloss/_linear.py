@@ -345,7 +345,6 @@ def linear_cross_entropy(
         label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
         reduction=reduction, z_loss=z_loss, softcap=softcap,
     )
-    shape = tuple(labels.shape)
     hidden2, weight, labels1, bias, opts, chunk = _prepare(hidden, weight, labels, bias, chunk_size, options)
     name = framework_name(hidden2)
     if name == "torch":
@@ -361,7 +360,7 @@ def linear_cross_entropy(
     else:
         loss = chunked_forward(hidden2, weight, bias, labels1, opts, chunk)[0]
     if opts.reduction == "none":
-        loss = array_namespace(loss).reshape(loss, dynamic_shape(labels) if None in shape else shape)
+        loss = array_namespace(loss).reshape(loss, dynamic_shape(labels))
     return loss
 
 
@@ -398,7 +397,6 @@ def linear_cross_entropy_and_grad(
         label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
         reduction=reduction, z_loss=z_loss, softcap=softcap,
     )
-    shape, h_shape = tuple(labels.shape), tuple(hidden.shape)
     hidden2, weight, labels1, bias, opts, chunk = _prepare(hidden, weight, labels, bias, chunk_size, options)
     xp = array_namespace(hidden2, weight, bias)
     loss, lse, scale, grads = chunked_forward(hidden2, weight, bias, labels1, opts, chunk, (True, True, True))
@@ -406,5 +404,5 @@ def linear_cross_entropy_and_grad(
         grads = chunked_backward(hidden2, weight, bias, labels1, opts, chunk, lse, scale, 1.0)
     d_h, d_w, d_b = grads
     if opts.reduction == "none":
-        loss = xp.reshape(loss, dynamic_shape(labels) if None in shape else shape)
-    return loss, (xp.reshape(d_h, dynamic_shape(hidden) if None in h_shape else h_shape), d_w, d_b)
+        loss = xp.reshape(loss, dynamic_shape(labels))
+    return loss, (xp.reshape(d_h, dynamic_shape(hidden)), d_w, d_b)
