@@ -5,9 +5,9 @@ Importing this package imports no framework; a framework is used only when its a
 are handed in.
 """
 
-from smoothloss._core import cross_entropy, cross_entropy_and_grad, smoothing_coefficients
+from smoothloss._formulas import smoothing_coefficients
+from smoothloss._losses import cross_entropy, cross_entropy_and_grad, linear_cross_entropy, linear_cross_entropy_and_grad
 from smoothloss._binary import binary_cross_entropy
-from smoothloss._linear import linear_cross_entropy, linear_cross_entropy_and_grad
 from smoothloss._mixing import Mixup, MixupParams, mix_images, mixup_cross_entropy, mixup_target
 from smoothloss._targets import one_hot, smooth_labels
 

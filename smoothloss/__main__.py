@@ -11,6 +11,7 @@ spread across frameworks, and PASS/FAIL. The exit status is 1 if any row fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -71,12 +72,59 @@ def _run_case(driver: Any, case: Case, dtype: str) -> tuple[float, float, np.nda
     return loss_err, grad_err, loss
 
 
+def _float64_scope(framework: str) -> Any:
+    """JAX computes float64 only with x64 on: switch it on for this block and this
+    thread, leaving the process's ``jax_enable_x64`` as the user set it."""
+    if framework != "jax":
+        return contextlib.nullcontext()
+    import jax
+
+    scope = getattr(jax, "enable_x64", None)
+    if scope is None:  # older JAX
+        from jax.experimental import enable_x64 as scope
+    return scope(True)
+
+
+def _check_framework(name: str, cls: Any, device: str | None, rows: list[Any], per_case: dict[Any, Any], out: Any) -> None:
+    """Run every dtype's cases on every device of one driver; append a row per dtype."""
+    from smoothloss.backends.drivers import get_driver
+
+    probe = cls("cpu")
+    devices = [device] if device else probe.devices()
+    for dev in devices:
+        if cls.framework in ("numpy", "array_api_strict") and dev != "cpu":
+            continue
+        driver = get_driver(name, dev)
+        for dtype in FLOAT_DTYPES + HALF_DTYPES:
+            if not driver.supports(dtype):
+                continue
+            t0 = time.perf_counter()
+            worst_loss = worst_grad = 0.0
+            failed = []
+            for case in check_cases(dtype):
+                try:
+                    le, ge, loss = _run_case(driver, case, dtype)
+                except Exception as exc:  # a crash is a failure, reported, not hidden
+                    failed.append(f"{case.id}: {type(exc).__name__}: {exc}")
+                    continue
+                worst_loss, worst_grad = max(worst_loss, le), max(worst_grad, ge)
+                per_case.setdefault((dev, dtype, case.id), []).append(loss)
+            tol = tolerance(dtype)
+            ok = not failed and worst_loss <= tol and worst_grad <= tol
+            rows.append([cls.framework, dev, dtype, worst_loss, worst_grad, ok, failed])
+            print(
+                f"[check] {cls.framework:<16} {dev:<6} {dtype:<9} {len(check_cases(dtype))} cases "
+                f"{time.perf_counter() - t0:5.1f}s {'PASS' if ok else 'FAIL'}",
+                file=out, flush=True,
+            )
+
+
 def check(device: str | None = None, frameworks: tuple[str, ...] = CHECK_DRIVERS, out: Any = sys.stdout) -> int:
     """Run the conformance cases on every installed framework and device; 0 if all pass."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from smoothloss.backends.drivers import DRIVERS, get_driver
+    from smoothloss.backends.drivers import DRIVERS
 
-    rows = []
+    rows: list[Any] = []
     per_case: dict[tuple[str, str, str], list[np.ndarray]] = {}  # (device, dtype, case id) -> losses
     start = time.perf_counter()
     for name in frameworks:
@@ -84,38 +132,8 @@ def check(device: str | None = None, frameworks: tuple[str, ...] = CHECK_DRIVERS
         if not cls.installed():
             print(f"[check] {name}: not installed, skipped", file=out, flush=True)
             continue
-        if cls.framework == "jax":
-            import jax
-
-            jax.config.update("jax_enable_x64", True)
-        probe = cls("cpu")
-        devices = [device] if device else probe.devices()
-        for dev in devices:
-            if cls.framework in ("numpy", "array_api_strict") and dev != "cpu":
-                continue
-            driver = get_driver(name, dev)
-            for dtype in FLOAT_DTYPES + HALF_DTYPES:
-                if not driver.supports(dtype):
-                    continue
-                t0 = time.perf_counter()
-                worst_loss = worst_grad = 0.0
-                failed = []
-                for case in check_cases(dtype):
-                    try:
-                        le, ge, loss = _run_case(driver, case, dtype)
-                    except Exception as exc:  # a crash is a failure, reported, not hidden
-                        failed.append(f"{case.id}: {type(exc).__name__}: {exc}")
-                        continue
-                    worst_loss, worst_grad = max(worst_loss, le), max(worst_grad, ge)
-                    per_case.setdefault((dev, dtype, case.id), []).append(loss)
-                tol = tolerance(dtype)
-                ok = not failed and worst_loss <= tol and worst_grad <= tol
-                rows.append([cls.framework, dev, dtype, worst_loss, worst_grad, ok, failed])
-                print(
-                    f"[check] {cls.framework:<16} {dev:<6} {dtype:<9} {len(check_cases(dtype))} cases "
-                    f"{time.perf_counter() - t0:5.1f}s {'PASS' if ok else 'FAIL'}",
-                    file=out, flush=True,
-                )
+        with _float64_scope(cls.framework):
+            _check_framework(name, cls, device, rows, per_case, out)
 
     # Cross-framework spread: per device and dtype, the largest relative difference of
     # any case's loss between two frameworks.
@@ -161,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        from smoothloss._bench import main as bench_main
+        from smoothloss.bench import main as bench_main
 
         return bench_main(argv[1:])
     args = parser.parse_args(argv)

@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 from smoothloss import _validation as V
-from smoothloss._core import compute_dtype, reduce_positions
+from smoothloss._formulas import compute_dtype, reduce
 from smoothloss._targets import smooth_labels
-from smoothloss.backends import array_namespace, as_arrays
+from smoothloss.backends import bind
 
 __all__ = ["binary_cross_entropy"]
 
@@ -95,8 +95,8 @@ def binary_cross_entropy(
         timm ``timm/loss/binary_cross_entropy.py``; PyTorch
         ``F.binary_cross_entropy_with_logits``; Keras ``BinaryCrossentropy``.
     """
-    logits, targets, weight, pos_weight = as_arrays(logits, targets, weight, pos_weight)
-    xp = array_namespace(logits, targets, weight, pos_weight)
+    fw, (logits, targets, weight, pos_weight) = bind(logits, targets, weight, pos_weight)
+    xp = fw.xp
     eps = V.check_smoothing(label_smoothing)
     reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
     V.check_logits(xp, logits)
@@ -109,7 +109,7 @@ def binary_cross_entropy(
     x = logits if logits.dtype == cdtype else xp.astype(logits, cdtype)
 
     if V.is_integer(xp, targets.dtype) and tuple(targets.shape) == shape[:-1]:
-        t = smooth_labels(targets, shape[-1], smoothing=eps, dtype=cdtype)
+        t = smooth_labels(targets, shape[-1], label_smoothing=eps, dtype=cdtype)
     elif V.is_integer(xp, targets.dtype) or V.is_floating(xp, targets.dtype):
         if tuple(targets.shape) != shape:
             raise ValueError(
@@ -139,4 +139,4 @@ def binary_cross_entropy(
     if sum_classes:
         loss = xp.sum(loss, axis=-1)
 
-    return reduce_positions(xp, loss, reduction)
+    return reduce(xp, loss, reduction)[0]

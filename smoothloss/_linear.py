@@ -15,9 +15,9 @@ are made once per training step. For ``"none"`` (one cotangent per row) the back
 makes each chunk's logits again from the saved per-row log-sum-exp.
 
 No loss formula lives here: smoothing, ignore_index, z_loss and softcap are the core's.
-The frameworks register this backward as the custom gradient (``backends.torch_linear``,
-``backends.jax_linear``, ``backends.tf_linear``); NumPy and array-api-strict use
-:func:`linear_cross_entropy_and_grad`.
+Each framework binding (``smoothloss.backends``) registers this backward as the loss's
+gradient and supplies the loop over the chunks; NumPy and array-api-strict use
+``linear_cross_entropy_and_grad``.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from dataclasses import replace
 from typing import Any
 
 from smoothloss import _validation as V
-from smoothloss._core import Options, backward, compute_dtype, forward, mean_scale, validate
-from smoothloss.backends import array_namespace, as_arrays, dynamic_shape, framework_name, is_traced, primitives
+from smoothloss._core import Options, backward, forward, validate
+from smoothloss._formulas import compute_dtype, mean_scale
 
-__all__ = ["linear_cross_entropy", "linear_cross_entropy_and_grad", "chunked_forward", "chunked_backward"]
+__all__ = ["CHUNK_BYTES", "chunk_step", "chunked_backward", "chunked_forward", "prepare", "python_loop"]
 
 #: The default chunk holds about this many bytes of logits.
 CHUNK_BYTES = 64 << 20
@@ -62,20 +62,23 @@ def _per_row(opts: Options) -> Options:
     return opts if opts.reduction == "none" else replace(opts, reduction="none")
 
 
-def _reduction_scale(xp: Any, labels: Any, opts: Options, dtype: Any) -> Any:
+def _reduction_scale(fw: Any, labels: Any, opts: Options, dtype: Any) -> Any:
     """d(loss)/d(row loss): 1 for ``"sum"`` and ``"none"``, 1/#valid rows for ``"mean"``
     (0 when no row is valid), counted in ``dtype``. It depends on the labels only, so it
     is known before the first chunk."""
+    xp = fw.xp
     if opts.reduction != "mean":
         return 1.0
-    if opts.ignore_index is None and labels.shape[0] is not None:
+    ignoring = opts.ignore_index is not None and fw.holds_index(opts.ignore_index)
+    if not ignoring and labels.shape[0] is not None:
         return mean_scale(xp, float(labels.shape[0]))
-    valid = labels != opts.ignore_index if opts.ignore_index is not None else labels == labels  # every row
+    y = fw.index(labels)
+    valid = y != opts.ignore_index if ignoring else y == y  # every row
     return mean_scale(xp, xp.sum(xp.astype(valid, dtype)))
 
 
 def chunk_step(
-    xp: Any,
+    fw: Any,
     h: Any,
     y: Any,
     weight: Any,
@@ -96,14 +99,15 @@ def chunk_step(
     sums ``d_weight += g.T @ h``, ``d_bias += Σ_rows g`` (started when given as None), in
     the compute dtype. ``g = dℓ/dz`` is the core's closed form.
     """
+    xp = fw.xp
     acc = compute_dtype(xp, h.dtype)
     z = _logits(xp, h, weight, bias)
     loss_c = dh_c = None
     if lse_c is None:
-        loss_c, lse_c, _ = forward(z, y, None, row_opts)
+        loss_c, lse_c, _ = forward(fw, z, y, None, row_opts)
     if not any(needs):
         return loss_c, lse_c, dh_c, d_weight, d_bias
-    g, _, _ = backward(z, y, None, row_opts, lse_c, scale, None, cot, (True, False, False))
+    g, _, _ = backward(fw, z, y, None, row_opts, lse_c, scale, None, cot, (True, False, False))
     del z
     if needs[0]:
         dh_c = xp.matmul(g, weight)
@@ -112,25 +116,25 @@ def chunk_step(
             d_weight = xp.matmul(_transpose(xp, g), h)
             d_weight = d_weight if d_weight.dtype == acc else xp.astype(d_weight, acc)
         else:
-            d_weight = primitives.add_matmul(xp, d_weight, _transpose(xp, g), h)
+            d_weight = fw.kernels.add_matmul(d_weight, _transpose(xp, g), h)
     if needs[2]:
         d_b = xp.sum(g if g.dtype == acc else xp.astype(g, acc), axis=0)
         d_bias = d_b if d_bias is None else d_bias + d_b
     return loss_c, lse_c, dh_c, d_weight, d_bias
 
 
-def _python_loop(
-    step: Any, hidden: Any, weight: Any, bias: Any, labels: Any, row_opts: Options, chunk: int,
+def python_loop(
+    fw: Any, step: Any, hidden: Any, weight: Any, bias: Any, labels: Any, row_opts: Options, chunk: int,
     lse: Any, scale: Any, cotangent: Any, needs: tuple[bool, bool, bool],
 ) -> tuple[Any, Any, Any, Any, Any]:
     """:func:`_sweep`'s loop as a Python ``for`` over the chunks (eager frameworks, NumPy)."""
-    xp = array_namespace(hidden, weight, bias)
+    xp = fw.xp
     per_row_cotangent = getattr(cotangent, "ndim", 0) > 0
     parts: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
     d_weight = d_bias = None
     for i, j in _bounds(int(hidden.shape[0]), chunk):
         loss_c, lse_c, dh_c, d_weight, d_bias = step(
-            xp, hidden[i:j, ...], labels[i:j], weight, bias, row_opts, None if lse is None else lse[i:j],
+            fw, hidden[i:j, ...], labels[i:j], weight, bias, row_opts, None if lse is None else lse[i:j],
             scale, cotangent[i:j] if per_row_cotangent else cotangent, needs, d_weight, d_bias,
         )
         for part, value in zip(parts, (loss_c, lse_c, dh_c)):
@@ -145,6 +149,7 @@ def _python_loop(
 
 
 def _sweep(
+    fw: Any,
     hidden: Any,
     weight: Any,
     bias: Any,
@@ -163,22 +168,16 @@ def _sweep(
     forward) and returned; otherwise ``lse`` is the forward's and no loss is computed.
     The gradients named by ``needs`` are accumulated at ``cotangent`` (a scalar, or one
     per row); the others, and every loss/lse that was not computed, are None. The loop
-    over the chunks is a Python ``for``, except in JAX (a ``lax.scan``) and in a
-    TensorFlow graph (a ``tf.while_loop``, which also serves a batch axis unknown until
-    run time): XLA and TensorFlow's executor would run an unrolled loop's chunks side by
-    side and hold their logits at once. Every loop runs the same :func:`chunk_step`.
+    over the chunks is the binding's ``fw.chunk_loop``: a Python ``for``, except in JAX
+    (a ``lax.scan``) and in a TensorFlow graph (a ``tf.while_loop``, which also serves a
+    batch axis unknown until run time): XLA and TensorFlow's executor would run an
+    unrolled loop's chunks side by side and hold their logits at once. Every loop runs
+    the same :func:`chunk_step`.
     """
-    xp = array_namespace(hidden, weight, bias)
+    xp = fw.xp
     row_opts = _per_row(opts)
     needs = (needs[0], needs[1], needs[2] and bias is not None)
-    name = framework_name(hidden)
-    if name == "jax":
-        from smoothloss.backends.jax_linear import sweep_scan as loop
-    elif name == "tensorflow" and is_traced(hidden):
-        from smoothloss.backends.tf_linear import sweep_while as loop
-    else:
-        loop = _python_loop
-    losses, lse, d_hidden, d_weight, d_bias = loop(
+    losses, lse, d_hidden, d_weight, d_bias = fw.chunk_loop(
         chunk_step, hidden, weight, bias, labels, row_opts, chunk, lse, scale, cotangent, needs
     )
     if d_weight is not None and d_weight.dtype != weight.dtype:
@@ -189,6 +188,7 @@ def _sweep(
 
 
 def chunked_forward(
+    fw: Any,
     hidden: Any,
     weight: Any,
     bias: Any,
@@ -209,17 +209,18 @@ def chunked_forward(
     every chunk's logits a second time. For ``"none"`` (one cotangent per row) and when
     no gradient is needed, ``grads`` is None: :func:`chunked_backward` makes them.
     """
-    xp = array_namespace(hidden, weight, bias)
-    scale = _reduction_scale(xp, labels, opts, compute_dtype(xp, hidden.dtype))
+    xp = fw.xp
+    scale = _reduction_scale(fw, labels, opts, compute_dtype(xp, hidden.dtype))
     early = opts.reduction != "none" and any(needs)
     losses, lse, d_h, d_w, d_b = _sweep(
-        hidden, weight, bias, labels, opts, chunk, None, scale, 1.0, needs if early else (False, False, False)
+        fw, hidden, weight, bias, labels, opts, chunk, None, scale, 1.0, needs if early else (False, False, False)
     )
     loss = losses if opts.reduction == "none" else xp.sum(losses) * scale
     return loss, lse, scale, ((d_h, d_w, d_b) if early else None)
 
 
 def chunked_backward(
+    fw: Any,
     hidden: Any,
     weight: Any,
     bias: Any,
@@ -237,15 +238,14 @@ def chunked_backward(
     ``lse`` and ``scale`` come from :func:`chunked_forward`; ``cotangent`` is the
     incoming cotangent, a scalar or, for ``reduction="none"``, one per row.
     """
-    return _sweep(hidden, weight, bias, labels, opts, chunk, lse, scale, cotangent, needs)[2:]
+    return _sweep(fw, hidden, weight, bias, labels, opts, chunk, lse, scale, cotangent, needs)[2:]
 
 
-def _prepare(
-    hidden: Any, weight: Any, labels: Any, bias: Any, chunk_size: Any, options: dict[str, Any]
+def prepare(
+    fw: Any, hidden: Any, weight: Any, labels: Any, bias: Any, chunk_size: Any, options: dict[str, Any]
 ) -> tuple[Any, Any, Any, Any, Options, int]:
     """Check the arguments; return (hidden (N, H), weight, labels (N,), bias, opts, chunk)."""
-    hidden, weight, labels, bias = as_arrays(hidden, weight, labels, bias)
-    xp = array_namespace(hidden, weight, labels, bias)
+    xp = fw.xp
     V.check_logits(xp, hidden, "hidden")
     if weight.ndim != 2 or int(weight.shape[1]) != int(hidden.shape[-1]):
         raise ValueError(
@@ -273,9 +273,9 @@ def _prepare(
     hidden2 = xp.reshape(hidden, (n, int(hidden.shape[-1])))
     labels1 = xp.reshape(labels, (n,))
     # the options are checked by the core on a zero-row logits probe (no N×V array)
-    opts = validate(_logits(xp, hidden2[0:0, ...], weight, bias), labels1[0:0], None, **options)
-    if not (is_traced(hidden) or is_traced(labels)):
-        V.check_label_values(xp, labels1, num_classes, opts.ignore_index)
+    opts = validate(fw, _logits(xp, hidden2[0:0, ...], weight, bias), labels1[0:0], None, **options)
+    opts = replace(opts, axis=-1)
+    V.check_label_values(fw, labels1, num_classes, opts.ignore_index)
     if chunk_size is None:
         itemsize = xp.finfo(compute_dtype(xp, hidden.dtype)).bits // 8
         chunk = max(1, CHUNK_BYTES // (num_classes * itemsize))
@@ -284,125 +284,3 @@ def _prepare(
     else:
         chunk = chunk_size
     return hidden2, weight, labels1, bias, opts, chunk
-
-
-def linear_cross_entropy(
-    hidden: Any,
-    weight: Any,
-    labels: Any,
-    *,
-    bias: Any = None,
-    chunk_size: int | None = None,
-    label_smoothing: float = 0.0,
-    convention: str = "uniform",
-    ignore_index: int | None = None,
-    reduction: str = "mean",
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-) -> Any:
-    r"""``cross_entropy(hidden @ weight.T + bias, labels, ...)`` without the N×V logits.
-
-    The rows of ``hidden`` are processed ``chunk_size`` at a time: chunk c's logits
-    ``z_c = h_c @ W.T + b`` give each row's loss ``ℓ_n`` and log-sum-exp, and are dropped.
-    The loss is ``Σ_n ℓ_n / #valid rows`` (``"mean"``, 0 when no row is valid),
-    ``Σ_n ℓ_n`` (``"sum"``) or the ``ℓ_n`` (``"none"``), where ``ℓ_n`` is the label-smoothed
-    loss of :func:`smoothloss.cross_entropy`. In torch, JAX and TensorFlow the gradient is
-    registered: with ``g = dℓ/dz_c`` in closed form, ``dh_c = g @ W``,
-    ``dW = Σ_c g.T @ h_c``, ``db = Σ_c Σ_rows g``, made in the forward pass for
-    ``"mean"``/``"sum"`` (the backward scales them by the cotangent) and, for ``"none"``,
-    in the backward from each chunk's logits made again and the saved per-row
-    log-sum-exp. Peak memory is O(chunk_size·V) on top of the inputs and gradients,
-    instead of O(N·V).
-
-    Args:
-        hidden: floating (..., H); the leading axes are flattened into N rows.
-        weight: the projection (V, H), hidden's dtype.
-        labels: integer class indices of shape ``hidden.shape[:-1]``.
-        bias: optional (V,), hidden's dtype.
-        chunk_size: rows per chunk; default: as many as make about 64 MiB of logits
-            (at least 1). The result does not depend on it beyond float rounding.
-        label_smoothing: ε in [0, 1], as in :func:`smoothloss.cross_entropy`.
-        convention: ``"uniform"`` or ``"others"``, as in :func:`smoothloss.cross_entropy`.
-        ignore_index: label of rows that contribute 0, as in :func:`smoothloss.cross_entropy`.
-        z_loss: the ``lse²`` coefficient, as in :func:`smoothloss.cross_entropy`.
-        softcap: the logit soft cap, as in :func:`smoothloss.cross_entropy`.
-        reduction: ``"mean"`` (over the valid rows), ``"sum"`` or ``"none"`` (shape
-            ``hidden.shape[:-1]``).
-
-    Returns:
-        The loss, an array of hidden's namespace.
-
-    Example:
-        >>> import numpy as np, smoothloss
-        >>> from smoothloss._linear import linear_cross_entropy
-        >>> rng = np.random.default_rng(0)
-        >>> h, W, y = rng.normal(size=(5, 4)), rng.normal(size=(7, 4)), np.array([0, 3, 6, 1, 2])
-        >>> chunked = linear_cross_entropy(h, W, y, chunk_size=2, label_smoothing=0.1)
-        >>> bool(np.isclose(chunked, smoothloss.cross_entropy(h @ W.T, y, label_smoothing=0.1)))
-        True
-    """
-    options = dict(
-        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
-        reduction=reduction, z_loss=z_loss, softcap=softcap,
-    )
-    hidden2, weight, labels1, bias, opts, chunk = _prepare(hidden, weight, labels, bias, chunk_size, options)
-    name = framework_name(hidden2)
-    if name == "torch":
-        from smoothloss.backends.torch_linear import linear_cross_entropy as custom
-    elif name == "jax":
-        from smoothloss.backends.jax_linear import linear_cross_entropy as custom
-    elif name == "tensorflow":
-        from smoothloss.backends.tf_linear import linear_cross_entropy as custom
-    else:
-        custom = None
-    if custom is not None:
-        loss = custom(hidden2, weight, bias, labels1, opts, chunk)
-    else:
-        loss = chunked_forward(hidden2, weight, bias, labels1, opts, chunk)[0]
-    if opts.reduction == "none":
-        loss = array_namespace(loss).reshape(loss, dynamic_shape(labels))
-    return loss
-
-
-def linear_cross_entropy_and_grad(
-    hidden: Any,
-    weight: Any,
-    labels: Any,
-    *,
-    bias: Any = None,
-    chunk_size: int | None = None,
-    label_smoothing: float = 0.0,
-    convention: str = "uniform",
-    ignore_index: int | None = None,
-    reduction: str = "mean",
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-) -> tuple[Any, tuple[Any, Any, Any]]:
-    r"""``(loss, (d_hidden, d_weight, d_bias))`` of :func:`linear_cross_entropy`, chunked.
-
-    With ``g = dℓ/dz`` the core's closed-form gradient of a chunk's logits z:
-    ``d_hidden = g @ W`` (hidden's shape), ``d_weight = Σ_chunks g.T @ h``,
-    ``d_bias = Σ_rows g`` (None without a bias). For ``reduction="none"`` the gradients
-    are those of the sum of the per-row losses. Arguments as in :func:`linear_cross_entropy`.
-
-    Example:
-        >>> import numpy as np
-        >>> from smoothloss._linear import linear_cross_entropy_and_grad
-        >>> h, W = np.zeros((2, 3)), np.ones((4, 3))
-        >>> loss, (dh, dW, db) = linear_cross_entropy_and_grad(h, W, np.array([1, 2]), bias=np.zeros(4))
-        >>> round(float(loss), 6), dh.shape, dW.shape, db.tolist()
-        (1.386294, (2, 3), (4, 3), [0.25, -0.25, -0.25, 0.25])
-    """
-    options = dict(
-        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
-        reduction=reduction, z_loss=z_loss, softcap=softcap,
-    )
-    hidden2, weight, labels1, bias, opts, chunk = _prepare(hidden, weight, labels, bias, chunk_size, options)
-    xp = array_namespace(hidden2, weight, bias)
-    loss, lse, scale, grads = chunked_forward(hidden2, weight, bias, labels1, opts, chunk, (True, True, True))
-    if grads is None:  # reduction="none": a second pass, at cotangent 1 per row
-        grads = chunked_backward(hidden2, weight, bias, labels1, opts, chunk, lse, scale, 1.0)
-    d_h, d_w, d_b = grads
-    if opts.reduction == "none":
-        loss = xp.reshape(loss, dynamic_shape(labels))
-    return loss, (xp.reshape(d_h, dynamic_shape(hidden)), d_w, d_b)

@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from smoothloss import _validation as V
-from smoothloss._core import cross_entropy, reduce_positions, smoothing_coefficients
+from smoothloss._formulas import reduce, smoothing_coefficients
+from smoothloss._losses import cross_entropy
 from smoothloss._targets import smooth_labels
-from smoothloss.backends import array_namespace, as_arrays, device, framework_name, is_traced
+from smoothloss.backends import bind, framework
 
 __all__ = [
     "Mixup", "MixupParams", "cutmix_bbox_and_lam", "mix_images", "mixup_cross_entropy",
@@ -59,10 +60,10 @@ def _host_param(value: Any, like: Any) -> Any:
         return value
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, np.ndarray) and framework_name(like) != "numpy":
-        return array_namespace(like).asarray(value, device=device(like))
-    (value,) = as_arrays(value)
-    array_namespace(like, value)  # raises when two frameworks are mixed
+    fw = framework(like)
+    if isinstance(value, np.ndarray) and fw.name != "numpy":
+        return fw.xp.asarray(value, device=fw.device(like))
+    _, (_, value) = bind(like, value)  # raises when two frameworks are mixed
     return value
 
 
@@ -75,8 +76,9 @@ def _is_array(value: Any) -> bool:
     return value is not None and not isinstance(value, (bool, int, float))
 
 
-def _check_lam_array(xp: Any, lam: Any, batch: int) -> None:
+def _check_lam_array(fw: Any, lam: Any, batch: int) -> None:
     """An array λ: floating, 0-d or one entry per example ((B,) or timm's (B, 1))."""
+    xp = fw.xp
     if not V.is_floating(xp, lam.dtype):
         raise TypeError(f"lam must be a float in [0, 1] or a floating array, got dtype {lam.dtype}")
     if lam.ndim != 0 and tuple(lam.shape) not in ((batch,), (batch, 1)):
@@ -84,19 +86,19 @@ def _check_lam_array(xp: Any, lam: Any, batch: int) -> None:
             f"lam must be a scalar or have one entry per example, shape ({batch},) or "
             f"({batch}, 1), got {tuple(lam.shape)}"
         )
-    if not is_traced(lam) and math.prod(lam.shape) and bool(xp.any((lam < 0) | (lam > 1))):
+    if fw.is_concrete(lam) and math.prod(lam.shape) and bool(xp.any((lam < 0) | (lam > 1))):
         raise ValueError(
             f"lam must lie in [0, 1]; found values in [{float(xp.min(lam))}, {float(xp.max(lam))}]"
         )
 
 
-def _lam(xp: Any, lam: Any, batch: int) -> Any:
+def _lam(fw: Any, lam: Any, batch: int) -> Any:
     """Validated λ: a Python float, or an array (checked; values only eagerly)."""
     if lam is None:
         raise ValueError("lam is required: the share λ of each example itself")
     if not _is_array(lam):
         return _check_unit(lam, "lam")
-    _check_lam_array(xp, lam, batch)
+    _check_lam_array(fw, lam, batch)
     return lam
 
 
@@ -111,15 +113,16 @@ def _per_example(xp: Any, lam: Any, ndim: int, dtype: Any) -> Any:
     return xp.reshape(lam, (int(lam.shape[0]),) + (1,) * (ndim - 1))
 
 
-def _partner_index(xp: Any, index: Any, batch: int, dev: Any) -> Any:
+def _partner_index(fw: Any, index: Any, batch: int, dev: Any) -> Any:
     """The partner of each example: ``index`` (checked) or timm's flip B-1-i."""
+    xp = fw.xp
     if index is None:
         return xp.arange(batch - 1, -1, -1, device=dev)
     if not V.is_integer(xp, index.dtype):
         raise TypeError(f"index must hold integer example indices, got dtype {index.dtype}")
     if tuple(index.shape) != (batch,):
         raise ValueError(f"index must have shape ({batch},) (one partner per example), got {tuple(index.shape)}")
-    if not is_traced(index) and batch and bool(xp.any((index < 0) | (index >= batch))):
+    if fw.is_concrete(index) and batch and bool(xp.any((index < 0) | (index >= batch))):
         raise ValueError(
             f"index must lie in [0, {batch}); found values in [{int(xp.min(index))}, {int(xp.max(index))}]"
         )
@@ -136,9 +139,10 @@ def mixup_target(
     num_classes: int,
     *,
     lam: Any = 1.0,
-    smoothing: float = 0.0,
+    label_smoothing: float | None = None,
     index: Any = None,
     dtype: Any = None,
+    smoothing: float | None = None,
 ) -> Any:
     """Mixed, label-smoothed soft targets (timm's ``mixup_target``).
 
@@ -150,11 +154,13 @@ def mixup_target(
         num_classes: K.
         lam: λ, a float in [0, 1] for the whole batch or an array with one entry per
             example, shape (B,) or (B, 1) (may be traced under jit).
-        smoothing: ε in [0, 1].
+        label_smoothing: ε in [0, 1] (default 0).
         index: integer array (B,): the partner of each example. None pairs example i
             with B-1-i (timm's flip), so an odd batch's middle example keeps its own
             target (up to rounding).
         dtype: floating dtype of the result (default float32).
+        smoothing: the former name of ``label_smoothing``; accepted with a
+            ``DeprecationWarning``.
 
     Returns:
         Targets of shape ``labels.shape + (K,)`` on the labels' device.
@@ -164,8 +170,8 @@ def mixup_target(
         >>> smoothloss.mixup_target(np.array([0, 2]), 3, lam=0.75).tolist()
         [[0.75, 0.0, 0.25], [0.25, 0.0, 0.75]]
     """
-    (labels,) = as_arrays(labels)
-    xp = array_namespace(labels)
+    fw, (labels,) = bind(labels)
+    xp = fw.xp
     if not V.is_integer(xp, labels.dtype):
         raise TypeError(
             f"mixup_target needs integer class labels, got dtype {labels.dtype}; "
@@ -175,11 +181,11 @@ def mixup_target(
         raise ValueError("labels must have a batch axis, got a scalar")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    eps = V.check_smoothing(smoothing, "smoothing")
+    eps = V.check_smoothing(V.renamed_smoothing(label_smoothing, smoothing))
     batch = int(labels.shape[0])
-    lam = _lam(xp, _host_param(lam, labels), batch)
-    index = _partner_index(xp, _host_param(index, labels), batch, device(labels))
-    own = smooth_labels(labels, num_classes, smoothing=eps, dtype=dtype)
+    lam = _lam(fw, _host_param(lam, labels), batch)
+    index = _partner_index(fw, _host_param(index, labels), batch, fw.device(labels))
+    own = smooth_labels(labels, num_classes, label_smoothing=eps, dtype=dtype)
     if isinstance(lam, float) and lam == 1.0:
         return own
     partner = xp.take(own, index, axis=0)
@@ -230,12 +236,13 @@ def _interval(xp: Any, lo: Any, hi: Any, size: int, dev: Any) -> Any:
     return (pos >= lo) & (pos < hi)
 
 
-def _box_mask(xp: Any, x: Any, box: Any, layout: str) -> Any:
+def _box_mask(fw: Any, x: Any, box: Any, layout: str) -> Any:
     """Boolean mask of the box, broadcastable against the (B, C, H, W)/(B, H, W, C) batch."""
+    xp = fw.xp
     h_axis, w_axis = _spatial_axes(layout)
     H, W = int(x.shape[h_axis]), int(x.shape[w_axis])
     y0, y1, x0, x1 = _box_parts(xp, box, x, int(x.shape[0]))
-    dev = device(x)
+    dev = fw.device(x)
     rows = xp.expand_dims(_interval(xp, y0, y1, H, dev), axis=-1)  # (..., H, 1)
     cols = xp.expand_dims(_interval(xp, x0, x1, W, dev), axis=-2)  # (..., 1, W)
     inside = rows & cols  # (H, W) or (B, H, W)
@@ -292,8 +299,8 @@ def mix_images(
         >>> smoothloss.mix_images(x, box=(0, 1, 0, 2))[0, 0].tolist()
         [[1.0, 1.0], [0.0, 0.0]]
     """
-    (x,) = as_arrays(x)
-    xp = array_namespace(x)
+    fw, (x,) = bind(x)
+    xp = fw.xp
     layout = V.check_choice("layout", layout, LAYOUTS)
     if x.ndim == 0:
         raise ValueError("x must have a batch axis, got a scalar")
@@ -310,18 +317,18 @@ def mix_images(
         raise ValueError(
             f"pasting a box needs a batch of images of rank 4 ({layout}), got shape {tuple(x.shape)}"
         )
-    partner = xp.take(x, _partner_index(xp, _host_param(index, x), batch, device(x)), axis=0)
+    partner = xp.take(x, _partner_index(fw, _host_param(index, x), batch, fw.device(x)), axis=0)
 
     blended = None
     if blend:
         if not V.is_floating(xp, x.dtype):
             raise TypeError(f"blending needs floating images, got dtype {x.dtype}; cast them first")
-        lam = _per_example(xp, _lam(xp, _host_param(lam, x), batch), x.ndim, x.dtype)
+        lam = _per_example(xp, _lam(fw, _host_param(lam, x), batch), x.ndim, x.dtype)
         blended = x * lam + partner * (1.0 - lam)
     if not paste:
         return blended
 
-    inside = _box_mask(xp, x, box, layout)
+    inside = _box_mask(fw, x, box, layout)
     pasted = xp.where(inside, partner, x)
     if blended is None:
         return pasted
@@ -642,8 +649,8 @@ class Mixup:
             images, else float32. Call it eagerly: under ``jit`` the draw would be
             frozen into the trace (use :meth:`sample` there).
         """
-        x, labels = as_arrays(x, labels)
-        xp = array_namespace(x, labels)
+        fw, (x, labels) = bind(x, labels)
+        xp = fw.xp
         if x.ndim != 4:
             raise ValueError(
                 f"x must be a batch of images of rank 4 ({self.layout}), got shape {tuple(x.shape)}"
@@ -664,7 +671,7 @@ class Mixup:
             else:
                 mixed = mix_images(x, lam=lam, layout=self.layout)
         else:
-            dev = device(x)
+            dev = fw.device(x)
             lam = xp.asarray(p.lam, device=dev)
             if bool(np.any(p.cutmix)):
                 mixed = mix_images(
@@ -673,7 +680,7 @@ class Mixup:
                 )
             else:
                 mixed = mix_images(x, lam=lam, layout=self.layout)
-        targets = mixup_target(labels, self.num_classes, lam=lam, smoothing=self.label_smoothing, dtype=dtype)
+        targets = mixup_target(labels, self.num_classes, lam=lam, label_smoothing=self.label_smoothing, dtype=dtype)
         return mixed, targets
 
     def __repr__(self) -> str:
@@ -742,7 +749,7 @@ def mixup_cross_entropy(
     ``ℓ_i = λ_i·L(x_i, y_i) + (1-λ_i)·L(x_i, y_index[i])`` where L is
     :func:`~smoothloss.cross_entropy` per position with the same smoothing, weights,
     z-loss and softcap. Since the smoothed target is linear in the label, this equals
-    ``cross_entropy(logits, mixup_target(labels, K, lam=λ, smoothing=ε, index=index))``
+    ``cross_entropy(logits, mixup_target(labels, K, lam=λ, label_smoothing=ε, index=index))``
     (the mean divides by the number of positions, as for soft targets), in value and
     gradient. Each of the two calls has the closed-form gradient, so nothing of size
     B×K is stored for the backward pass.
@@ -769,13 +776,13 @@ def mixup_cross_entropy(
         >>> import numpy as np, smoothloss
         >>> logits, labels = np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([0, 1])
         >>> a = smoothloss.mixup_cross_entropy(logits, labels, lam=0.7, label_smoothing=0.1)
-        >>> t = smoothloss.mixup_target(labels, 2, lam=0.7, smoothing=0.1, dtype=np.float64)
+        >>> t = smoothloss.mixup_target(labels, 2, lam=0.7, label_smoothing=0.1, dtype=np.float64)
         >>> b = smoothloss.cross_entropy(logits, t)
         >>> bool(np.isclose(a, b))
         True
     """
-    logits, labels, weight = as_arrays(logits, labels, weight)
-    xp = array_namespace(logits, labels, weight)
+    fw, (logits, labels, weight) = bind(logits, labels, weight)
+    xp = fw.xp
     reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
     eps = V.check_smoothing(label_smoothing)
     if not V.is_integer(xp, labels.dtype):
@@ -790,8 +797,8 @@ def mixup_cross_entropy(
         axis=axis, label_smoothing=eps, convention=convention, weight=weight, z_loss=z_loss, softcap=softcap
     )
     own = cross_entropy(logits, labels, reduction="none", **options)
-    lam = _lam(xp, _host_param(lam, logits), batch)
-    partner_labels = xp.take(labels, _partner_index(xp, _host_param(index, logits), batch, device(labels)), axis=0)
+    lam = _lam(fw, _host_param(lam, logits), batch)
+    partner_labels = xp.take(labels, _partner_index(fw, _host_param(index, logits), batch, fw.device(labels)), axis=0)
     if isinstance(lam, float) and lam == 1.0:
         loss = own
     else:
@@ -804,4 +811,4 @@ def mixup_cross_entropy(
         loss = loss + _mixture_negentropy(
             xp, labels, partner_labels, lam_k, K, eps, convention, weight, own.dtype
         )
-    return reduce_positions(xp, loss, reduction)
+    return reduce(xp, loss, reduction)[0]

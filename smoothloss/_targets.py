@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from smoothloss import _validation as V
-from smoothloss._core import smoothing_coefficients
-from smoothloss.backends import array_namespace, as_arrays, device, is_traced
+from smoothloss._formulas import smoothing_coefficients
+from smoothloss.backends import bind
 
 __all__ = ["one_hot", "smooth_labels"]
 
@@ -39,19 +39,19 @@ def one_hot(
         >>> smoothloss.one_hot(np.array([0, 2]), 3).tolist()
         [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     """
-    (labels,) = as_arrays(labels)
-    xp = array_namespace(labels)
+    fw, (labels,) = bind(labels)
+    xp = fw.xp
     if not V.is_integer(xp, labels.dtype):
         raise TypeError(f"one_hot needs integer labels, got dtype {labels.dtype}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     axis = V.normalize_axis(axis, labels.ndim + 1)
-    if not is_traced(labels):
-        V.check_label_values(xp, labels, num_classes, None)
+    V.check_label_values(fw, labels, num_classes, None)
     dtype = xp.float32 if dtype is None else dtype
-    dev = device(labels)
-    classes = xp.arange(num_classes, dtype=labels.dtype, device=dev)
-    hit = xp.expand_dims(labels, axis=-1) == classes
+    dev = fw.device(labels)
+    y = fw.index(labels)  # compared in the index dtype: a narrow dtype would wrap at K
+    classes = xp.arange(num_classes, dtype=y.dtype, device=dev)
+    hit = xp.expand_dims(y, axis=-1) == classes
     out = xp.where(
         hit,
         xp.asarray(on_value, dtype=dtype, device=dev),
@@ -66,10 +66,11 @@ def smooth_labels(
     labels: Any,
     num_classes: int | None = None,
     *,
-    smoothing: float,
+    label_smoothing: float | None = None,
     convention: str = "uniform",
     axis: int = -1,
     dtype: Any = None,
+    smoothing: float | None = None,
 ) -> Any:
     """Label-smoothed target distributions.
 
@@ -81,20 +82,22 @@ def smooth_labels(
         labels: integer class indices, or floating targets with the classes along ``axis``.
         num_classes: K; required for integer labels, read from ``labels.shape[axis]``
             (and checked if given) for floating ones.
-        smoothing: ε in [0, 1].
+        label_smoothing: ε in [0, 1] (required).
         convention: ``"uniform"`` or ``"others"``.
         axis: the class axis of the result.
         dtype: floating dtype of the result (default: float32 for integer labels,
             the labels' dtype for floating ones).
+        smoothing: the former name of ``label_smoothing``; accepted with a
+            ``DeprecationWarning``.
 
     Example:
         >>> import numpy as np, smoothloss
-        >>> smoothloss.smooth_labels(np.array([1]), 4, smoothing=0.2).tolist()
+        >>> smoothloss.smooth_labels(np.array([1]), 4, label_smoothing=0.2).tolist()
         [[0.05000000074505806, 0.8500000238418579, 0.05000000074505806, 0.05000000074505806]]
     """
-    (labels,) = as_arrays(labels)
-    xp = array_namespace(labels)
-    eps = V.check_smoothing(smoothing, "smoothing")
+    fw, (labels,) = bind(labels)
+    xp = fw.xp
+    eps = V.check_smoothing(V.renamed_smoothing(label_smoothing, smoothing, required=True))
     convention = V.check_choice("convention", convention, V.CONVENTIONS)
     if V.is_integer(xp, labels.dtype):
         if num_classes is None:

@@ -1,4 +1,4 @@
-"""Argument checks shared by every public function (SPEC section 5).
+"""Argument checks shared by every public function.
 
 Checks on Python values, dtypes and shapes always run (they cost nothing and work
 while tracing). Checks that need array *values* (label ranges) run only eagerly:
@@ -9,12 +9,10 @@ syncs with the host.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
-from smoothloss.backends import is_traced
-
-REDUCTIONS = ("mean", "sum", "none")
-CONVENTIONS = ("uniform", "others")
+from smoothloss._formulas import CONVENTIONS, REDUCTIONS, Options
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -122,15 +120,60 @@ def check_num_classes(num_classes: int, convention: str, smoothing: float) -> No
         raise ValueError("the class axis has size K=0")
 
 
-def check_label_values(xp: Any, labels: Any, num_classes: int, ignore_index: int | None) -> None:
-    """Eager-only: every label lies in [0, K) or equals ignore_index."""
-    if math.prod(labels.shape) == 0:
+def renamed_smoothing(label_smoothing: Any, smoothing: Any, *, required: bool = False, default: float = 0.0) -> Any:
+    """``label_smoothing``, or the value of its former name ``smoothing=`` (with a
+    ``DeprecationWarning``); both at once is a ``TypeError``."""
+    if smoothing is None:
+        if label_smoothing is None and required:
+            raise TypeError("label_smoothing is required (a float in [0, 1])")
+        return default if label_smoothing is None else label_smoothing
+    if label_smoothing is not None:
+        raise TypeError("give label_smoothing only; smoothing is its former name")
+    warnings.warn(
+        "the smoothing= keyword is deprecated; use label_smoothing=", DeprecationWarning, stacklevel=3
+    )
+    return smoothing
+
+
+def check_options(
+    *,
+    axis: int,
+    label_smoothing: float,
+    convention: str,
+    ignore_index: int | None,
+    reduction: str,
+    z_loss: float,
+    softcap: float | None,
+    kl: bool,
+) -> Options:
+    """The checks on Python values every cross-entropy shares, as :class:`Options`
+    (``axis`` is taken as given: the caller normalises it against the logits' rank)."""
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"ignore_index must be None or an int, got {type(ignore_index).__name__}")
+    return Options(
+        axis,
+        check_smoothing(label_smoothing),
+        check_choice("convention", convention, CONVENTIONS),
+        ignore_index,
+        check_choice("reduction", reduction, REDUCTIONS),
+        check_nonnegative(z_loss, "z_loss"),
+        check_softcap(softcap),
+        bool(kl),
+    )
+
+
+def check_label_values(fw: Any, labels: Any, num_classes: int, ignore_index: int | None) -> None:
+    """Eager-only: every label lies in [0, K) or equals ignore_index. Skipped for
+    labels the framework ``fw`` cannot read without a host sync (tracers, meta and
+    fake tensors, batched tensors under vmap)."""
+    if math.prod(labels.shape) == 0 or not fw.is_concrete(labels):
         return
+    xp = fw.xp
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_index is not None:
         bad = bad & (labels != ignore_index)
     any_bad = xp.any(bad)
-    if is_traced(any_bad):  # concrete labels inside a jax.jit trace: their ops are staged too
+    if not fw.is_concrete(any_bad):  # concrete labels inside a jax.jit trace: their ops are staged too
         return
     if bool(any_bad):
         lo = int(xp.min(xp.where(bad, labels, xp.max(labels))))  # the smallest bad label

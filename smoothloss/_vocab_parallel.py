@@ -12,7 +12,7 @@ statistics over **all** K classes, each obtained with one collective:
 * ``Σ_c x_c``: all-summed (only with smoothing, ``off > 0``).
 
 The sum-type statistics travel in one all-sum. The loss is then the core's
-:func:`smoothloss._core.integer_loss` with the **global** K (so ``off`` = ε/K or
+:func:`smoothloss._formulas.integer_loss` with the **global** K (so ``off`` = ε/K or
 ε/(K-1) and the smoothing term covers every class, not only the local ones, unlike
 Megatron-LM's local average):
 
@@ -31,8 +31,8 @@ so each rank computes its own V_local-wide slice from its local logits.
 
 This module is backend-neutral: the collectives are the two callables ``all_max`` and
 ``all_sum`` (elementwise over ranks, returning a new array); the JAX and PyTorch
-bindings live in ``smoothloss.backends.jax_vocab_parallel`` and
-``smoothloss.backends.torch_vocab_parallel``.
+bindings (``smoothloss.backends.jax``, ``smoothloss.backends.torch``) supply them and
+register the backward as the gradient.
 """
 
 from __future__ import annotations
@@ -41,101 +41,43 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from array_api_compat import is_torch_namespace
-
 from smoothloss import _validation as V
-from smoothloss._core import (
-    compute_dtype, integer_grad_coefficients, integer_loss, mean_scale, smoothing_coefficients, soft_cap,
+from smoothloss._formulas import (
+    Options, compute_dtype, integer_grad_coefficients, integer_loss, reduce, smoothing_coefficients, soft_cap,
     soft_cap_grad,
 )
-from smoothloss.backends import array_namespace, primitives
 
-__all__ = [
-    "VocabParallelOptions", "vocab_parallel_backward", "vocab_parallel_forward",
-    "vocab_parallel_options",
-]
+__all__ = ["options", "vocab_parallel_backward", "vocab_parallel_forward"]
 
 Collective = Callable[[Any], Any]
 
 
-@dataclass(frozen=True)
-class VocabParallelOptions:
-    """Validated, hashable options of one vocab-parallel call (static under jit).
-
-    ``num_classes`` is the global K = R·V_local; ``on``/``off`` are the smoothed target
-    probabilities for that K.
-    """
-
-    num_classes: int
-    label_smoothing: float
-    convention: str
-    ignore_index: int | None
-    reduction: str
-    z_loss: float
-    on: float
-    off: float
-    softcap: float | None = None
-    kl: bool = False
-
-
-def vocab_parallel_options(
-    num_classes: int,
-    *,
-    label_smoothing: float = 0.0,
-    convention: str = "uniform",
-    ignore_index: int | None = None,
-    reduction: str = "none",
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    kl: bool = False,
-) -> VocabParallelOptions:
-    """Check the options (as :func:`smoothloss.cross_entropy` does) for the global K.
-
-    Args:
-        num_classes: the global number of classes K (all shards together).
-        label_smoothing: ε in [0, 1].
-        convention: ``"uniform"`` (off = ε/K) or ``"others"`` (off = ε/(K-1)).
-        ignore_index: label whose positions contribute 0 and leave the mean's denominator.
-        reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over positions; a mean over zero
-            valid positions is 0).
-        z_loss: coefficient of the ``lse²`` penalty per valid position.
-        softcap: if given, every logit ← softcap·tanh(logit/softcap) first (elementwise,
-            so each rank caps its own slice).
-        kl: subtract the entropy of the smoothed target (a constant of on, off and K).
-
-    Returns:
-        The normalised :class:`VocabParallelOptions`.
-    """
-    eps = V.check_smoothing(label_smoothing)
-    convention = V.check_choice("convention", convention, V.CONVENTIONS)
-    reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
-    z_loss = V.check_nonnegative(z_loss, "z_loss")
+def options(num_classes: int, **options: Any) -> Options:
+    """Check the options (as :func:`smoothloss.cross_entropy` does) for the global
+    K = ``num_classes``; the classes are the last axis."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int):
         raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-    V.check_num_classes(num_classes, convention, eps)
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"ignore_index must be None or an int, got {type(ignore_index).__name__}")
-    on, off = smoothing_coefficients(eps, num_classes, convention)
-    return VocabParallelOptions(
-        num_classes, eps, convention, ignore_index, reduction, z_loss, on, off, V.check_softcap(softcap), bool(kl)
-    )
+    opts = V.check_options(axis=-1, **options)
+    V.check_num_classes(num_classes, opts.convention, opts.label_smoothing)
+    return opts
 
 
 class _Local:
-    """One shard in compute layout: compute dtype, valid mask, the locally owned labels."""
+    """One shard in compute layout: compute dtype, valid mask, the locally owned labels,
+    and the smoothing coefficients of the global K."""
 
-    def __init__(self, local_logits: Any, labels: Any, offset: Any, opts: VocabParallelOptions) -> None:
-        xp = self.xp = array_namespace(local_logits, labels)
+    def __init__(self, fw: Any, local_logits: Any, labels: Any, offset: Any, num_classes: int, opts: Options) -> None:
+        xp = self.xp = fw.xp
+        self.K = num_classes
+        self.on, self.off = smoothing_coefficients(opts.label_smoothing, num_classes, opts.convention)
         self.in_dtype = local_logits.dtype
         cdtype = self.cdtype = compute_dtype(xp, local_logits.dtype)
         x = local_logits if cdtype == local_logits.dtype else xp.astype(local_logits, cdtype)
         self.x, self.capped = soft_cap(xp, x, opts.softcap)
         v_local = int(self.x.shape[-1])
-        y = labels
-        if is_torch_namespace(xp) and y.dtype != xp.int64:
-            y = xp.astype(y, xp.int64)  # torch gathers and scatters with int64 indices only
+        y = fw.index(labels)
         self.valid = None
-        if opts.ignore_index is not None:
+        if opts.ignore_index is not None and fw.holds_index(opts.ignore_index):
             self.valid = y != opts.ignore_index
             y = xp.where(self.valid, y, 0)
         local = y - offset
@@ -144,10 +86,12 @@ class _Local:
 
 
 def vocab_parallel_forward(
+    fw: Any,
     local_logits: Any,
     labels: Any,
     offset: Any,
-    opts: VocabParallelOptions,
+    num_classes: int,
+    opts: Options,
     all_max: Collective,
     all_sum: Collective,
 ) -> tuple[Any, Any, Any]:
@@ -159,7 +103,7 @@ def vocab_parallel_forward(
 
     ``ℓ = (on-off)·(lse - x_y) + off·(K·lse - Σ_c x_c) + z_loss·lse²``
 
-    from :func:`smoothloss._core.integer_loss`, 0 at ignored positions, then reduced
+    from :func:`smoothloss._formulas.integer_loss`, 0 at ignored positions, then reduced
     over positions (every rank holds all positions, so the reduction is local).
 
     Args:
@@ -167,7 +111,8 @@ def vocab_parallel_forward(
             logits are computed in float32.
         labels: (...) integer global class indices in [0, K) (or ``ignore_index``).
         offset: the first global class held by this rank (an int or a 0-d integer array).
-        opts: from :func:`vocab_parallel_options`.
+        num_classes: the global K.
+        opts: from :func:`options`.
         all_max: elementwise maximum over the ranks of an array (returns the result).
         all_sum: elementwise sum over the ranks of an array (returns the result).
 
@@ -176,42 +121,35 @@ def vocab_parallel_forward(
         d(loss)/d(per-position loss) of the reduction (a float or a 0-d array), the
         last two for :func:`vocab_parallel_backward`.
     """
-    L = _Local(local_logits, labels, offset, opts)
+    L = _Local(fw, local_logits, labels, offset, num_classes, opts)
     xp, x = L.xp, L.x
     m = all_max(xp.max(x, axis=-1))
     stats = [xp.sum(xp.exp(x - xp.expand_dims(m, axis=-1)), axis=-1)]
     x_y = xp.take_along_axis(x, xp.expand_dims(L.y, axis=-1), axis=-1)[..., 0]
     stats.append(xp.where(L.owned, x_y, xp.zeros_like(x_y)))
-    if opts.off:
+    if L.off:
         stats.append(xp.sum(x, axis=-1))
     stats = all_sum(xp.stack(stats, axis=-1))
     lse = m + xp.log(stats[..., 0])
-    sum_x = stats[..., 2] if opts.off else None
-    loss = integer_loss(
-        lse, stats[..., 1], sum_x, on=opts.on, off=opts.off, w_y=1.0, sum_w=float(opts.num_classes), kl=opts.kl
-    )
+    sum_x = stats[..., 2] if L.off else None
+    loss = integer_loss(lse, stats[..., 1], sum_x, on=L.on, off=L.off, w_y=1.0, sum_w=float(L.K), kl=opts.kl)
     if opts.z_loss:
         loss = loss + opts.z_loss * (lse * lse)
+    den = None
     if L.valid is not None:
         loss = xp.where(L.valid, loss, xp.zeros_like(loss))
-
-    if opts.reduction == "none":
-        return loss, lse, 1.0
-    if opts.reduction == "sum":
-        return xp.sum(loss), lse, 1.0
-    if L.valid is not None:
         den = xp.sum(xp.astype(L.valid, loss.dtype))
-    else:
-        den = float(math.prod(loss.shape))
-    scale = mean_scale(xp, den)
-    return xp.sum(loss) * scale, lse, scale
+    reduced, scale = reduce(xp, loss, opts.reduction, den)
+    return reduced, lse, scale
 
 
 def vocab_parallel_backward(
+    fw: Any,
     local_logits: Any,
     labels: Any,
     offset: Any,
-    opts: VocabParallelOptions,
+    num_classes: int,
+    opts: Options,
     lse: Any,
     scale: Any,
     cotangent: Any,
@@ -225,7 +163,8 @@ def vocab_parallel_backward(
     the last term only on the rank that owns the label y.
 
     Args:
-        local_logits, labels, offset, opts: as given to :func:`vocab_parallel_forward`.
+        fw, local_logits, labels, offset, num_classes, opts: as given to
+            :func:`vocab_parallel_forward`.
         lse, scale: from :func:`vocab_parallel_forward` (the **global** log-sum-exp).
         cotangent: the incoming cotangent of the loss (positions' shape for
             ``reduction="none"``, else a scalar).
@@ -233,7 +172,7 @@ def vocab_parallel_backward(
     Returns:
         The gradient slice, in the dtype of ``local_logits``.
     """
-    L = _Local(local_logits, labels, offset, opts)
+    L = _Local(fw, local_logits, labels, offset, num_classes, opts)
     xp, x = L.xp, L.x
     s = xp.zeros_like(lse) + cotangent * scale  # per position, in lse's dtype
     if s.dtype != L.cdtype:
@@ -241,11 +180,11 @@ def vocab_parallel_backward(
     if L.valid is not None:
         s = xp.where(L.valid, s, xp.zeros_like(s))
     row, on_mass = integer_grad_coefficients(
-        lse, s, on=opts.on, off=opts.off, w_y=1.0, sum_w=float(opts.num_classes), z_loss=opts.z_loss
+        lse, s, on=L.on, off=L.off, w_y=1.0, sum_w=float(L.K), z_loss=opts.z_loss
     )
-    shift = xp.expand_dims(s, axis=-1) * opts.off if opts.off else 0.0
+    shift = xp.expand_dims(s, axis=-1) * L.off if L.off else 0.0
     # lse is global: the native softmax kernels would normalise over the local classes
-    g = primitives.softmax_affine(xp, x, lse, xp.expand_dims(row, axis=-1), shift, row_lse=False)
-    g = primitives.add_at_labels(xp, g, L.y, xp.where(L.owned, -on_mass, xp.zeros_like(on_mass)))
+    g = fw.kernels.softmax_affine(x, lse, xp.expand_dims(row, axis=-1), shift, row_lse=False)
+    g = fw.kernels.add_at_labels(g, L.y, xp.where(L.owned, -on_mass, xp.zeros_like(on_mass)))
     g = soft_cap_grad(g, L.capped)
     return g if g.dtype == L.in_dtype else xp.astype(g, L.in_dtype)

@@ -372,7 +372,7 @@ def smooth_labels(
     axes = _class_axes(axis, labels.ndim)
     if where is None:
         if isinstance(alpha, float) and len(axes) == 1:
-            return smoothloss.smooth_labels(labels, smoothing=alpha, axis=axes[0])
+            return smoothloss.smooth_labels(labels, label_smoothing=alpha, axis=axes[0])
         num_classes: Any = math.prod(labels.shape[a] for a in axes)
     else:
         sum_axis = axis if axis is None or isinstance(axis, int) else tuple(axis)

@@ -9,8 +9,8 @@ from typing import Any, Hashable
 
 import jax
 
-from smoothloss._vocab_parallel import vocab_parallel_options
-from smoothloss.backends import jax_vocab_parallel
+from smoothloss._vocab_parallel import options as vocab_parallel_options
+from smoothloss.backends import bind
 
 __all__ = ["vocab_parallel_cross_entropy"]
 
@@ -79,8 +79,10 @@ def vocab_parallel_cross_entropy(
         shards = int(jax.lax.axis_size(axis_name))
     else:  # older JAX: psum of a Python constant is the static axis size
         shards = int(jax.lax.psum(1, axis_name))
+    num_classes = shards * int(local_logits.shape[-1])
     opts = vocab_parallel_options(
-        shards * int(local_logits.shape[-1]), label_smoothing=label_smoothing, convention=convention,
+        num_classes, label_smoothing=label_smoothing, convention=convention,
         ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
     )
-    return jax_vocab_parallel.vocab_parallel_cross_entropy(local_logits, labels, axis_name, opts)
+    fw, (local_logits, labels) = bind(local_logits, labels)
+    return fw.vocab_parallel(local_logits, labels, axis_name, num_classes, opts)

@@ -8,11 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from smoothloss import _validation as V
-from smoothloss._vocab_parallel import vocab_parallel_options
-from smoothloss.backends import array_namespace, torch_vocab_parallel
+from smoothloss._vocab_parallel import options as vocab_parallel_options
+from smoothloss.backends import framework
 
 __all__ = ["vocab_parallel_cross_entropy"]
 
@@ -72,6 +71,8 @@ def vocab_parallel_cross_entropy(
         RuntimeError: if ``torch.distributed`` is not initialised.
         ValueError: for out-of-range labels or options (as :func:`smoothloss.cross_entropy`).
     """
+    import torch.distributed as dist  # imported on first use, not with smoothloss.torch
+
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
             "vocab_parallel_cross_entropy needs an initialised torch.distributed process group "
@@ -90,9 +91,11 @@ def vocab_parallel_cross_entropy(
         raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     v_local = int(local_logits.shape[-1])
+    num_classes = world * v_local
     opts = vocab_parallel_options(
-        world * v_local, label_smoothing=label_smoothing, convention=convention,
+        num_classes, label_smoothing=label_smoothing, convention=convention,
         ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
     )
-    V.check_label_values(array_namespace(labels), labels, opts.num_classes, opts.ignore_index)
-    return torch_vocab_parallel.vocab_parallel_cross_entropy(local_logits, labels, rank * v_local, opts, group)
+    fw = framework(local_logits, labels)
+    V.check_label_values(fw, labels, num_classes, opts.ignore_index)
+    return fw.vocab_parallel(local_logits, labels, rank * v_local, num_classes, opts, group)

@@ -181,7 +181,7 @@ def test_optax_smooth_labels_then_softmax_cross_entropy(jax, eps):
     # the soft path takes optax's own smoothed targets unchanged
     assert rel_err(smoothloss.cross_entropy(x, optax.smooth_labels(onehot, eps), reduction="none"), theirs(x)) <= F64
     # and smooth_labels builds the same targets
-    assert rel_err(smoothloss.smooth_labels(onehot, smoothing=eps), optax.smooth_labels(onehot, eps)) <= F64
+    assert rel_err(smoothloss.smooth_labels(onehot, label_smoothing=eps), optax.smooth_labels(onehot, eps)) <= F64
 
 
 def test_optax_integer_labels(jax):

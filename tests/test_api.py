@@ -38,7 +38,7 @@ def test_one_hot_closed_form(backend):
 def test_smooth_labels_closed_form(backend, convention):
     K, eps = 5, 0.2
     y = backend.asarray(np.array([3, 0]))
-    out = backend.to_numpy(smoothloss.smooth_labels(y, K, smoothing=eps, convention=convention))
+    out = backend.to_numpy(smoothloss.smooth_labels(y, K, label_smoothing=eps, convention=convention))
     on, off = (1 - eps + eps / K, eps / K) if convention == "uniform" else (1 - eps, eps / (K - 1))
     expected = np.full((2, K), off)
     expected[0, 3] = expected[1, 0] = on
@@ -46,7 +46,7 @@ def test_smooth_labels_closed_form(backend, convention):
     np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-6)
     # dense targets smooth the same way
     dense = backend.asarray(np.eye(K)[[3, 0]], "float64")
-    out_dense = backend.to_numpy(smoothloss.smooth_labels(dense, smoothing=eps, convention=convention))
+    out_dense = backend.to_numpy(smoothloss.smooth_labels(dense, label_smoothing=eps, convention=convention))
     assert rel_err(out_dense, expected) <= 1e-12
 
 
@@ -56,7 +56,7 @@ def test_integer_path_equals_dense_smoothed_path(backend):
     x = backend.asarray(rng.normal(size=(6, 7)), "float64")
     y = backend.asarray(rng.integers(0, 7, 6))
     for convention in ("uniform", "others"):
-        q = smoothloss.smooth_labels(y, 7, smoothing=0.3, convention=convention, dtype=backend.dtype("float64"))
+        q = smoothloss.smooth_labels(y, 7, label_smoothing=0.3, convention=convention, dtype=backend.dtype("float64"))
         a = smoothloss.cross_entropy(x, y, label_smoothing=0.3, convention=convention, reduction="none")
         b = smoothloss.cross_entropy(x, q, reduction="none")
         assert rel_err(backend.to_numpy(a), backend.to_numpy(b)) <= 1e-12
@@ -226,10 +226,37 @@ def test_ignore_index_with_probabilities_rejected(backend):
         smoothloss.cross_entropy(x, x, ignore_index=-100)
 
 
-def test_mixed_frameworks_rejected(framework):
+def test_numpy_mixes_as_the_framework_allows(framework):
+    """NumPy labels and weights join a JAX or TensorFlow call as that framework's arrays
+    (as optax and Keras accept them) and give the same numbers; PyTorch refuses them, as
+    ``F.cross_entropy`` does."""
     x, y = _xy(framework)
-    with pytest.raises(TypeError, match=rf"different frameworks.*{framework.framework}|numpy.*"):
-        smoothloss.cross_entropy(x, np.asarray(framework.to_numpy(y)))
+    y_np, w_np = np.asarray(framework.to_numpy(y)), np.array([1.0, 2.0, 0.5, 1.5], np.float32)
+    w = framework.asarray(w_np, "float32")
+
+    def mixed(x):
+        return smoothloss.cross_entropy(x, y_np, weight=w_np, label_smoothing=0.1)
+
+    if framework.framework == "torch":
+        with pytest.raises(TypeError, match=r"different frameworks.*numpy.*torch"):
+            mixed(x)
+        return
+    got = framework.to_numpy(framework.call(mixed, x))
+    want = framework.to_numpy(framework.call(
+        lambda x, y, w: smoothloss.cross_entropy(x, y, weight=w, label_smoothing=0.1), x, y, w))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_two_frameworks_rejected(framework, driver_for):
+    """Arrays of two different frameworks raise a TypeError naming both."""
+    pytest.importorskip("torch")
+    x, y = _xy(framework)
+    other = driver_for("jax" if framework.framework == "torch" else "torch")
+    y_other = other.asarray(np.asarray(framework.to_numpy(y)))
+    names = sorted({framework.framework, other.framework})
+    with pytest.raises(TypeError, match=rf"different frameworks.*{names[0]}.*{names[1]}"):
+        smoothloss.cross_entropy(x, y_other) if not framework.traced else framework.call(
+            lambda x: smoothloss.cross_entropy(x, y_other), x)
 
 
 def test_traced_call_skips_value_checks(framework):

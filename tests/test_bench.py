@@ -4,15 +4,21 @@ the benchmark's output, not in unit tests."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from smoothloss import _bench as bench
+from smoothloss import bench
+from smoothloss.bench import cli, common, dense, linear
+from smoothloss.bench.common import FRAMEWORKS, size_name
 
-INSTALLED = [f for f in bench.FRAMEWORKS if bench.installed(f)]
+INSTALLED = [f for f in FRAMEWORKS if dense.installed(f)]
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
@@ -32,7 +38,7 @@ def quick_run(tmp_path_factory):
 def test_quick_run_succeeds_and_records_the_machine(quick_run):
     rc, out, _, report = quick_run
     assert rc == 0, json.dumps(report, indent=1)[:4000]
-    assert report["schema"] == bench.SCHEMA
+    assert report["schema"] == cli.SCHEMA
     machine = report["machine"]
     for key in ("cpu_count", "platform", "python", "versions", "cpu_model"):
         assert key in machine
@@ -40,12 +46,12 @@ def test_quick_run_succeeds_and_records_the_machine(quick_run):
     for fw in INSTALLED:
         assert machine["versions"][fw] is not None
     assert report["settings"]["quick"] is True
-    assert report["settings"]["sizes"] == [list(s) for s in bench.QUICK_SIZES]
+    assert report["settings"]["sizes"] == [list(s) for s in dense.QUICK_SIZES]
     assert report["command"].startswith("python -m smoothloss bench --quick")
     assert set(report["frameworks"]) == set(INSTALLED)
 
 
-@pytest.mark.parametrize("fw", bench.FRAMEWORKS)
+@pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_every_implementation_has_positive_timings(quick_run, fw):
     if fw not in INSTALLED:
         pytest.skip(f"{fw} is not installed")
@@ -53,18 +59,18 @@ def test_every_implementation_has_positive_timings(quick_run, fw):
     res = report["frameworks"][fw]
     assert "error" not in res, res.get("error")
     repeats = report["settings"]["repeats"]
-    assert [e["size"] for e in res["sizes"]] == [list(s) for s in bench.QUICK_SIZES]
+    assert [e["size"] for e in res["sizes"]] == [list(s) for s in dense.QUICK_SIZES]
     for entry in res["sizes"] + [res["dispatch"]]:
-        assert set(entry["results"]) == {i.key for i in bench.IMPLS[fw]}
+        assert set(entry["results"]) == {i.key for i in dense.IMPLS[fw]}
         for key, rec in entry["results"].items():
             assert "error" not in rec, (key, rec["error"])
             assert rec["median_ms"] > 0
             assert 0 < rec["min_ms"] <= rec["q1_ms"] <= rec["median_ms"] <= rec["q3_ms"] <= rec["max_ms"]
             assert len(rec["samples_ms"]) == repeats
             assert rec["inner"] >= 1
-            if bench._impl(fw, key).smoothing:  # the same loss as smoothloss: like is compared with like
+            if dense._impl(fw, key).smoothing:  # the same loss as smoothloss: like is compared with like
                 assert rec["matches_smoothloss"], (key, rec["loss"], entry["results"]["smoothloss"]["loss"])
-    assert res["dispatch"]["size"] == list(bench.TINY)
+    assert res["dispatch"]["size"] == list(dense.TINY)
     for m in res["memory"]:  # quick mode: measured in-process, if the platform can reset the peak
         assert m["logits_mib"] > 0
         assert m.get("extra_mib") is None or m["extra_mib"] >= 0
@@ -73,10 +79,10 @@ def test_every_implementation_has_positive_timings(quick_run, fw):
 def test_summary_has_ratios_for_every_framework_and_size(quick_run):
     _, _, _, report = quick_run
     rows = {(r["framework"], tuple(r["size"])) for r in report["summary"]["ratios"]}
-    assert rows == {(fw, s) for fw in INSTALLED for s in bench.QUICK_SIZES}
+    assert rows == {(fw, s) for fw in INSTALLED for s in dense.QUICK_SIZES}
     for r in report["summary"]["ratios"]:
         assert r["vs_fastest"] > 0 and r["vs_main"] > 0
-        assert r["fastest_builtin"] in {i.key for i in bench.IMPLS[r["framework"]] if i.builtin}
+        assert r["fastest_builtin"] in {i.key for i in dense.IMPLS[r["framework"]] if i.builtin}
     assert {d["framework"] for d in report["summary"]["dispatch"]} == set(INSTALLED)
 
 
@@ -85,9 +91,9 @@ def test_markdown_has_a_row_per_implementation(quick_run):
     md = (out / "bench.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     for fw in INSTALLED:
-        for impl in bench.IMPLS[fw]:
-            for size in bench.QUICK_SIZES:
-                prefix = f"| {fw} | {bench.size_name(size)} ("
+        for impl in dense.IMPLS[fw]:
+            for size in dense.QUICK_SIZES:
+                prefix = f"| {fw} | {size_name(size)} ("
                 assert any(r.startswith(prefix) and f"| {impl.label} |" in r for r in rows), (fw, size, impl.label)
     assert "NO smoothing" in md or "tensorflow" not in INSTALLED
 
@@ -113,10 +119,10 @@ def test_plot_is_written(quick_run):
 
 
 def test_parse_sizes():
-    assert bench.parse_sizes("4096x10,1024X32000, 8×5,2*3") == [(4096, 10), (1024, 32000), (8, 5), (2, 3)]
+    assert dense.parse_sizes("4096x10,1024X32000, 8×5,2*3") == [(4096, 10), (1024, 32000), (8, 5), (2, 3)]
     for bad in ("", "4096", "ax10", "0x10", "4x1", "4x-3"):
         with pytest.raises(ValueError):
-            bench.parse_sizes(bad)
+            dense.parse_sizes(bad)
 
 
 @pytest.mark.parametrize(
@@ -152,7 +158,7 @@ def _fake_report() -> dict:
 
 def test_summary_targets_from_known_numbers():
     report = _fake_report()
-    summary = bench._summarise(report["frameworks"], [(1024, 32000), (4096, 1000)])
+    summary = dense.summarise(report["frameworks"])
     got = {(t["target"], t["where"]): (round(t["value"], 3), t["met"]) for t in summary["targets"]}
     assert got[("smoothloss ≤ 1.0× the fastest built-in", "torch 1024×32000 (vs timm)")] == (0.667, True)
     assert got[("smoothloss ≤ 0.5× the built-in at 1024×32000", "torch 1024×32000 (vs F.cross_entropy)")] == (0.333, True)
@@ -162,14 +168,12 @@ def test_summary_targets_from_known_numbers():
     assert got[("extra memory ≤ the built-in's", "torch 1024×32000 (vs F.cross_entropy)")] == (125.0, True)
     assert got[("tiny batch 32×10 dispatch ≤ 1.5× the built-in", "torch eager (vs F.cross_entropy)")] == (2.0, False)
     report["summary"] = summary
-    md = bench.markdown_tables(report)
+    md = cli.markdown_tables(report)
     assert "| torch | 1024×32000 (125.00) | torch F.cross_entropy(label_smoothing) | 300 |" in md
     assert "0.33×" in md and "**no**" in md
 
 
 # --------------------------------------------------------------------------- chunked linear cross-entropy
-
-from smoothloss import _bench_linear as linear  # noqa: E402
 
 LINEAR_FIELDS = ("time_s", "time_samples_s", "peak_mib", "peak_samples_mib", "peak_before_mib", "extra_mib", "loss")
 
@@ -178,11 +182,11 @@ def test_quick_run_measures_the_linear_path(quick_run):
     rc, _, _, report = quick_run
     lin = report["linear"]
     s = lin["settings"]
-    assert s["sizes"] == [list(size) for size in bench.QUICK_LINEAR_SIZES]
+    assert s["sizes"] == [list(size) for size in linear.QUICK_SIZES]
     assert s["repeats"] == 1 and s["chunk"] is None and s["smoothing"] == 0.1
     assert s["frameworks"] + s["skipped"] == ["torch"]
     assert [(e["framework"], e["size"]) for e in lin["results"]] == [
-        (fw, list(size)) for fw in s["frameworks"] for size in bench.QUICK_LINEAR_SIZES
+        (fw, list(size)) for fw in s["frameworks"] for size in linear.QUICK_SIZES
     ]
     for e in lin["results"]:
         assert "errors" not in e, e["errors"]
@@ -203,18 +207,18 @@ def test_quick_run_measures_the_linear_path(quick_run):
     assert rc == 0
 
 
-def test_linear_markdown_in_bench_md_and_docs(quick_run):
+def test_linear_table_in_markdown_and_docs(quick_run):
     _, out, docs, report = quick_run
     for text in ((out / "bench.md").read_text(), docs.read_text()):
         assert "## Chunked linear cross-entropy" in text
         assert "| peak MiB unchunked | peak MiB chunked | peak ratio |" in text
         for e in report["linear"]["results"]:
-            assert any(line.startswith(f"| {e['framework']} | {linear.size_name(e['size'])} (")
+            assert any(line.startswith(f"| {e['framework']} | {size_name(e['size'])} (")
                        and line.count("×") >= 5 for line in text.splitlines())
 
 
 def _fake_linear_run(frameworks, sizes, chunk=None, repeats=3, **_):
-    """``_bench_linear.run`` without subprocesses: made-up runs, summarised for real."""
+    """``linear.run`` without subprocesses: made-up runs, summarised for real."""
 
     def rec(fw, mode, r, t, peak):
         return {"framework": fw, "mode": mode, "repeat": r, "time_s": t, "peak_mib": peak,
@@ -271,7 +275,7 @@ def test_linear_failure_is_reported(tmp_path, monkeypatch):
     assert "| torch | 8×4×16 (0) | default (8) | failed: MemoryError: boom |" in md
 
 
-@pytest.mark.parametrize("fw", linear.FRAMEWORKS)
+@pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_linear_steps_agree_in_process(fw):
     """The benchmark's own steps: both paths give the same loss and gradients in each framework."""
     if not linear.installed(fw):
@@ -308,7 +312,7 @@ def test_bad_linear_arguments_exit_2(argv, tmp_path):
     assert exc.value.code == 2
 
 
-def test_bench_linear_command_line(tmp_path, monkeypatch, capsys):
+def test_linear_command_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(linear, "run", _fake_linear_run)
     out = tmp_path / "linear.json"
     assert linear.main(["64", "8", "32", "16", "--frameworks", "torch,jax", "--repeats", "2",
@@ -323,3 +327,39 @@ def test_bench_linear_command_line(tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit) as exc:
             linear.main(bad)
         assert exc.value.code == 2
+
+
+def _imported_modules(module) -> set[str]:
+    """The modules that ``module``'s source imports, at the top or inside a function."""
+    names = set()
+    for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module)
+            if node.module in ("smoothloss", "smoothloss.bench"):  # from a package import its modules
+                names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_imports_point_one_way():
+    """cli -> dense, linear -> common: no cycle; the harness uses smoothloss's public names only
+    (and ``smoothloss._linear.CHUNK_BYTES``)."""
+    imports = {m: _imported_modules(m) for m in (cli, dense, linear, common)}
+
+    def bench_modules(m):
+        return {i for i in imports[m] if i.startswith("smoothloss.bench")}
+
+    assert bench_modules(common) == set()
+    assert bench_modules(dense) == bench_modules(linear) == {"smoothloss.bench.common"}
+    assert bench_modules(cli) == {"smoothloss.bench", "smoothloss.bench.dense", "smoothloss.bench.linear",
+                                  "smoothloss.bench.common"}
+    for m in imports:
+        private = {i for i in imports[m] if i.startswith(("smoothloss._", "smoothloss.backends"))}
+        assert private <= {"smoothloss._linear"}, (m.__name__, private)
+    # importing the package (``python -m smoothloss bench`` does) loads neither the harness nor a framework
+    code = ("import sys, smoothloss.bench\n"
+            "loaded = [m for m in sys.modules if m.startswith('smoothloss.bench.') or m in ('torch', 'jax', "
+            "'tensorflow')]\n"
+            "assert not loaded, loaded\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

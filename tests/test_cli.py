@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import smoothloss.__main__ as cli
 
@@ -41,3 +42,19 @@ def test_check_cases_cover_every_option_set():
     kinds = {c.targets for c in cli.check_cases("float64")}
     assert kinds == {"int", "prob"}
     assert np.any([c.K == 1000 for c in cli.check_cases("bfloat16")])
+
+
+def test_check_leaves_jax_x64_as_the_user_set_it():
+    """The float64 rows of ``check`` need JAX's x64 mode; the CLI switches it on for its
+    own block only, so the process's setting is what it was before (here: off)."""
+    pytest.importorskip("jax")
+    script = (
+        "import io, jax, smoothloss.__main__ as cli\n"
+        "assert not jax.config.jax_enable_x64\n"
+        "code = cli.check(frameworks=('jax',), out=io.StringIO())\n"
+        "assert code == 0, code\n"
+        "assert not jax.config.jax_enable_x64, 'check switched x64 on for the whole process'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr

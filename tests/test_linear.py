@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import smoothloss
-from smoothloss._linear import linear_cross_entropy, linear_cross_entropy_and_grad
+from smoothloss import linear_cross_entropy, linear_cross_entropy_and_grad
 from smoothloss.backends import array_namespace
 from smoothloss.testing import rel_err, tolerance
 
@@ -444,7 +444,7 @@ def test_tensorflow_adapter_with_variables():
 def test_torch_in_place_weight_accumulation_matches_the_composition():
     """The torch-native addmm_ accumulation of d_weight against the Array-API composition."""
     torch = pytest.importorskip("torch")
-    from smoothloss.backends.primitives import native_kernels
+    from smoothloss.backends import native_kernels
 
     h, w, b, y = (torch.as_tensor(a) for a in _data((13,), {}, True, seed=16))
     native = linear_cross_entropy_and_grad(h, w, y, bias=b, chunk_size=4, label_smoothing=0.1)

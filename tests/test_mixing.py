@@ -29,7 +29,7 @@ def timm_one_hot(labels, num_classes, on_value=1.0, off_value=0.0):
     return out
 
 
-def timm_mixup_target(labels, num_classes, lam=1.0, smoothing=0.0):
+def timm_mixup_target(labels, num_classes, lam=1.0, label_smoothing=0.0):
     """timm mixup_target: smooth with ε/K, then λ·y + (1-λ)·y.flip(0)."""
     off = smoothing / num_classes
     on = 1.0 - smoothing + off
@@ -198,7 +198,7 @@ def test_mixup_target_matches_timm(backend, batch, smoothing):
     labels = rng.integers(0, K, batch)
     y = backend.asarray(labels)
     # a Python λ for the batch
-    out = backend.call(lambda y: smoothloss.mixup_target(y, K, lam=0.3, smoothing=smoothing), y)
+    out = backend.call(lambda y: smoothloss.mixup_target(y, K, lam=0.3, label_smoothing=smoothing), y)
     assert_native(backend, out, y)
     assert backend.dtype_name(out) == "float32"
     np.testing.assert_allclose(backend.to_numpy(out), timm_mixup_target(labels, K, 0.3, smoothing), rtol=1e-6)
@@ -207,13 +207,13 @@ def test_mixup_target_matches_timm(backend, batch, smoothing):
     expected = timm_mixup_target(labels, K, lam[:, None], smoothing)
     for shape in ((batch,), (batch, 1)):
         out = backend.call(
-            lambda y, lam: smoothloss.mixup_target(y, K, lam=lam, smoothing=smoothing), y,
+            lambda y, lam: smoothloss.mixup_target(y, K, lam=lam, label_smoothing=smoothing), y,
             backend.asarray(lam.reshape(shape)),
         )
         np.testing.assert_allclose(backend.to_numpy(out), expected, rtol=1e-6)
     np.testing.assert_allclose(backend.to_numpy(out).sum(-1), 1.0, rtol=1e-6)
     # λ = 1: the smoothed one-hot itself (timm's one_hot with ε/K off, 1-ε+ε/K on)
-    plain = backend.to_numpy(smoothloss.mixup_target(y, K, smoothing=smoothing))
+    plain = backend.to_numpy(smoothloss.mixup_target(y, K, label_smoothing=smoothing))
     np.testing.assert_array_equal(plain, timm_one_hot(labels, K, 1 - smoothing + smoothing / K, smoothing / K))
     if batch % 2:  # the middle example is its own partner: its target is not mixed
         np.testing.assert_allclose(backend.to_numpy(out)[batch // 2], plain[batch // 2], rtol=1e-6)
@@ -304,7 +304,7 @@ H, W, C, K = 8, 10, 2, 5
 def _traced_step(layout, smoothing):
     def step(x, y, lam, box, cut):
         mixed = smoothloss.mix_images(x, lam=lam, box=box, cutmix=cut, layout=layout)
-        return mixed, smoothloss.mixup_target(y, K, lam=lam, smoothing=smoothing)
+        return mixed, smoothloss.mixup_target(y, K, lam=lam, label_smoothing=smoothing)
 
     return step
 
@@ -579,7 +579,7 @@ def test_mixup_cross_entropy_equals_dense_path(backend, case):
         return smoothloss.mixup_cross_entropy(x, y, lam=lam, index=index, axis=axis, weight=weight, **options)
 
     def dense(x, y, lam, index):
-        t = smoothloss.mixup_target(y, Kc, lam=lam, smoothing=0.0, index=index, dtype=x.dtype)
+        t = smoothloss.mixup_target(y, Kc, lam=lam, label_smoothing=0.0, index=index, dtype=x.dtype)
         if axis != -1:
             t = smoothloss.backends.array_namespace(t).moveaxis(t, -1, axis)
         return smoothloss.cross_entropy(x, t, axis=axis, weight=weight, **options)
@@ -607,7 +607,7 @@ def test_mixup_cross_entropy_float32_and_smoothing_in_target(backend):
     y = backend.asarray(rng.integers(0, 10, 6))
     lam = backend.asarray(rng.uniform(size=6).astype(np.float32))
     a = smoothloss.mixup_cross_entropy(x, y, lam=lam, label_smoothing=0.1)
-    b = smoothloss.cross_entropy(x, smoothloss.mixup_target(y, 10, lam=lam, smoothing=0.1))
+    b = smoothloss.cross_entropy(x, smoothloss.mixup_target(y, 10, lam=lam, label_smoothing=0.1))
     assert backend.dtype_name(a) == "float32"
     assert rel_err(backend.to_numpy(a), backend.to_numpy(b)) <= 1e-6
 
@@ -630,7 +630,7 @@ def test_mixup_cross_entropy_saves_no_class_sized_target():
     assert big and all(t.data_ptr() == x.data_ptr() for t in big)  # only the logits themselves
     loss.backward()
     x_dense = x.detach().clone().requires_grad_(True)
-    dense = smoothloss.cross_entropy(x_dense, smoothloss.mixup_target(y, 1000, lam=lam, smoothing=0.1))
+    dense = smoothloss.cross_entropy(x_dense, smoothloss.mixup_target(y, 1000, lam=lam, label_smoothing=0.1))
     dense.backward()
     torch.testing.assert_close(loss, dense)
     torch.testing.assert_close(x.grad, x_dense.grad)

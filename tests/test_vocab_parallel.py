@@ -209,16 +209,20 @@ def test_torch_requires_process_group() -> None:
 
 def test_core_single_shard_equals_unsharded() -> None:
     """With one shard (identity collectives) the backend-neutral core is the plain loss, on NumPy."""
-    from smoothloss._vocab_parallel import vocab_parallel_backward, vocab_parallel_forward, vocab_parallel_options
+    from smoothloss._vocab_parallel import options, vocab_parallel_backward, vocab_parallel_forward
+    from smoothloss.backends import framework
 
     logits, labels = _data(1)
     for eps, conv, ignore, z, extra in CASES:
         y = _labels(labels, ignore)
         for red in REDUCTIONS:
             kw = dict(label_smoothing=eps, convention=conv, ignore_index=ignore, reduction=red, z_loss=z, **extra)
-            opts = vocab_parallel_options(K, **kw)
-            loss, lse, scale = vocab_parallel_forward(logits, y, 0, opts, lambda a: a, lambda a: a)
-            grad = vocab_parallel_backward(logits, y, 0, opts, lse, scale, np.ones_like(loss) if red == "none" else 1.0)
+            opts = options(K, **kw)
+            fw = framework(logits)
+            loss, lse, scale = vocab_parallel_forward(fw, logits, y, 0, K, opts, lambda a: a, lambda a: a)
+            grad = vocab_parallel_backward(
+                fw, logits, y, 0, K, opts, lse, scale, np.ones_like(loss) if red == "none" else 1.0
+            )
             ref, ref_g = smoothloss.cross_entropy_and_grad(logits, y, **kw)
             np.testing.assert_allclose(loss, ref, rtol=0, atol=TOL)
             np.testing.assert_allclose(grad, ref_g, rtol=0, atol=TOL)

@@ -1,42 +1,38 @@
-"""Per-framework machinery: namespace dispatch, tracing detection, device lookup.
+"""One place that answers "which framework is this array from".
 
-Nothing here imports a framework at module level. A framework is recognised only
-when it is already in ``sys.modules`` (the caller handed us one of its arrays), the
-way array-api-compat and einops do it.
+:func:`framework` returns one cached binding object per framework
+(:class:`~smoothloss.backends._base.Framework`): the namespace, the test for arrays
+whose values cannot be read now, the native kernels, the chunk loop and the gradient
+bindings of the dense, chunked and vocab-parallel losses. :func:`bind` also applies
+each framework's rule for mixed inputs.
+
+Nothing here imports a framework at module level: a framework is recognised only when
+it is already in ``sys.modules`` (the caller handed us one of its arrays), as
+array-api-compat and einops do it, and its binding module
+(``smoothloss.backends.torch``, ``.jax``, ``.tensorflow``) is imported on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
 import array_api_compat
 
-__all__ = [
-    "array_namespace", "as_arrays", "custom_gradient", "device", "dynamic_shape", "framework_name", "is_traced", "is_tensorflow",
-]
+from smoothloss.backends._base import Framework, native_kernels, use_native_kernels
 
+__all__ = ["Framework", "array_namespace", "bind", "framework", "framework_name", "native_kernels", "use_native_kernels"]
 
-def is_tensorflow(x: Any) -> bool:
-    """True for ``tf.Tensor`` / ``tf.Variable`` (without importing TensorFlow)."""
-    tf = sys.modules.get("tensorflow")
-    if tf is None:
-        return False
-    return isinstance(x, (tf.Tensor, tf.Variable))
-
-
-def as_arrays(*arrays: Any) -> tuple[Any, ...]:
-    """The arrays, with a ``tf.Variable`` read into a ``tf.Tensor`` (which has ``ndim``
-    and the operators the core needs); everything else is returned as it is."""
-    tf = sys.modules.get("tensorflow")
-    if tf is None:
-        return arrays
-    return tuple(tf.convert_to_tensor(a) if isinstance(a, tf.Variable) else a for a in arrays)
+_BOUND: dict[str, Framework] = {}
+_FOREIGN = (bool, int, float)
 
 
 def framework_name(x: Any) -> str:
-    """A short name of the library an array comes from, for error messages."""
-    if is_tensorflow(x):
+    """A short name of the library an array comes from: "torch", "jax", "tensorflow",
+    "numpy", "array_api_strict", or the top-level module of its type."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(x, (tf.Tensor, tf.Variable)):
         return "tensorflow"
     if array_api_compat.is_torch_array(x):
         return "torch"
@@ -47,72 +43,69 @@ def framework_name(x: Any) -> str:
     return type(x).__module__.split(".")[0]
 
 
-def array_namespace(*arrays: Any) -> Any:
-    """The Array-API namespace shared by ``arrays`` (``None`` entries are skipped).
+def _binding(name: str, example: Any) -> Framework:
+    fw = _BOUND.get(name)
+    if fw is None:
+        if name in ("torch", "jax", "tensorflow"):
+            fw = importlib.import_module(f"smoothloss.backends.{name}").binding()
+        else:
+            fw = Framework(array_api_compat.array_namespace(example), name)
+        _BOUND[name] = fw
+    return fw
 
-    Raises ``TypeError`` naming the libraries when arrays from two frameworks are mixed.
+
+def _scalar(a: Any) -> bool:
+    """None or a Python scalar (NumPy scalars, which subclass float, are arrays here)."""
+    return a is None or type(a) in _FOREIGN
+
+
+def _arrays(arrays: tuple[Any, ...]) -> list[Any]:
+    return [a for a in arrays if not _scalar(a)]
+
+
+def framework(*arrays: Any) -> Framework:
+    """The binding of the framework the arrays come from (``None`` and Python scalars
+    are skipped; NumPy arrays next to JAX or TensorFlow arrays count as theirs).
+
+    Raises ``TypeError`` naming the libraries when arrays of two frameworks are mixed.
     """
-    arrays = tuple(a for a in arrays if a is not None and not isinstance(a, (int, float, bool)))
-    names = {framework_name(a) for a in arrays}
+    given = _arrays(arrays)
+    if not given:
+        raise TypeError("expected at least one array")
+    names = {framework_name(a) for a in given}
     if len(names) > 1:
-        raise TypeError(
-            f"arrays from different frameworks were mixed: {sorted(names)}; "
-            "pass logits, targets and weight from one framework"
-        )
-    if names == {"tensorflow"}:
-        from smoothloss.backends import tensorflow_namespace
-
-        return tensorflow_namespace
-    return array_api_compat.array_namespace(*arrays)
-
-
-def device(x: Any) -> Any:
-    """The device an array lives on (TensorFlow included)."""
-    if is_tensorflow(x):
-        return x.device
-    return array_api_compat.device(x)
+        joined = names - {"numpy"}
+        if len(joined) != 1 or not joined & {"jax", "tensorflow"}:
+            raise TypeError(
+                f"arrays from different frameworks were mixed: {sorted(names)}; "
+                "pass logits, targets and weight from one framework (JAX and TensorFlow "
+                "accept NumPy arrays next to their own; PyTorch does not)"
+            )
+        names = joined
+    (name,) = names
+    return _binding(name, next(a for a in given if framework_name(a) == name))
 
 
-def is_traced(x: Any) -> bool:
-    """True while ``x`` is being traced (jax.jit, tf.function, torch.compile).
+def bind(*arrays: Any) -> tuple[Framework, tuple[Any, ...]]:
+    """``(fw, arrays)``: the binding of the arrays' framework and the arrays made its own:
+    a ``tf.Variable`` read into a tensor, NumPy arrays next to JAX or TensorFlow arrays
+    converted to that framework's arrays (as optax and Keras accept them). ``None``
+    entries and Python scalars pass through."""
+    fw = framework(*arrays)
+    return fw, tuple(_own(fw, a) for a in arrays)
 
-    Checks that need values are skipped then: they would force a host sync or fail.
-    """
-    jax = sys.modules.get("jax")
-    if jax is not None and isinstance(x, jax.core.Tracer):
-        return True
-    if is_tensorflow(x):
+
+def _own(fw: Framework, a: Any) -> Any:
+    if _scalar(a):
+        return a
+    if fw.name == "tensorflow":
         tf = sys.modules["tensorflow"]
-        return not tf.executing_eagerly()
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
-    return False
+        return tf.convert_to_tensor(a) if not isinstance(a, tf.Tensor) else a
+    if fw.name == "jax" and array_api_compat.is_numpy_array(a):
+        return sys.modules["jax.numpy"].asarray(a)
+    return a
 
 
-def dynamic_shape(x: Any) -> Any:
-    """``x``'s shape: a tuple of ints, or, where an axis is unknown until run time (a
-    ``tf.function`` input), TensorFlow's run-time shape tensor, for ``reshape``."""
-    shape = tuple(x.shape)
-    if None in shape and is_tensorflow(x):
-        return sys.modules["tensorflow"].shape(x)
-    return shape
-
-
-def custom_gradient(x: Any) -> Any:
-    """The framework's cross-entropy with the closed-form gradient registered, or None.
-
-    ``f(logits, targets, weight, opts)`` from ``torch_autograd`` (torch.autograd.Function),
-    ``jax_vjp`` (jax.custom_vjp) or ``tf_gradient`` (tf.custom_gradient); None for NumPy
-    and array-api-strict, which have no autodiff.
-    """
-    name = framework_name(x)
-    if name == "torch":
-        from smoothloss.backends.torch_autograd import cross_entropy
-    elif name == "jax":
-        from smoothloss.backends.jax_vjp import cross_entropy
-    elif name == "tensorflow":
-        from smoothloss.backends.tf_gradient import cross_entropy
-    else:
-        return None
-    return cross_entropy
+def array_namespace(*arrays: Any) -> Any:
+    """The Array-API namespace shared by ``arrays`` (see :func:`framework`)."""
+    return framework(*arrays).xp

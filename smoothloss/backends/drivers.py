@@ -65,9 +65,9 @@ class Driver:
         raise NotImplementedError
 
     def device_of(self, x: Any) -> str:
-        from smoothloss.backends import device
+        from smoothloss.backends import framework
 
-        return str(device(x))
+        return str(framework(x).device(x) or "cpu")
 
 
 class NumpyDriver(Driver):

@@ -22,9 +22,9 @@ import tensorflow as tf
 __all__ = [
     # dtypes and their inspection
     "bool", "float16", "bfloat16", "float32", "float64", "int32", "int64",
-    "isdtype", "finfo", "astype",
+    "isdtype", "finfo", "iinfo", "astype",
     # creation (on a given device)
-    "asarray", "arange",
+    "asarray", "arange", "zeros_like", "ones_like",
     # element-wise
     "exp", "log", "log1p", "tanh", "where",
     # reductions
@@ -74,6 +74,19 @@ def finfo(dtype: Any) -> Any:
         bits=int(info.bits), eps=float(info.eps), max=float(info.max), min=float(info.min),
         smallest_normal=float(info.smallest_normal), dtype=tf.as_dtype(dtype),
     )
+
+
+def iinfo(dtype: Any) -> Any:
+    info = np.iinfo(tf.as_dtype(dtype).as_numpy_dtype)
+    return SimpleNamespace(bits=info.bits, min=int(info.min), max=int(info.max), dtype=dtype)
+
+
+def zeros_like(x: Any, /, *, dtype: Any = None, device: Any = None) -> Any:
+    return tf.zeros_like(x, dtype=dtype)
+
+
+def ones_like(x: Any, /, *, dtype: Any = None, device: Any = None) -> Any:
+    return tf.ones_like(x, dtype=dtype)
 
 
 def astype(x: Any, dtype: Any, /, *, copy: builtins.bool = True) -> Any:

@@ -6,14 +6,14 @@ to hidden *and* weight of
 
 * unchunked: ``smoothloss.cross_entropy(hidden @ weight.T, labels)``, whose N×V logits and
   their gradient exist at once;
-* chunked: ``smoothloss._linear.linear_cross_entropy(hidden, weight, labels, chunk_size=C)``
+* chunked: ``smoothloss.linear_cross_entropy(hidden, weight, labels, chunk_size=C)``
   (``C`` = None: the library's default, about 64 MiB of logits per chunk);
 
 in torch (``.backward()``), jax (``jax.jit(jax.value_and_grad(f, argnums=(0, 1)))``) and
 TensorFlow (a ``GradientTape`` inside ``tf.function``)::
 
-    python -m smoothloss._bench_linear 8192 1024 65536               # N H V [chunk_size]
-    python -m smoothloss._bench_linear 8192 1024 65536 512 --frameworks torch,jax --repeats 3
+    python -m smoothloss.bench.linear 8192 1024 65536               # N H V [chunk_size]
+    python -m smoothloss.bench.linear 8192 1024 65536 512 --frameworks torch,jax --repeats 3
 
 or as part of ``python -m smoothloss bench --linear NxHxV`` (``--only-linear`` for it alone).
 
@@ -57,13 +57,14 @@ from typing import Any
 
 import numpy as np
 
-from smoothloss._bench import _fmt_ratio
+from smoothloss.bench.common import (
+    FRAMEWORKS, MIB, fmt_ratio, framework_info, log, malloc_trim, measured_step, ratio, ru_maxrss, run_worker,
+    size_name, write_json,
+)
 
-FRAMEWORKS = ("torch", "jax", "tensorflow")
 MODES = ("unchunked", "chunked")
 SMOOTHING = 0.1
-QUICK_SIZES = ((256, 64, 1024),)
-MIB = float(1 << 20)
+QUICK_SIZES = ((256, 64, 1024),)  # ``python -m smoothloss bench --quick``
 
 
 # --------------------------------------------------------------------------- helpers
@@ -105,15 +106,6 @@ def parse_linear_sizes(text: str) -> list[tuple[int, int, int]]:
     if not sizes:
         raise ValueError("no linear sizes given")
     return sizes
-
-
-def size_name(size: Sequence[int]) -> str:
-    """``(8192, 1024, 65536)`` → ``"8192×1024×65536"``.
-
-    >>> size_name((4, 3, 5))
-    '4×3×5'
-    """
-    return "×".join(str(int(s)) for s in size)
 
 
 def logits_mib(size: Sequence[int]) -> float:
@@ -184,10 +176,9 @@ class Step:
 
 def _loss_fn(framework: str, mode: str, chunk: int | None, eps: float) -> Callable[[Any, Any, Any], Any]:
     import smoothloss
-    from smoothloss._linear import linear_cross_entropy
 
     if mode == "chunked":
-        return lambda h, w, y: linear_cross_entropy(h, w, y, label_smoothing=eps, chunk_size=chunk)
+        return lambda h, w, y: smoothloss.linear_cross_entropy(h, w, y, label_smoothing=eps, chunk_size=chunk)
     if mode != "unchunked":
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if framework == "tensorflow":
@@ -274,39 +265,28 @@ def measure(framework: str, mode: str, size: Sequence[int], chunk: int | None,
 
     Times in seconds, memory in MiB (see the module docstring for what each means).
     """
-    from smoothloss._bench import _framework_info, _malloc_trim, _reset_hwm, _rss_now_and_hwm, _ru_maxrss
-
     rec: dict[str, Any] = {
         "framework": framework, "mode": mode, "size": [int(s) for s in size], "chunk": chunk,
         "chunk_rows": chunk_rows(size, chunk) if mode == "chunked" else None,
         "logits_mib": logits_mib(size), "inputs_mib": inputs_mib(size),
     }
     step = build_step(framework, mode, *make_inputs(size), chunk=chunk, eps=eps)
-    rec["info"] = _framework_info(framework)
+    rec["info"] = framework_info(framework)
     gc.collect()
-    _malloc_trim()
-    ru_before_first = _ru_maxrss()
+    malloc_trim()
+    ru_before_first = ru_maxrss()
     t0 = time.perf_counter()
     out = step.run()
     rec["first_step_s"] = time.perf_counter() - t0
     rec["loss"] = step.loss(out)
     del out
     step.reset()
-    ru_after_first = _ru_maxrss()
-    gc.collect()
-    _malloc_trim()
-    if _reset_hwm():
-        before = _rss_now_and_hwm()[0]  # type: ignore[index]
-        t0 = time.perf_counter()
-        out = step.run()
-        seconds = time.perf_counter() - t0
-        peak = _rss_now_and_hwm()[1]  # type: ignore[index]
+    ru_after_first = ru_maxrss()
+    out, seconds, before, peak = measured_step(step.run)
+    if before is not None and peak is not None:
         rec["method"] = "second step: VmHWM reset after a warm-up step; before = VmRSS at the reset"
     else:
         before, peak = ru_before_first, ru_after_first
-        t0 = time.perf_counter()
-        out = step.run()
-        seconds = time.perf_counter() - t0
         rec["method"] = "ru_maxrss before/after the first step (compilation included); time of the second step"
     del out
     step.reset()
@@ -314,12 +294,12 @@ def measure(framework: str, mode: str, size: Sequence[int], chunk: int | None,
     rec["peak_mib"] = peak / MIB
     rec["peak_before_mib"] = before / MIB
     rec["extra_mib"] = max(0.0, (peak - before) / MIB)
-    rec["ru_maxrss_mib"] = _ru_maxrss() / MIB
+    rec["ru_maxrss_mib"] = ru_maxrss() / MIB
     return rec
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """The ``task: "linear"`` worker of ``python -m smoothloss._bench --worker``."""
+    """The ``task: "linear"`` worker of ``python -m smoothloss.bench --worker``."""
     try:
         return measure(spec["framework"], spec["mode"], tuple(spec["size"]), spec.get("chunk"),
                        spec.get("smoothing", SMOOTHING))
@@ -329,10 +309,6 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- runs (parent)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b <= 0 else a / b
 
 
 def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -369,9 +345,9 @@ def summarise_entry(framework: str, size: Sequence[int], chunk: int | None,
         "framework": framework, "size": [int(s) for s in size], "chunk": chunk,
         "chunk_rows": chunk_rows(size, chunk), "logits_mib": logits_mib(size),
         "inputs_mib": inputs_mib(size), "unchunked": u, "chunked": c,
-        "time_ratio": _ratio(c.get("time_s"), u.get("time_s")),
-        "peak_ratio": _ratio(c.get("peak_mib"), u.get("peak_mib")),
-        "extra_ratio": _ratio(c.get("extra_mib"), u.get("extra_mib")),
+        "time_ratio": ratio(c.get("time_s"), u.get("time_s")),
+        "peak_ratio": ratio(c.get("peak_mib"), u.get("peak_mib")),
+        "extra_ratio": ratio(c.get("extra_mib"), u.get("extra_mib")),
         "runs": runs,
     }
     if "loss" in u and "loss" in c:
@@ -382,10 +358,6 @@ def summarise_entry(framework: str, size: Sequence[int], chunk: int | None,
     return entry
 
 
-def _log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
 def run(frameworks: Sequence[str], sizes: Sequence[Sequence[int]], chunk: int | None = None, repeats: int = 3,
         eps: float = SMOOTHING, threads: int | None = None, timeout_s: float = 3600.0,
         on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -394,14 +366,12 @@ def run(frameworks: Sequence[str], sizes: Sequence[Sequence[int]], chunk: int | 
     Returns ``{"settings": ..., "results": [summarise_entry(...), ...]}``; frameworks that
     are not installed are listed under ``settings["skipped"]``.
     """
-    from smoothloss._bench import _run_worker
-
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     todo = [f for f in frameworks if installed(f)]
     skipped = [f for f in frameworks if f not in todo]
     for f in skipped:
-        _log(f"linear {f}: not installed, skipped")
+        log(f"linear {f}: not installed, skipped")
     settings = {
         "sizes": [[int(s) for s in size] for size in sizes], "frameworks": todo, "skipped": skipped,
         "chunk": chunk, "repeats": repeats, "smoothing": eps, "threads": threads, "dtype": "float32",
@@ -414,7 +384,7 @@ def run(frameworks: Sequence[str], sizes: Sequence[Sequence[int]], chunk: int | 
             runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
             for r in range(repeats):
                 for mode in (MODES if r % 2 == 0 else MODES[::-1]):
-                    rec = _run_worker({"task": "linear", "framework": fw, "mode": mode, "size": list(size),
+                    rec = run_worker({"task": "linear", "framework": fw, "mode": mode, "size": list(size),
                                        "chunk": chunk, "smoothing": eps, "threads": threads}, timeout_s)
                     rec.setdefault("framework", fw)
                     rec.setdefault("mode", mode)
@@ -425,7 +395,7 @@ def run(frameworks: Sequence[str], sizes: Sequence[Sequence[int]], chunk: int | 
                     else:
                         msg = (f"{rec['time_s']:.4g} s, peak {rec['peak_mib']:.1f} MiB "
                                f"(before {rec['peak_before_mib']:.1f}, extra {rec['extra_mib']:.1f})")
-                    _log(f"linear {fw:<10} {size_name(size):>16} {mode:<9} #{r + 1}: {msg}")
+                    log(f"linear {fw:<10} {size_name(size):>16} {mode:<9} #{r + 1}: {msg}")
                     if on_run is not None:
                         on_run(rec)
             results.append(summarise_entry(fw, size, chunk, runs))
@@ -485,9 +455,9 @@ def markdown(linear: dict[str, Any]) -> str:
             lines.append(head + f"| failed: {str(err)[:160]} | | | | | | | |")
             continue
         lines.append(
-            head + f"| {_fmt_s(u['time_s'])} | {_fmt_s(c['time_s'])} | {_fmt_ratio(e['time_ratio'])} "
-            f"| {_fmt_mib(u['peak_mib'])} | {_fmt_mib(c['peak_mib'])} | {_fmt_ratio(e['peak_ratio'])} "
-            f"| {_fmt_mib(u['extra_mib'])} → {_fmt_mib(c['extra_mib'])} | {_fmt_ratio(e['extra_ratio'])} |"
+            head + f"| {_fmt_s(u['time_s'])} | {_fmt_s(c['time_s'])} | {fmt_ratio(e['time_ratio'])} "
+            f"| {_fmt_mib(u['peak_mib'])} | {_fmt_mib(c['peak_mib'])} | {fmt_ratio(e['peak_ratio'])} "
+            f"| {_fmt_mib(u['extra_mib'])} → {_fmt_mib(c['extra_mib'])} | {fmt_ratio(e['extra_ratio'])} |"
         )
     if not linear["results"]:
         lines.append("| — | no framework measured | | | | | | | | | |")
@@ -505,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     """``N H V [chunk_size] [--frameworks ...] [--repeats R]``: one JSON line per run, then a
     summary line per framework; 1 if a run failed."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m smoothloss._bench_linear",
+    p = argparse.ArgumentParser(prog="python -m smoothloss.bench.linear",
                                 description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("n", type=int, help="rows N")
     p.add_argument("h", type=int, help="hidden size H")
@@ -543,8 +513,7 @@ def main(argv: list[str] | None = None) -> int:
               f"extra {c['extra_mib']:.0f} / {u['extra_mib']:.0f} MiB = {r['extra_ratio']}; "
               f"time {c['time_s']:.3g} / {u['time_s']:.3g} s = {r['time_ratio']} (median of {c['runs']})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1, default=str)
+        write_json(args.json, result)
     return 1 if failed(result) else 0
 
 

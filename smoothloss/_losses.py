@@ -1,0 +1,230 @@
+"""The public cross-entropies: each finds the framework binding of its inputs, checks
+the arguments and forwards to the binding, which registers the closed-form gradient
+(see :mod:`smoothloss._core` and :mod:`smoothloss._linear`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from smoothloss._core import backward, forward, validate
+from smoothloss._linear import chunked_backward, chunked_forward, prepare
+from smoothloss.backends import bind
+
+__all__ = ["cross_entropy", "cross_entropy_and_grad", "linear_cross_entropy", "linear_cross_entropy_and_grad"]
+
+
+def cross_entropy(
+    logits: Any,
+    targets: Any,
+    *,
+    axis: int = -1,
+    label_smoothing: float = 0.0,
+    convention: str = "uniform",
+    weight: Any = None,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    kl: bool = False,
+) -> Any:
+    r"""Cross-entropy against label-smoothed targets, on any Array-API backend.
+
+    With K classes and ε = ``label_smoothing`` the target distribution is
+    ``q = off + (on - off)·t`` where t is the one-hot of an integer label (or the given
+    probabilities), and ``(on, off) = (1-ε+ε/K, ε/K)`` for ``convention="uniform"`` or
+    ``(1-ε, ε/(K-1))`` for ``convention="others"``. Each position's loss is
+
+    ``ℓ = Σ_c w_c q_c (-log softmax(x)_c) + z_loss·lse(x)² [- Σ_c w_c q_c log q_c if kl]``
+
+    For integer labels the K-wide target is never built:
+    ``ℓ = (on-off)·w_y·(-log p_y) + off·Σ_c w_c (-log p_c)``.
+
+    Args:
+        logits: floating array; the classes lie along ``axis``. 16-bit logits are
+            upcast to float32 inside; the loss is then float32.
+        targets: integer class indices (logits' shape without ``axis``) or floating
+            probabilities (logits' shape). Both are smoothed.
+        axis: the class axis (1 for PyTorch's (N, C, d1, ...) layout).
+        label_smoothing: ε in [0, 1].
+        convention: ``"uniform"`` (ε/K to every class) or ``"others"`` (ε/(K-1) to
+            every non-target class).
+        weight: optional per-class weights of shape (K,), PyTorch semantics: the mean
+            of integer targets divides by Σ_valid w_y, of probabilities by the number
+            of positions.
+        ignore_index: integer label whose positions contribute 0 and leave the mean's
+            denominator. A mean over zero valid positions is 0.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (the logits' shape without ``axis``).
+        z_loss: coefficient of the ``lse²`` penalty (PaLM, t5x), added per valid position.
+        softcap: if given, ``logits ← softcap·tanh(logits/softcap)`` first (Gemma 2).
+        kl: subtract the entropy of q, so the minimum is 0 (t5x).
+
+    Returns:
+        The loss, an array of the logits' namespace and device. NumPy arrays given
+        next to JAX or TensorFlow logits join as that framework's arrays.
+
+    Example:
+        >>> import numpy as np, smoothloss
+        >>> logits = np.array([[2.0, 0.5, -1.0]])
+        >>> float(smoothloss.cross_entropy(logits, np.array([0]), label_smoothing=0.1))  # doctest: +ELLIPSIS
+        0.3913...
+
+    References:
+        Szegedy et al., "Rethinking the Inception Architecture" (2016), section 7;
+        PyTorch ``F.cross_entropy(label_smoothing=...)``; t5x ``compute_weighted_cross_entropy``.
+    """
+    fw, (logits, targets, weight) = bind(logits, targets, weight)
+    opts = validate(
+        fw, logits, targets, weight, axis=axis, label_smoothing=label_smoothing, convention=convention,
+        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+    )
+    return fw.cross_entropy(logits, targets, weight, opts)
+
+
+def cross_entropy_and_grad(
+    logits: Any,
+    targets: Any,
+    *,
+    axis: int = -1,
+    label_smoothing: float = 0.0,
+    convention: str = "uniform",
+    weight: Any = None,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    kl: bool = False,
+) -> tuple[Any, Any]:
+    r"""``(loss, dloss/dlogits)`` in one pass, the gradient in closed form.
+
+    ``dℓ/dx = (Σ_c a_c + 2·z_loss·lse)·softmax(x) - a`` with the per-class target mass
+    ``a_c = w_c q_c``, scaled by the reduction (1/denominator for ``"mean"``) and, with
+    ``softcap``, by ``1 - tanh²(x/softcap)``. For ``reduction="none"`` the gradient is
+    that of the sum of the per-position losses (each row's own gradient). The gradient
+    has the logits' dtype and layout. Arguments as in :func:`cross_entropy`.
+
+    Example:
+        >>> import numpy as np, smoothloss
+        >>> loss, g = smoothloss.cross_entropy_and_grad(np.zeros((1, 4)), np.array([2]))
+        >>> g.tolist()
+        [[0.25, 0.25, -0.75, 0.25]]
+    """
+    fw, (logits, targets, weight) = bind(logits, targets, weight)
+    opts = validate(
+        fw, logits, targets, weight, axis=axis, label_smoothing=label_smoothing, convention=convention,
+        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+    )
+    loss, lse, scale = forward(fw, logits, targets, weight, opts)
+    grad, _, _ = backward(fw, logits, targets, weight, opts, lse, scale, loss, 1.0)
+    return loss, grad
+
+
+def linear_cross_entropy(
+    hidden: Any,
+    weight: Any,
+    labels: Any,
+    *,
+    bias: Any = None,
+    chunk_size: int | None = None,
+    label_smoothing: float = 0.0,
+    convention: str = "uniform",
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> Any:
+    r"""``cross_entropy(hidden @ weight.T + bias, labels, ...)`` without the N×V logits.
+
+    The rows of ``hidden`` are processed ``chunk_size`` at a time: chunk c's logits
+    ``z_c = h_c @ W.T + b`` give each row's loss ``ℓ_n`` and log-sum-exp, and are dropped.
+    The loss is ``Σ_n ℓ_n / #valid rows`` (``"mean"``, 0 when no row is valid),
+    ``Σ_n ℓ_n`` (``"sum"``) or the ``ℓ_n`` (``"none"``), where ``ℓ_n`` is the label-smoothed
+    loss of :func:`smoothloss.cross_entropy`. In torch, JAX and TensorFlow the gradient is
+    registered: with ``g = dℓ/dz_c`` in closed form, ``dh_c = g @ W``,
+    ``dW = Σ_c g.T @ h_c``, ``db = Σ_c Σ_rows g``, made in the forward pass for
+    ``"mean"``/``"sum"`` (the backward scales them by the cotangent) and, for ``"none"``,
+    in the backward from each chunk's logits made again and the saved per-row
+    log-sum-exp. Peak memory is O(chunk_size·V) on top of the inputs and gradients,
+    instead of O(N·V).
+
+    Args:
+        hidden: floating (..., H); the leading axes are flattened into N rows.
+        weight: the projection (V, H), hidden's dtype.
+        labels: integer class indices of shape ``hidden.shape[:-1]``.
+        bias: optional (V,), hidden's dtype.
+        chunk_size: rows per chunk; default: as many as make about 64 MiB of logits
+            (at least 1). The result does not depend on it beyond float rounding.
+        label_smoothing: ε in [0, 1], as in :func:`smoothloss.cross_entropy`.
+        convention: ``"uniform"`` or ``"others"``, as in :func:`smoothloss.cross_entropy`.
+        ignore_index: label of rows that contribute 0, as in :func:`smoothloss.cross_entropy`.
+        z_loss: the ``lse²`` coefficient, as in :func:`smoothloss.cross_entropy`.
+        softcap: the logit soft cap, as in :func:`smoothloss.cross_entropy`.
+        reduction: ``"mean"`` (over the valid rows), ``"sum"`` or ``"none"`` (shape
+            ``hidden.shape[:-1]``).
+
+    Returns:
+        The loss, an array of hidden's namespace.
+
+    Example:
+        >>> import numpy as np, smoothloss
+        >>> from smoothloss import linear_cross_entropy
+        >>> rng = np.random.default_rng(0)
+        >>> h, W, y = rng.normal(size=(5, 4)), rng.normal(size=(7, 4)), np.array([0, 3, 6, 1, 2])
+        >>> chunked = linear_cross_entropy(h, W, y, chunk_size=2, label_smoothing=0.1)
+        >>> bool(np.isclose(chunked, smoothloss.cross_entropy(h @ W.T, y, label_smoothing=0.1)))
+        True
+    """
+    options = dict(
+        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+        reduction=reduction, z_loss=z_loss, softcap=softcap,
+    )
+    fw, (hidden, weight, labels, bias) = bind(hidden, weight, labels, bias)
+    hidden2, weight, labels1, bias, opts, chunk = prepare(fw, hidden, weight, labels, bias, chunk_size, options)
+    loss = fw.linear_cross_entropy(hidden2, weight, bias, labels1, opts, chunk)
+    if opts.reduction == "none":
+        loss = fw.xp.reshape(loss, fw.dynamic_shape(labels))
+    return loss
+
+
+def linear_cross_entropy_and_grad(
+    hidden: Any,
+    weight: Any,
+    labels: Any,
+    *,
+    bias: Any = None,
+    chunk_size: int | None = None,
+    label_smoothing: float = 0.0,
+    convention: str = "uniform",
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> tuple[Any, tuple[Any, Any, Any]]:
+    r"""``(loss, (d_hidden, d_weight, d_bias))`` of :func:`linear_cross_entropy`, chunked.
+
+    With ``g = dℓ/dz`` the core's closed-form gradient of a chunk's logits z:
+    ``d_hidden = g @ W`` (hidden's shape), ``d_weight = Σ_chunks g.T @ h``,
+    ``d_bias = Σ_rows g`` (None without a bias). For ``reduction="none"`` the gradients
+    are those of the sum of the per-row losses. Arguments as in :func:`linear_cross_entropy`.
+
+    Example:
+        >>> import numpy as np
+        >>> from smoothloss import linear_cross_entropy_and_grad
+        >>> h, W = np.zeros((2, 3)), np.ones((4, 3))
+        >>> loss, (dh, dW, db) = linear_cross_entropy_and_grad(h, W, np.array([1, 2]), bias=np.zeros(4))
+        >>> round(float(loss), 6), dh.shape, dW.shape, db.tolist()
+        (1.386294, (2, 3), (4, 3), [0.25, -0.25, -0.25, 0.25])
+    """
+    options = dict(
+        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+        reduction=reduction, z_loss=z_loss, softcap=softcap,
+    )
+    fw, (hidden, weight, labels, bias) = bind(hidden, weight, labels, bias)
+    hidden2, weight, labels1, bias, opts, chunk = prepare(fw, hidden, weight, labels, bias, chunk_size, options)
+    xp = fw.xp
+    loss, lse, scale, grads = chunked_forward(fw, hidden2, weight, bias, labels1, opts, chunk, (True, True, True))
+    if grads is None:  # reduction="none": a second pass, at cotangent 1 per row
+        grads = chunked_backward(fw, hidden2, weight, bias, labels1, opts, chunk, lse, scale, 1.0)
+    d_h, d_w, d_b = grads
+    if opts.reduction == "none":
+        loss = xp.reshape(loss, fw.dynamic_shape(labels))
+    return loss, (xp.reshape(d_h, fw.dynamic_shape(hidden)), d_w, d_b)

@@ -1,0 +1,155 @@
+"""What every framework binding has: the Array-API kernels, the value and device
+lookups, the chunk loop and the gradient-free losses. :class:`Framework` is the
+binding of NumPy and array-api-strict (no autodiff); torch, JAX and TensorFlow subclass
+it in their own modules. Imports no framework.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Any, Iterator
+
+import array_api_compat
+
+from smoothloss import _core, _linear
+
+__all__ = ["Framework", "Kernels", "native_kernels", "use_native_kernels"]
+
+_NATIVE = contextvars.ContextVar("smoothloss_native_kernels", default=True)
+
+
+@contextlib.contextmanager
+def native_kernels(enabled: bool) -> Iterator[None]:
+    """Use (or not) the framework-native kernels inside the block, in this thread or
+    task only (a :class:`contextvars.ContextVar`). A traced function keeps the choice
+    that was in force when it was traced."""
+    token = _NATIVE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _NATIVE.reset(token)
+
+
+def use_native_kernels() -> bool:
+    """Whether the framework-native kernels are in use here (see :func:`native_kernels`)."""
+    return _NATIVE.get()
+
+
+class Kernels:
+    """The core's hot-path kernels as Array-API compositions (the reference).
+
+    * ``logsumexp(x)``: log Σ_c exp(x_c) over the last axis.
+    * ``softmax_affine(x, lse, scale, shift, row_lse=True)``: scale·exp(x - lse) - shift,
+      ``lse`` per position (the row's own unless ``row_lse=False``), ``scale`` per
+      position (…, 1) or a float, ``shift`` anything that broadcasts against x.
+    * ``add_at_labels(g, labels, values)``: g with ``values`` (per position) added at
+      each position's label. Native versions may write into ``g`` (always a fresh array).
+    * ``add_matmul(acc, a, b)``: ``acc + a @ b`` in ``acc``'s dtype (``a @ b`` without acc).
+    """
+
+    def __init__(self, fw: "Framework") -> None:
+        self.fw = fw
+        self.xp = fw.xp
+
+    def logsumexp(self, x: Any) -> Any:
+        xp = self.xp
+        m = xp.max(x, axis=-1, keepdims=True)
+        return m[..., 0] + xp.log(xp.sum(xp.exp(x - m), axis=-1))
+
+    def softmax_affine(self, x: Any, lse: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
+        g = self.xp.exp(x - self.xp.expand_dims(lse, axis=-1))
+        return _affine(g, scale, shift)
+
+    def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
+        xp = self.xp
+        classes = xp.arange(g.shape[-1], dtype=labels.dtype, device=self.fw.device(labels))
+        hit = xp.expand_dims(labels, axis=-1) == classes
+        v = xp.expand_dims(values, axis=-1) if not isinstance(values, float) and values.ndim else values
+        return xp.where(hit, g + v, g)
+
+    def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
+        xp = self.xp
+        if acc is None:
+            return xp.matmul(a, b)
+        ab = xp.matmul(a, b)
+        return acc + (ab if ab.dtype == acc.dtype else xp.astype(ab, acc.dtype))
+
+
+def _affine(g: Any, scale: Any, shift: Any) -> Any:
+    """``g·scale - shift``, skipping a multiplication by 1 and a subtraction of 0."""
+    if not isinstance(scale, float) or scale != 1.0:
+        g = g * scale
+    if not isinstance(shift, float) or shift != 0.0:
+        g = g - shift
+    return g
+
+
+class Framework:
+    """One framework's binding. This base serves NumPy and array-api-strict: no
+    autodiff, so the losses are their forward passes."""
+
+    name = "array-api"
+    native_kernel_class = Kernels
+
+    def __init__(self, xp: Any, name: str | None = None) -> None:
+        self.xp = xp
+        if name is not None:
+            self.name = name
+        self.reference = Kernels(self)
+        self.native = self.native_kernel_class(self)
+
+    def __repr__(self) -> str:
+        return f"<smoothloss binding for {self.name}>"
+
+    # ------------------------------------------------------------------ arrays
+    @property
+    def kernels(self) -> Kernels:
+        """The native kernels, or the Array-API composition inside ``native_kernels(False)``."""
+        return self.native if _NATIVE.get() else self.reference
+
+    def is_concrete(self, x: Any) -> bool:
+        """Whether ``x``'s values can be read now without a host sync or an error."""
+        return True
+
+    def is_graph(self, x: Any) -> bool:
+        """Whether ``x`` belongs to a graph being built (its loops must be graph loops)."""
+        return False
+
+    def device(self, x: Any) -> Any:
+        """The device new arrays next to ``x`` go on."""
+        return array_api_compat.device(x)
+
+    def dynamic_shape(self, x: Any) -> Any:
+        """``x``'s shape for ``reshape`` (a run-time shape where an axis is unknown)."""
+        return tuple(x.shape)
+
+    @property
+    def index_dtype(self) -> Any:
+        """The integer dtype labels are widened to before any comparison or gather."""
+        return self.xp.int64
+
+    def holds_index(self, value: int) -> bool:
+        """Whether ``value`` fits the index dtype (else no label can equal it)."""
+        info = self.xp.iinfo(self.index_dtype)
+        return int(info.min) <= value <= int(info.max)
+
+    def index(self, labels: Any) -> Any:
+        """Integer labels in the index dtype (narrow dtypes would wrap at K)."""
+        dtype = self.index_dtype
+        return labels if labels.dtype == dtype else self.xp.astype(labels, dtype)
+
+    # ------------------------------------------------------------------ losses
+    def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
+        """The dense loss, its gradient registered where the framework has autodiff."""
+        return _core.forward(self, logits, targets, weight, opts)[0]
+
+    def linear_cross_entropy(
+        self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: _core.Options, chunk: int
+    ) -> Any:
+        """The chunked linear loss, its gradient registered where the framework has autodiff."""
+        return _linear.chunked_forward(self, hidden, weight, bias, labels, opts, chunk)[0]
+
+    def chunk_loop(self, *args: Any) -> Any:
+        """The loop over row chunks of the linear loss (a Python loop here)."""
+        return _linear.python_loop(self, *args)

@@ -1,0 +1,207 @@
+"""The TensorFlow binding: the declared namespace shim, graph-aware value checks, native
+kernels, the chunk loop as a ``tf.while_loop`` in graphs, and the closed-form gradients
+with ``tf.custom_gradient``.
+
+The dense loss's gradient function is written in TensorFlow ops on the saved inputs, so
+nested ``GradientTape``\\ s differentiate it again (second derivatives) and
+``tf.autodiff.ForwardAccumulator`` gets forward mode from it. The chunked linear loss
+supports first derivatives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from smoothloss import _core, _linear
+from smoothloss._formulas import compute_dtype
+from smoothloss.backends import tensorflow_namespace
+from smoothloss.backends._base import Framework, Kernels, _affine, native_kernels
+
+__all__ = ["TensorflowFramework"]
+
+
+class TensorflowKernels(Kernels):
+    """``tf.reduce_logsumexp``, ``tf.nn.softmax`` and ``tf.tensor_scatter_nd_add``."""
+
+    def logsumexp(self, x: Any) -> Any:
+        return tf.reduce_logsumexp(x, axis=-1)
+
+    def softmax_affine(self, x: Any, lse: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
+        if not row_lse:
+            return super().softmax_affine(x, lse, scale, shift, row_lse=False)
+        return _affine(tf.nn.softmax(x, axis=-1), scale, shift)
+
+    def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
+        shape = tf.shape(g)
+        flat_labels = tf.reshape(labels, (-1,))
+        rows = tf.range(tf.shape(flat_labels)[0], dtype=flat_labels.dtype)
+        values = tf.cast(values, g.dtype) if tf.is_tensor(values) else tf.constant(values, g.dtype)
+        updates = tf.reshape(tf.broadcast_to(values, tf.shape(labels)), (-1,))
+        flat = tf.tensor_scatter_nd_add(
+            tf.reshape(g, (-1, shape[-1])), tf.stack([rows, flat_labels], axis=1), updates
+        )
+        return tf.reshape(flat, shape)
+
+
+class TensorflowFramework(Framework):
+    name = "tensorflow"
+    native_kernel_class = TensorflowKernels
+
+    def is_concrete(self, x: Any) -> bool:
+        return bool(tf.executing_eagerly())
+
+    def is_graph(self, x: Any) -> bool:
+        return not tf.executing_eagerly()
+
+    def device(self, x: Any) -> Any:
+        return x.device
+
+    def dynamic_shape(self, x: Any) -> Any:
+        shape = tuple(x.shape)
+        return tf.shape(x) if None in shape else shape
+
+    def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
+        fw = self
+        floating = targets.dtype.is_floating
+
+        @tf.custom_gradient
+        def loss_fn(logits: Any, targets: Any, *maybe_weight: Any) -> Any:
+            w = maybe_weight[0] if maybe_weight else None
+            loss, lse, scale = _core.forward(fw, logits, targets, w, opts)
+
+            def grad(cotangent: Any) -> Any:
+                needs = (True, floating, w is not None)
+                if tf.executing_eagerly() and _recording():  # a tape watches the backward
+                    with native_kernels(False):
+                        l2, lse2, scale2 = _core.forward(fw, logits, targets, w, opts)
+                        g = _core.backward(fw, logits, targets, w, opts, lse2, scale2, l2, cotangent, needs)
+                else:
+                    g = _core.backward(fw, logits, targets, w, opts, lse, scale, loss, cotangent, needs)
+                return (g[0], g[1]) + ((g[2],) if w is not None else ())
+
+            return loss, grad
+
+        return loss_fn(logits, targets) if weight is None else loss_fn(logits, targets, weight)
+
+    def linear_cross_entropy(self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
+        fw = self
+        needs = (True, True, True) if _recording() else (False, False, False)
+
+        @tf.custom_gradient
+        def loss_fn(hidden: Any, weight: Any, *maybe_bias: Any) -> Any:
+            b = maybe_bias[0] if maybe_bias else None
+            loss, lse, scale, grads = _linear.chunked_forward(fw, hidden, weight, b, labels, opts, chunk, needs)
+
+            def grad(cotangent: Any) -> Any:
+                if grads is not None:
+                    d = tuple(None if g is None else g * tf.cast(cotangent, g.dtype) for g in grads)
+                else:
+                    d = _linear.chunked_backward(fw, hidden, weight, b, labels, opts, chunk, lse, scale, cotangent)
+                return d[:2] + ((d[2],) if b is not None else ())
+
+            return loss, grad
+
+        return loss_fn(hidden, weight) if bias is None else loss_fn(hidden, weight, bias)
+
+    def chunk_loop(self, *args: Any) -> Any:
+        if tf.executing_eagerly():
+            return _linear.python_loop(self, *args)
+        return _while_loop(self, *args)
+
+
+def binding() -> TensorflowFramework:
+    return TensorflowFramework(tensorflow_namespace)
+
+
+def _recording() -> bool:
+    """Whether a gradient may be asked for: inside a graph (where unused results are
+    pruned) always, eagerly while a tape records."""
+    if not tf.executing_eagerly():
+        return True
+    try:
+        from tensorflow.python.eager import record
+    except ImportError:  # private module moved: assume a tape
+        return True
+    return bool(record.could_possibly_record())
+
+
+def _while_loop(
+    fw: Any, step: Any, hidden: Any, weight: Any, bias: Any, labels: Any, row_opts: Any, chunk: int,
+    lse: Any, scale: Any, cotangent: Any, needs: tuple[bool, bool, bool],
+) -> tuple[Any, Any, Any, Any, Any]:
+    """The chunk loop inside a TensorFlow graph: a ``tf.while_loop`` calling the same
+    ``step``, per-row results in TensorArrays, the weight and bias gradients as
+    loop-carried sums.
+
+    A Python loop unrolled into the graph lets TensorFlow's executor run the chunks side
+    by side and hold their logits at once (measured: 0.73× the unchunked path's peak
+    memory instead of about 0.2); the while loop runs one chunk at a time
+    (``parallel_iterations=1``). With a static row count the loop takes the full chunks
+    with fixed-size slices (so ``jit_compile=True`` works) and the shorter last chunk
+    follows it; with a row count known only at run time (Keras's retrace after a
+    partial batch) every chunk is a ``[i, min(i + chunk, N))`` slice.
+    """
+    static = hidden.shape[0] is not None
+    n = int(hidden.shape[0]) if static else tf.shape(hidden)[0]
+    count = n // chunk if static else (n + chunk - 1) // chunk
+    acc = compute_dtype(fw.xp, hidden.dtype)
+    forward = lse is None
+    per_row = getattr(cotangent, "ndim", 0) > 0
+
+    def rows(a: Any, i: Any) -> Any:
+        if a is None:
+            return None
+        if static:  # a fixed-size slice
+            return tf.slice(a, [i] + [0] * (a.shape.rank - 1), [chunk] + a.shape[1:].as_list())
+        return a[i:tf.minimum(i + chunk, n)]
+
+    def call(i: Any, d_weight: Any, d_bias: Any, take: Any) -> Any:
+        return step(
+            fw, take(hidden, i), take(labels, i), weight, bias, row_opts, None if forward else take(lse, i), scale,
+            take(cotangent, i) if per_row else cotangent, needs, d_weight, d_bias,
+        )
+
+    def array(dtype: Any, shape: list[Any]) -> Any:
+        return tf.TensorArray(dtype, size=count, infer_shape=False, element_shape=tf.TensorShape(shape))
+
+    placeholder = tf.zeros((), acc)  # loop variables for the sums nobody asked for
+    start = (
+        tf.constant(0), array(acc, [None]), array(acc, [None]), array(hidden.dtype, [None, hidden.shape[-1]]),
+        tf.zeros(weight.shape, acc) if needs[1] else placeholder,
+        tf.zeros(weight.shape[:1], acc) if needs[2] else placeholder,
+    )
+
+    def body(k: Any, losses: Any, lses: Any, dhs: Any, d_weight: Any, d_bias: Any) -> Any:
+        loss_c, lse_c, dh_c, d_w, d_b = call(
+            k * chunk, d_weight if needs[1] else None, d_bias if needs[2] else None, rows
+        )
+        if forward:
+            losses, lses = losses.write(k, loss_c), lses.write(k, lse_c)
+        if needs[0]:
+            dhs = dhs.write(k, dh_c)
+        return (k + 1, losses, lses, dhs, d_w if needs[1] else d_weight, d_b if needs[2] else d_bias)
+
+    # parallel_iterations=1: by default up to 10 iterations, each with its chunk's logits, overlap
+    _, losses, lses, dhs, d_weight, d_bias = tf.while_loop(
+        lambda k, *_: k < count, body, start, parallel_iterations=1
+    )
+    parts = [[losses.concat()] if forward else [], [lses.concat()] if forward else [], [dhs.concat()] if needs[0] else []]
+    d_weight, d_bias = (d_weight if needs[1] else None), (d_bias if needs[2] else None)
+    if static and n % chunk:  # the shorter last chunk
+        loss_c, lse_c, dh_c, d_weight, d_bias = call(count * chunk, d_weight, d_bias, lambda a, i: a[i:])
+        for part, value, wanted in zip(parts, (loss_c, lse_c, dh_c), (forward, forward, needs[0])):
+            if wanted:
+                part.append(value)
+
+    def joined(part: list[Any]) -> Any:
+        return part[0] if len(part) == 1 else tf.concat(part, axis=0)
+
+    return (
+        joined(parts[0]) if forward else None,
+        joined(parts[1]) if forward else lse,
+        joined(parts[2]) if needs[0] else None,
+        d_weight,
+        d_bias,
+    )

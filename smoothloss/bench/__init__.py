@@ -1,0 +1,27 @@
+"""``python -m smoothloss bench``: smoothloss against each framework's own losses, in time and
+peak memory.
+
+* ``smoothloss.bench.dense``: label-smoothed cross-entropy on B×K logits, smoothloss against
+  torch, optax and Keras (timings interleaved in one subprocess per framework, memory in a
+  fresh subprocess per framework × implementation × size);
+* ``smoothloss.bench.linear``: ``linear_cross_entropy(hidden, weight, labels)`` against
+  ``cross_entropy(hidden @ weight.T, labels)`` (``--linear NxHxV``, ``--only-linear``), one
+  fresh subprocess per run; also ``python -m smoothloss.bench.linear N H V [chunk]`` alone;
+* ``smoothloss.bench.common``: what both share (the worker subprocess, the resident-set
+  probes, logging and formatting);
+* ``smoothloss.bench.cli``: the options, the ``--worker`` entry point of the subprocesses
+  (``python -m smoothloss.bench --worker SPEC``) and the report: ``bench.json``,
+  ``bench.md`` and ``bench.png`` in ``--out``, and with ``--docs PATH`` a Markdown page.
+
+``python -m smoothloss bench --help`` lists the options; ``python -m smoothloss.bench`` is the
+same command. Importing this package imports no framework and none of its modules.
+"""
+
+from __future__ import annotations
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m smoothloss bench`` with ``argv`` (default: ``sys.argv[1:]``); the exit status."""
+    from smoothloss.bench.cli import main as cli_main
+
+    return cli_main(argv)

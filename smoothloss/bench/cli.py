@@ -1,0 +1,377 @@
+"""``python -m smoothloss bench``: the command line, the worker entry point and the report.
+
+Parses the options, runs the dense harness (``smoothloss.bench.dense``) and the linear one
+(``smoothloss.bench.linear``), each measurement in a subprocess ``python -m smoothloss.bench
+--worker SPEC`` (dispatched by :func:`worker_entry`), and writes in ``--out`` ``bench.json``
+(every sample, machine and versions), ``bench.md`` (the tables) and ``bench.png`` (time
+against K, one panel per framework); with ``--docs PATH`` the same Markdown, with the
+machine description and the command that regenerates it, in PATH and the plot next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from smoothloss.bench import dense, linear
+from smoothloss.bench.common import FRAMEWORKS, PACKAGE_DIR, apply_threads, log, size_name, write_json
+
+SCHEMA = 1
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _mem_total_gib() -> float | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / (1 << 20), 1)
+    return None
+
+
+def _git_revision() -> str | None:
+    root = PACKAGE_DIR.parent
+    if not (root / ".git").exists():
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, timeout=10,
+        )
+        if out.returncode == 0:
+            return out.stdout.strip()
+    return None
+
+
+def _source_digest() -> str:
+    """sha256 (12 hex digits) of smoothloss's own sources, the benchmark excepted: which
+    code was measured, even in a working tree with uncommitted changes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(PACKAGE_DIR.rglob("*.py")):
+        rel = f.relative_to(PACKAGE_DIR)
+        if rel.parts[0] != "bench":
+            h.update(str(rel).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on (no framework is imported here)."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        affinity = os.cpu_count()
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "memory_gib": _mem_total_gib(),
+        "python": platform.python_version(),
+        "versions": {
+            d: _version(d)
+            for d in ("smoothloss", "numpy", "torch", "jax", "jaxlib", "optax", "tensorflow", "keras", "matplotlib")
+        },
+        "smoothloss_git": _git_revision(),
+        "smoothloss_source_sha256": _source_digest(),
+    }
+    with contextlib.suppress(OSError, AttributeError):
+        info["loadavg_start"] = [round(v, 2) for v in os.getloadavg()]
+    return info
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def worker_entry(argv: list[str]) -> int:
+    """``--worker SPEC``: run one measurement (``SPEC["task"]``) and write its JSON to ``SPEC["out"]``."""
+    spec = json.loads(argv[1])
+    apply_threads(spec["framework"], spec.get("threads"))
+    result = (linear.worker if spec["task"] == "linear" else dense.worker)(spec)
+    Path(spec["out"]).write_text(json.dumps(result))
+    return 0
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown_tables(report: dict[str, Any]) -> str:
+    """The results as Markdown: timings with memory, ratios and targets, dispatch; then the
+    chunked linear cross-entropy's table if it was measured (``--linear``)."""
+    parts = [dense.markdown(report)] if report["frameworks"] else []
+    if report.get("linear"):
+        parts.append(linear.markdown(report["linear"]))
+    return "\n".join(parts)
+
+
+def _machine_line(m: dict[str, Any]) -> str:
+    v = m["versions"]
+    vers = ", ".join(f"{k} {v[k]}" for k in ("torch", "jax", "optax", "tensorflow", "keras", "numpy") if v.get(k))
+    load = ""
+    if m.get("loadavg_start") and m.get("loadavg_end"):
+        load = f"; load average (1/5/15 min) {m['loadavg_start']} at start, {m['loadavg_end']} at end"
+    git = f"; smoothloss at git {m['smoothloss_git']}" if m.get("smoothloss_git") else ""
+    if m.get("smoothloss_source_sha256"):
+        git += f" (sources sha256 {m['smoothloss_source_sha256']})"
+    return (f"{m['cpu_model']}, {m['cpus_usable']} usable CPUs of {m['cpu_count']}, "
+            f"{m['memory_gib']} GiB RAM, {m['platform']}, Python {m['python']}; {vers}{git}{load}")
+
+
+def _threads_line(report: dict[str, Any]) -> str:
+    parts = []
+    for fw, res in report["frameworks"].items():
+        info = res.get("info", {})
+        if "torch_threads" in info:
+            n = info["torch_threads"]
+            parts.append(f"torch: {n} intra-op thread{'' if n == 1 else 's'}")
+        if "tf_intra_op_threads" in info:
+            n = info["tf_intra_op_threads"]
+            parts.append(f"TensorFlow: {n or 'automatic'} intra-op thread{'' if n == 1 else 's'}")
+        if fw == "jax" and "error" not in res:
+            threads = report["settings"].get("threads")
+            parts.append("XLA:CPU: " + ("multi-threaded Eigen off" if threads == 1 else "default threading"))
+    requested = report["settings"].get("threads")
+    head = f"--threads {requested}" if requested else "each framework's default threading"
+    return f"{head} ({', '.join(parts)})" if parts else head
+
+
+def docs_page(report: dict[str, Any], png_name: str | None, command: str) -> str:
+    m = report["machine"]
+    s = report["settings"]
+    if s.get("only_linear"):
+        parts = [
+            "# Benchmark: chunked linear cross-entropy", "", "Generated by:", "", "```bash", command, "```", "",
+            f"**Machine:** {_machine_line(m)}.", "", f"Run at {report['started']} in {report['elapsed_s']:.0f} s.",
+        ]
+        if report.get("note"):
+            parts += ["", f"**Note:** {report['note']}"]
+        return "\n".join([*parts, "", report["markdown"]])
+    parts = [
+        "# Benchmarks",
+        "",
+        "smoothloss's label-smoothed cross-entropy against each framework's own, forward+backward, "
+        "measured side by side in one run. Generated by:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"**Machine:** {_machine_line(m)}.",
+        "",
+        f"**Threads:** {_threads_line(report)}.",
+        "",
+        f"Run at {report['started']} in {report['elapsed_s']:.0f} s; {s['repeats']} interleaved samples per "
+        f"implementation and size after {s['warmup']} warm-up calls.",
+    ]
+    if report.get("note"):
+        parts += ["", f"**Note:** {report['note']}"]
+    parts += [
+        "",
+        "How it is measured: each framework runs in its own subprocess; within a size the implementations "
+        "are warmed up and then sampled in turn (A, B, C, B, C, A, …), each sample averaging enough steps to "
+        "last a few milliseconds. Memory: each framework × implementation × size runs in a fresh process; "
+        "after a warm-up on a small batch and one full-size step (compilation), the resident-set high-water "
+        "mark is reset and one more step is run; the peak minus the resident set before it is the step's extra "
+        "memory (the smaller of two such steps). Memory runs use a fixed glibc mmap threshold "
+        "(`MALLOC_MMAP_THRESHOLD_=262144`) so that large blocks are mapped and unmapped with each step, and "
+        "TensorFlow with `TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1`, as its default CPU allocator pools large blocks out "
+        "of sight of the resident set; timings use the default allocators. Throughput numbers on a shared "
+        "machine are noisy: compare the ratios, which come from one interleaved run, rather than absolute times.",
+        "",
+    ]
+    if png_name:
+        parts += [f"![forward+backward time against K]({png_name})", ""]
+    parts.append(report["markdown"])
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m smoothloss bench",
+        description="Time forward+backward and peak memory of smoothloss against each framework's own "
+        "label-smoothed cross-entropy; write JSON, a Markdown table and a PNG plot.",
+    )
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated BxK (default: 4096x10,4096x1000,1024x32000,256x128256; "
+                   "--quick: 64x10,256x1000)")
+    p.add_argument("--frameworks", default=None, help=f"comma-separated subset of {','.join(FRAMEWORKS)} "
+                   "(default: those installed)")
+    p.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
+    p.add_argument("--quick", action="store_true", help="CI mode: tiny sizes, few repeats, under a minute")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved samples per implementation "
+                   "(default 10; --quick 3)")
+    p.add_argument("--smoothing", type=float, default=0.1, help="label smoothing ε (default 0.1)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--no-tiny", action="store_true",
+                   help=f"skip the {size_name(dense.TINY)} dispatch-overhead timing")
+    p.add_argument("--docs", default=None, help="also write this Markdown page (e.g. docs/benchmarks.md), "
+                   "with the plot next to it")
+    p.add_argument("--note", default=None, help="a sentence to put in the docs page (e.g. about machine load)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for torch and TensorFlow (jax: only 1 is honoured, through XLA_FLAGS); "
+                   "default: each framework's own choice")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed to each subprocess")
+    g = p.add_argument_group(
+        "chunked linear cross-entropy",
+        "linear_cross_entropy(hidden, weight, labels) against cross_entropy(hidden @ weight.T, labels), "
+        "forward+backward, peak memory and time, each run a fresh process (see smoothloss.bench.linear)",
+    )
+    g.add_argument("--linear", default=None, metavar="NxHxV[,NxHxV...]",
+                   help="also run the linear benchmark for these sizes (default: none; --quick: "
+                   + ",".join("x".join(map(str, size)) for size in linear.QUICK_SIZES) + "); 'none' turns it off")
+    g.add_argument("--linear-frameworks", default="torch",
+                   help=f"comma-separated subset of {','.join(FRAMEWORKS)} for --linear (default: torch)")
+    g.add_argument("--linear-chunk", type=int, default=None,
+                   help="chunk_size of the chunked path (default: the library's default, about 64 MiB of logits)")
+    g.add_argument("--linear-repeats", type=int, default=None,
+                   help="fresh-process runs per path and size, the two paths alternated (default 3; --quick 1)")
+    g.add_argument("--only-linear", action="store_true",
+                   help="run only the linear benchmark: skip the frameworks' losses (--sizes, --frameworks, "
+                   "memory and tiny-batch timings); needs --linear or --quick")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 on success, 1 if any framework or implementation failed, 2 on bad arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        return worker_entry(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        sizes = (dense.parse_sizes(args.sizes) if args.sizes
+                 else list(dense.QUICK_SIZES if args.quick else dense.DEFAULT_SIZES))
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.frameworks:
+        wanted = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+        unknown = [f for f in wanted if f not in FRAMEWORKS]
+        if unknown:
+            parser.error(f"unknown framework(s) {unknown}; choose from {list(FRAMEWORKS)}")
+    else:
+        wanted = list(FRAMEWORKS)
+    try:
+        if args.linear is not None:
+            linear_sizes = linear.parse_linear_sizes(args.linear)
+        else:
+            linear_sizes = list(linear.QUICK_SIZES) if args.quick else []
+    except ValueError as exc:
+        parser.error(str(exc))
+    linear_fws = [f.strip() for f in args.linear_frameworks.split(",") if f.strip()]
+    unknown = [f for f in linear_fws if f not in FRAMEWORKS]
+    if unknown or not linear_fws:
+        parser.error(f"--linear-frameworks: unknown framework(s) {unknown}; choose from {list(FRAMEWORKS)}")
+    if args.linear_chunk is not None and args.linear_chunk < 1:
+        parser.error("--linear-chunk must be >= 1")
+    linear_repeats = args.linear_repeats if args.linear_repeats is not None else (1 if args.quick else 3)
+    if linear_repeats < 1:
+        parser.error("--linear-repeats must be >= 1")
+    if args.only_linear:
+        if not linear_sizes:
+            parser.error("--only-linear needs --linear NxHxV (or --quick)")
+        sizes, wanted = [], []
+    if not 0.0 <= args.smoothing <= 1.0:
+        parser.error("--smoothing must lie in [0, 1]")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 10)
+    if repeats < 1:
+        parser.error("--repeats must be >= 1")
+    frameworks = [f for f in wanted if dense.installed(f)]
+    skipped = [f for f in wanted if f not in frameworks]
+    for f in skipped:
+        log(f"{f}: not installed, skipped")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    settings = {
+        "sizes": [list(s) for s in sizes], "frameworks": frameworks, "skipped": skipped,
+        "smoothing": args.smoothing, "repeats": repeats, "warmup": 2 if args.quick else 3,
+        "min_sample_s": 0.002 if args.quick else 0.02, "tiny_min_sample_s": 0.005 if args.quick else 0.05,
+        "quick": args.quick, "memory": not args.no_memory, "tiny": not args.no_tiny, "threads": args.threads,
+        "memory_mode": "in-process (quick)" if args.quick else "fresh subprocess per framework×implementation×size",
+        "only_linear": args.only_linear,
+    }
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "command": "python -m smoothloss bench" + ("" if not argv else " " + shlex.join(argv)),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine_info(),
+        "settings": settings,
+        "note": args.note,
+        "frameworks": {},
+        "linear": None,
+    }
+    t_start = time.perf_counter()
+    report["frameworks"] = dense.run(settings, args.timeout)
+
+    failed = dense.failed(report["frameworks"])
+    if linear_sizes:
+        report["linear"] = linear.run(
+            linear_fws, linear_sizes, args.linear_chunk, linear_repeats, eps=args.smoothing,
+            threads=args.threads, timeout_s=args.timeout,
+        )
+        failed |= linear.failed(report["linear"])
+
+    with contextlib.suppress(OSError, AttributeError):
+        report["machine"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    report["elapsed_s"] = time.perf_counter() - t_start
+    report["summary"] = dense.summarise(report["frameworks"])
+    report["markdown"] = markdown_tables(report)
+
+    png = dense.plot(report, out_dir / "bench.png")
+    report["plot"] = png
+    if png is None and frameworks and importlib.util.find_spec("matplotlib") is None:
+        log("matplotlib is not installed: no plot (pip install 'smoothloss[bench]')")
+    write_json(out_dir / "bench.json", report)
+    (out_dir / "bench.md").write_text(
+        f"# smoothloss bench\n\n`{report['command']}`\n\n**Machine:** {_machine_line(report['machine'])}.\n\n"
+        f"**Threads:** {_threads_line(report)}.\n\n"
+        + ("![plot](bench.png)\n\n" if png else "") + report["markdown"]
+    )
+    if args.docs:
+        doc = Path(args.docs)
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        png_name = None
+        if png:
+            png_name = doc.with_suffix(".png").name
+            shutil.copyfile(png, doc.with_suffix(".png"))
+        doc.write_text(docs_page(report, png_name, report["command"]))
+        log(f"wrote {doc}" + (f" and {doc.with_suffix('.png')}" if png_name else ""))
+
+    print(report["markdown"])
+    print(f"JSON, Markdown and plot in {out_dir}/ ({report['elapsed_s']:.0f} s)")
+    return 1 if failed else 0
