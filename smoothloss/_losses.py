@@ -131,6 +131,7 @@ def linear_cross_entropy(
     reduction: str = "mean",
     z_loss: float = 0.0,
     softcap: float | None = None,
+    kl: bool = False,
 ) -> Any:
     r"""``cross_entropy(hidden @ weight.T + bias, labels, ...)`` without the N×V logits.
 
@@ -158,6 +159,7 @@ def linear_cross_entropy(
         ignore_index: label of rows that contribute 0, as in :func:`smoothloss.cross_entropy`.
         z_loss: the ``lse²`` coefficient, as in :func:`smoothloss.cross_entropy`.
         softcap: the logit soft cap, as in :func:`smoothloss.cross_entropy`.
+        kl: subtract the entropy of the smoothed target, as in :func:`smoothloss.cross_entropy`.
         reduction: ``"mean"`` (over the valid rows), ``"sum"`` or ``"none"`` (shape
             ``hidden.shape[:-1]``).
 
@@ -175,7 +177,7 @@ def linear_cross_entropy(
     """
     options = dict(
         label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
-        reduction=reduction, z_loss=z_loss, softcap=softcap,
+        reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
     )
     fw, (hidden, weight, labels, bias) = bind(hidden, weight, labels, bias)
     hidden2, weight, labels1, bias, opts, chunk = prepare(fw, hidden, weight, labels, bias, chunk_size, options)
@@ -198,6 +200,7 @@ def linear_cross_entropy_and_grad(
     reduction: str = "mean",
     z_loss: float = 0.0,
     softcap: float | None = None,
+    kl: bool = False,
 ) -> tuple[Any, tuple[Any, Any, Any]]:
     r"""``(loss, (d_hidden, d_weight, d_bias))`` of :func:`linear_cross_entropy`, chunked.
 
@@ -216,7 +219,7 @@ def linear_cross_entropy_and_grad(
     """
     options = dict(
         label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
-        reduction=reduction, z_loss=z_loss, softcap=softcap,
+        reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
     )
     fw, (hidden, weight, labels, bias) = bind(hidden, weight, labels, bias)
     hidden2, weight, labels1, bias, opts, chunk = prepare(fw, hidden, weight, labels, bias, chunk_size, options)

@@ -37,9 +37,9 @@ Deviation from optax, by design: in ``softmax_cross_entropy_with_integer_labels`
 label that points at a masked class is excluded with its class, so the integer loss
 equals ``softmax_cross_entropy(logits, one_hot(labels), where=where)`` for every ε.
 optax itself disagrees between its two functions there: its integer version reads the
-masked logit and returns ``logsumexp_W(x) - x_y``. Other differences: ``axis``,
-``where`` and ``label_smoothing`` are keyword-only; ``label_smoothing`` is a Python
-float in [0, 1]; eager calls check label values (``ValueError`` for labels outside
+masked logit and returns ``logsumexp_W(x) - x_y``. ``axis`` and ``where`` may be given
+positionally, as in optax. Other differences: ``label_smoothing`` is keyword-only and
+a Python float in [0, 1]; eager calls check label values (``ValueError`` for labels outside
 [0, K)), traced calls skip that check.
 
 Example:
@@ -176,9 +176,9 @@ def _probabilities(labels: jax.Array, dtype: Any) -> jax.Array:
 def softmax_cross_entropy(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
-    *,
     axis: Axis | None = -1,
     where: jax.typing.ArrayLike | None = None,
+    *,
     label_smoothing: float = 0.0,
 ) -> jax.Array:
     r"""Softmax cross-entropy against (optionally smoothed) probability targets, per example.
@@ -241,9 +241,9 @@ def softmax_cross_entropy(
 def softmax_cross_entropy_with_integer_labels(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
-    *,
     axis: Axis = -1,
     where: jax.typing.ArrayLike | None = None,
+    *,
     label_smoothing: float = 0.0,
 ) -> jax.Array:
     r"""Softmax cross-entropy against integer labels, optionally label-smoothed, per example.
@@ -333,7 +333,6 @@ def softmax_cross_entropy_with_integer_labels(
 def smooth_labels(
     labels: jax.typing.ArrayLike,
     alpha: jax.typing.ArrayLike,
-    *,
     axis: Axis | None = -1,
     where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
@@ -393,6 +392,7 @@ def linear_cross_entropy(
     reduction: str = "mean",
     z_loss: float = 0.0,
     softcap: float | None = None,
+    kl: bool = False,
 ) -> jax.Array:
     r"""The loss of ``hidden @ weight.T + bias`` without the N×V logits, as a JAX function.
 
@@ -400,11 +400,12 @@ def linear_cross_entropy(
     ``hidden`` (..., H), ``weight`` (V, H) (a Flax ``Dense`` kernel is (H, V): pass
     ``kernel.T``), integer ``labels`` of shape ``hidden.shape[:-1]``. Unlike the optax-style
     functions above it reduces (``"mean"`` over the valid positions by default), because
-    a scalar loss lets its ``jax.custom_vjp`` make the gradients for hidden, weight and
-    bias in the same pass over the row chunks as the loss; ``reduction="none"`` gives the
-    per-position losses and a backward that makes each chunk's logits again. The chunks
-    are a Python loop, unrolled under ``jit``; under ``jit``, XLA drops the gradients
-    nobody asks for.
+    a scalar loss lets its ``jax.custom_jvp`` make the gradients for hidden, weight and
+    bias in the same pass over the row chunks as the loss (forward and reverse mode);
+    ``reduction="none"`` gives the per-position losses and a ``custom_vjp`` (reverse mode
+    only) whose backward makes each chunk's logits again. The chunks run in a
+    ``lax.scan``; under ``jit``, XLA drops the gradients nobody asks for. Options as in
+    :func:`smoothloss.linear_cross_entropy`.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -422,5 +423,5 @@ def linear_cross_entropy(
     return smoothloss.linear_cross_entropy(
         hidden, weight, labels, bias=None if bias is None else jnp.asarray(bias), chunk_size=chunk_size,
         label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
-        reduction=reduction, z_loss=z_loss, softcap=softcap,
+        reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
     )

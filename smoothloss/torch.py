@@ -586,6 +586,7 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     chunk_size: int | None = None,
+    kl: bool = False,
 ) -> Tensor:
     r"""``cross_entropy(F.linear(input, weight, bias), target, ...)`` without the N×V logits.
 
@@ -615,6 +616,7 @@ def linear_cross_entropy(
             ``lse_square_scale``).
         softcap: if given, logits ← softcap·tanh(logits/softcap).
         chunk_size: rows per chunk (default: about 64 MiB of logits per chunk).
+        kl: subtract the entropy of the smoothed target, so the minimum is 0.
 
     Example:
         >>> import torch
@@ -641,7 +643,7 @@ def linear_cross_entropy(
     return _no_autocast(
         device_type, smoothloss.linear_cross_entropy, input, weight, _wide(target),
         bias=bias, chunk_size=chunk_size, label_smoothing=label_smoothing, convention=convention,
-        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap,
+        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
     )
 
 

@@ -500,3 +500,19 @@ def test_bad_input_raises_eagerly():
         slj.softmax_cross_entropy(jnp.zeros((2, 3), jnp.int32), jnp.ones((2, 3)))
     with pytest.raises(ValueError, match="alpha"):
         slj.smooth_labels(jnp.ones((2, 3)), -0.1)
+
+
+def test_axis_and_where_positional_as_in_optax():
+    """optax's signatures take ``axis`` and ``where`` positionally; so do the drop-ins."""
+    optax = pytest.importorskip("optax")
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 5)))
+    y = jnp.asarray([0, 4, 2, 1])
+    t = jax.nn.one_hot(y, 5, dtype=x.dtype)
+    where = jnp.asarray([True, True, False, True])
+    np.testing.assert_allclose(
+        slj.softmax_cross_entropy(x, t, -1, where), optax.softmax_cross_entropy(x, t, -1, where), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        slj.softmax_cross_entropy_with_integer_labels(x, y, -1, where),
+        optax.softmax_cross_entropy_with_integer_labels(x, y, -1, where), rtol=1e-12,
+    )

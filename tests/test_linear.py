@@ -473,3 +473,17 @@ def test_tensorflow_jit_compile():
     assert rel_err(loss, ref_loss) <= 1e-10
     for g, e in zip(grads, (ref_dh, ref_dw, ref_db)):
         assert rel_err(g, e) <= 1e-10
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("convention", ["uniform", "others"])
+def test_kl_option_matches_the_dense_loss(reduction, convention):
+    """``kl=True`` is one of the options the chunked loss shares with the dense one."""
+    rng = np.random.default_rng(5)
+    h, W, y = rng.normal(size=(7, 4)), rng.normal(size=(9, 4)), rng.integers(0, 9, size=7)
+    kw = dict(label_smoothing=0.2, convention=convention, reduction=reduction, kl=True)
+    got = linear_cross_entropy(h, W, y, chunk_size=3, **kw)
+    want = smoothloss.cross_entropy(h @ W.T, y, **kw)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    # with kl the minimum is 0: the loss against the smoothed target itself is >= 0
+    assert np.all(np.asarray(got) >= -1e-12)
