@@ -166,7 +166,7 @@ def check_label_values(fw: Any, labels: Any, num_classes: int, ignore_index: int
     """Eager-only: every label lies in [0, K) or equals ignore_index. Skipped for
     labels the framework ``fw`` cannot read without a host sync (tracers, meta and
     fake tensors, batched tensors under vmap)."""
-    if math.prod(labels.shape) == 0 or not fw.is_concrete(labels):
+    if not fw.is_concrete(labels) or math.prod(labels.shape) == 0:
         return
     xp = fw.xp
     bad = (labels < 0) | (labels >= num_classes)
