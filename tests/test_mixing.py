@@ -29,7 +29,7 @@ def timm_one_hot(labels, num_classes, on_value=1.0, off_value=0.0):
     return out
 
 
-def timm_mixup_target(labels, num_classes, lam=1.0, label_smoothing=0.0):
+def timm_mixup_target(labels, num_classes, lam=1.0, smoothing=0.0):
     """timm mixup_target: smooth with ε/K, then λ·y + (1-λ)·y.flip(0)."""
     off = smoothing / num_classes
     on = 1.0 - smoothing + off
@@ -225,7 +225,7 @@ def test_mixup_target_with_index_and_dtype(backend):
     lam = np.array([1.0, 0.5, 0.0, 0.25, 0.75])
     out = backend.call(
         lambda y, i, lam: smoothloss.mixup_target(
-            y, K, lam=lam, smoothing=0.2, index=i, dtype=backend.dtype("float64")
+            y, K, lam=lam, label_smoothing=0.2, index=i, dtype=backend.dtype("float64")
         ),
         backend.asarray(labels), backend.asarray(index), backend.asarray(lam),
     )
