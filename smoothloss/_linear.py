@@ -269,7 +269,7 @@ def prepare(
             f"got {tuple(labels.shape)}"
         )
     # -1: a TensorFlow graph's batch axis may be unknown until run time
-    n = -1 if None in lead else math.prod(int(s) for s in lead)
+    n = -1 if None in lead else math.prod([int(s) for s in lead])
     hidden2 = xp.reshape(hidden, (n, int(hidden.shape[-1])))
     labels1 = xp.reshape(labels, (n,))
     # the options are checked by the core on a zero-row logits probe (no N×V array)

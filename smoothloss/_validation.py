@@ -34,7 +34,7 @@ def check_nonnegative(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
     value = float(value)
-    if not (value >= 0.0 and math.isfinite(value)):
+    if not (0.0 <= value < math.inf):  # also rejects NaN; traceable by torch.compile
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return value
 
@@ -45,7 +45,7 @@ def check_softcap(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"softcap must be None or a Python float > 0, got {type(value).__name__}")
     value = float(value)
-    if not (value > 0.0 and math.isfinite(value)):
+    if not (0.0 < value < math.inf):  # also rejects NaN; traceable by torch.compile
         raise ValueError(f"softcap must be None or a finite number > 0, got {value}")
     return value
 
@@ -138,13 +138,13 @@ def renamed_smoothing(label_smoothing: Any, smoothing: Any, *, required: bool = 
 def check_options(
     *,
     axis: int,
-    label_smoothing: float,
-    convention: str,
-    ignore_index: int | None,
-    reduction: str,
-    z_loss: float,
-    softcap: float | None,
-    kl: bool,
+    label_smoothing: float = 0.0,
+    convention: str = "uniform",
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    kl: bool = False,
 ) -> Options:
     """The checks on Python values every cross-entropy shares, as :class:`Options`
     (``axis`` is taken as given: the caller normalises it against the logits' rank)."""

@@ -704,3 +704,22 @@ def test_binary_cross_entropy_under_torch_compile():
     a, ga = _value_and_grad(compiled, x)
     b, gb = _value_and_grad(lambda v: loss(v, y), x)
     assert rel_err(_np(a), _np(b)) <= 1e-12 and rel_err(_np(ga), _np(gb)) <= 1e-12
+
+
+def test_first_call_inside_a_fullgraph_compile():
+    """The torch binding is found and made even when smoothloss's very first call is
+    inside ``torch.compile(fullgraph=True)`` (a fresh process, nothing bound before)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, smoothloss\n"
+        "f = torch.compile(lambda x, y: smoothloss.cross_entropy(x, y, label_smoothing=0.1),"
+        " fullgraph=True, backend='eager')\n"
+        "x = torch.randn(4, 5, dtype=torch.float64); y = torch.tensor([0, 1, 2, 3])\n"
+        "want = torch.nn.functional.cross_entropy(x, y, label_smoothing=0.1)\n"
+        "assert torch.allclose(f(x, y), want, rtol=1e-12, atol=0), (f(x, y), want)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr

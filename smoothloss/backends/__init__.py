@@ -14,7 +14,6 @@ array-api-compat and einops do it, and its binding module
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Any
 
@@ -46,8 +45,18 @@ def framework_name(x: Any) -> str:
 def _binding(name: str, example: Any) -> Framework:
     fw = _BOUND.get(name)
     if fw is None:
-        if name in ("torch", "jax", "tensorflow"):
-            fw = importlib.import_module(f"smoothloss.backends.{name}").binding()
+        # plain import statements, not importlib: torch.compile can trace these when the
+        # first call to smoothloss happens inside a compiled function
+        if name == "torch":
+            from smoothloss.backends import torch as module
+        elif name == "jax":
+            from smoothloss.backends import jax as module
+        elif name == "tensorflow":
+            from smoothloss.backends import tensorflow as module
+        else:
+            module = None
+        if module is not None:
+            fw = module.binding()
         else:
             fw = Framework(array_api_compat.array_namespace(example), name)
         _BOUND[name] = fw

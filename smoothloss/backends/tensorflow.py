@@ -111,8 +111,11 @@ class TensorflowFramework(Framework):
         return _while_loop(self, *args)
 
 
+FW = TensorflowFramework(tensorflow_namespace)
+
+
 def binding() -> TensorflowFramework:
-    return TensorflowFramework(tensorflow_namespace)
+    return FW
 
 
 def _recording() -> bool:
