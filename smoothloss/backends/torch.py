@@ -4,21 +4,26 @@ functorch tensors, and the closed-form gradients as ``torch.autograd.Function``\
 The dense loss composes with every transform ``F.cross_entropy`` does: ``torch.func``
 (grad, vjp, jacrev, jacfwd, hessian, vmap: ``setup_context``, a generated vmap rule and
 a ``jvp``), forward-mode dual tensors, double backward (a backward that is itself
-differentiable while ``create_graph`` is on), gradcheck and gradgradcheck. The chunked
-linear and the vocab-parallel losses support first derivatives; differentiating their
-backward raises PyTorch's ``once_differentiable`` error.
+differentiable while ``create_graph`` is on), gradcheck and gradgradcheck, meta and
+fake tensors, ``torch.compile(fullgraph=True)`` (a variant without the ``jvp``, which
+Dynamo cannot trace) and ``torch.export``. The chunked linear and the vocab-parallel
+losses support first derivatives through ``torch.autograd``; differentiating their
+gradients raises a ``RuntimeError`` (PyTorch's ``once_differentiable`` message, always,
+not only when the cotangent requires grad), and so does calling them under a
+``torch.func`` transform.
 """
 
 from __future__ import annotations
 
+import contextlib
+import types
 from typing import Any
 
 import array_api_compat
 import torch
-from torch.autograd.function import once_differentiable
 
 from smoothloss import _core, _linear, _vocab_parallel
-from smoothloss.backends._base import Framework, Kernels, native_kernels
+from smoothloss.backends._base import Framework, Kernels, native_kernels, use_native_kernels
 
 __all__ = ["TorchFramework"]
 
@@ -58,20 +63,43 @@ class TorchKernels(Kernels):
 
 
 def _functorch_wrapped(x: Any) -> bool:
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(check is not None and check(x))
+    """Whether ``x`` is a torch.func wrapper (vmap's batched, grad's or jvp's tracking
+    tensor) or a legacy batched tensor (``torch.autograd.grad(..., is_grads_batched=True)``,
+    gradcheck's batched-gradient check).
+
+    Always False while Dynamo traces: it cannot call these C functions, and the tensors
+    it traces are its own proxies, never functorch wrappers."""
+    if torch.compiler.is_compiling():
+        return False
+    functorch = torch._C._functorch
+    for name in ("is_functorch_wrapped_tensor", "is_legacy_batchedtensor"):
+        check = getattr(functorch, name, None)
+        if check is not None and check(x):
+            return True
+    return False
+
+
+# Dynamo cannot trace ContextVar.get: while compiling, the kernels switch is read once,
+# at trace time, as a constant (a compiled function keeps the choice it was traced with).
+_native_kernels_in_force = torch.compiler.assume_constant_result(use_native_kernels)
 
 
 class TorchFramework(Framework):
     name = "torch"
     native_kernel_class = TorchKernels
 
+    @property
+    def kernels(self) -> Kernels:
+        if torch.compiler.is_compiling():
+            return self.native if _native_kernels_in_force() else self.reference
+        return self.native if use_native_kernels() else self.reference
+
     def is_concrete(self, x: Any) -> bool:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return False  # first: Dynamo cannot trace the functorch test below
         if x.device.type == "meta" or type(x) not in (torch.Tensor, torch.nn.Parameter):
             return False  # meta tensors and subclasses (FakeTensor, DTensor, ...) have no values here
-        if _functorch_wrapped(x):  # under torch.func: vmap's batched tensors cannot be read
-            return False
-        return not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+        return not _functorch_wrapped(x)  # under torch.func: vmap's batched tensors cannot be read
 
     def device(self, x: Any) -> Any:
         return x.device
@@ -79,15 +107,18 @@ class TorchFramework(Framework):
     def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
         if not _tracked(logits, targets, weight):  # inference: the forward alone
             return _core.forward(self, logits, targets, weight, opts)[0]
-        return CrossEntropyFunction.apply(logits, targets, weight, opts, self)[0]
+        function = _CompiledCrossEntropyFunction if torch.compiler.is_compiling() else CrossEntropyFunction
+        return function.apply(logits, targets, weight, opts, self)[0]
 
     def linear_cross_entropy(self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
+        _refuse_torch_func("smoothloss.linear_cross_entropy", hidden, weight, bias, labels)
         if not _tracked(hidden, weight, bias):
             return _linear.chunked_forward(self, hidden, weight, bias, labels, opts, chunk)[0]
         return LinearCrossEntropyFunction.apply(hidden, weight, bias, labels, opts, chunk, self)
 
     def vocab_parallel(self, local_logits: Any, labels: Any, offset: int, num_classes: int, opts: Any, group: Any) -> Any:
         """The vocab-parallel loss over ``torch.distributed`` ``group`` (two all-reduces)."""
+        _refuse_torch_func("smoothloss vocab_parallel_cross_entropy", local_logits, labels)
         if not _tracked(local_logits):
             return _vocab_parallel.vocab_parallel_forward(
                 self, local_logits, labels, offset, num_classes, opts, *_collectives(group)
@@ -95,13 +126,62 @@ class TorchFramework(Framework):
         return VocabParallelFunction.apply(local_logits, labels, offset, num_classes, opts, group, self)
 
 
+def _refuse_torch_func(name: str, *tensors: Any) -> None:
+    """A clear error for the first-order losses under torch.func (PyTorch's own names a
+    missing ``setup_context``): their gradients are made chunk by chunk, or with
+    collectives, by a backward that neither vmap nor forward mode can run."""
+    if any(t is not None and _functorch_wrapped(t) for t in tensors):
+        raise RuntimeError(
+            f"{name} does not support torch.func transforms (grad, vjp, jacrev, jacfwd, hessian, vmap) "
+            "or forward-mode AD: it has first derivatives through torch.autograd only "
+            "(loss.backward(), torch.autograd.grad). Under torch.func, use "
+            "smoothloss.cross_entropy on the logits (hidden @ weight.T + bias)."
+        )
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """The gradients of a first-order-only loss, made while ``create_graph`` is on, tied to
+    the tensors they depend on (the loss's inputs and the cotangent): differentiating
+    them raises. Without it they would come back as constants (PyTorch's
+    ``once_differentiable`` marks them only when the cotangent requires grad), and a
+    second derivative through them would silently be 0."""
+
+    @staticmethod
+    def forward(ctx: Any, name: str, count: int, *tensors: Any) -> Any:
+        ctx.name = name
+        return tuple(t.clone() for t in tensors[:count])
+
+    @staticmethod
+    def backward(ctx: Any, *_: Any) -> Any:
+        raise RuntimeError(
+            f"{ctx.name} has first derivatives only: trying to differentiate twice a function that was "
+            "marked with @once_differentiable (its backward is a closed form that autograd cannot "
+            "differentiate again). For second derivatives (double backward, Hessian-vector products, "
+            "gradgradcheck) use smoothloss.cross_entropy on the logits."
+        )
+
+
+def _first_order_only(name: str, grads: tuple[Any, ...], depends_on: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``grads`` as they are without ``create_graph``; with it, tied by :class:`_FirstOrderOnly`."""
+    if not torch.is_grad_enabled():
+        return grads
+    given = [g for g in grads if g is not None]
+    if not given:
+        return grads
+    tied = iter(_FirstOrderOnly.apply(name, len(given), *given, *(t for t in depends_on if t is not None)))
+    return tuple(None if g is None else next(tied) for g in grads)
+
+
 def _tracked(*tensors: Any) -> bool:
     """Whether autograd, forward-mode AD or a torch.func transform may differentiate."""
+    compiling = torch.compiler.is_compiling()
     for t in tensors:
         if t is None:
             continue
         if torch.is_grad_enabled() and t.requires_grad:
             return True
+        if compiling:  # Dynamo: neither test below traces; forward AD is not compiled
+            continue
         if _functorch_wrapped(t) or torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
             return True
     return False
@@ -118,7 +198,9 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(logits: Any, targets: Any, weight: Any, opts: _core.Options, fw: TorchFramework) -> Any:
         loss, lse, scale = _core.forward(fw, logits, targets, weight, opts)
-        return loss, lse, torch.as_tensor(scale, dtype=lse.dtype, device=lse.device)
+        if not isinstance(scale, torch.Tensor):  # torch.full keeps a symbolic float (1/N) symbolic
+            scale = torch.full((), scale, dtype=lse.dtype, device=lse.device)
+        return loss, lse, scale
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
@@ -138,6 +220,11 @@ class CrossEntropyFunction(torch.autograd.Function):
             with native_kernels(False):
                 loss, lse, scale = _core.forward(fw, logits, targets, weight, opts)
                 grads = _core.backward(fw, logits, targets, weight, opts, lse, scale, loss, cotangent, needs)
+        elif any(_functorch_wrapped(t) for t in (cotangent, logits, targets, weight) if t is not None):
+            # under vmap (batched gradients, jacrev): the native kernels write in place,
+            # which vmap refuses where a batched operand meets an unbatched result
+            with native_kernels(False):
+                grads = _core.backward(fw, logits, targets, weight, opts, lse, scale, loss, cotangent, needs)
         else:
             grads = _core.backward(fw, logits, targets, weight, opts, lse, scale, loss, cotangent, needs)
         return (*grads, None, None)
@@ -148,6 +235,14 @@ class CrossEntropyFunction(torch.autograd.Function):
         with native_kernels(False):
             _, tangent = _core.jvp(ctx.fw, logits, targets, weight, ctx.opts, (t_logits, t_targets, t_weight))
         return tangent, None, None
+
+
+class _CompiledCrossEntropyFunction(CrossEntropyFunction):
+    """:class:`CrossEntropyFunction` without its ``jvp``, for Dynamo: torch.compile cannot
+    trace an ``autograd.Function`` with a custom ``jvp`` (it would break the graph, an
+    error under ``fullgraph=True``). Compiled graphs are differentiated in reverse mode."""
+
+    jvp = staticmethod(torch.autograd.Function.jvp)
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
@@ -168,17 +263,22 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, cotangent: Any) -> Any:
-        grads, ctx.grads = ctx.grads, None
-        if grads is None:
-            hidden, weight, bias, labels, lse = ctx.saved_tensors
-            needs = tuple(ctx.needs_input_grad[:3])
-            grads = _linear.chunked_backward(
-                ctx.fw, hidden, weight, bias, labels, ctx.opts, ctx.chunk, lse, ctx.scale, cotangent, needs
-            )
-        else:
-            grads = tuple(None if g is None else g.mul_(cotangent) for g in grads)
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        batched = _functorch_wrapped(cotangent)  # is_grads_batched (gradcheck): vmap refuses in-place kernels
+        # (no native_kernels context unless batched: Dynamo cannot trace ContextVar.set)
+        with torch.no_grad(), native_kernels(False) if batched else contextlib.nullcontext():
+            grads, ctx.grads = ctx.grads, None
+            if grads is None:
+                needs = tuple(ctx.needs_input_grad[:3])
+                grads = _linear.chunked_backward(
+                    ctx.fw, hidden, weight, bias, labels, ctx.opts, ctx.chunk, lse, ctx.scale, cotangent, needs
+                )
+            elif batched:
+                grads = tuple(None if g is None else g * cotangent for g in grads)
+            else:
+                grads = tuple(None if g is None else g.mul_(cotangent) for g in grads)
+        grads = _first_order_only("smoothloss.linear_cross_entropy", grads, (hidden, weight, bias, cotangent))
         return (*grads, None, None, None, None)
 
 
@@ -212,16 +312,56 @@ class VocabParallelFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, cotangent: Any) -> Any:  # type: ignore[override]
         local_logits, labels, lse = ctx.saved_tensors
         g = None
         if ctx.needs_input_grad[0]:
-            g = _vocab_parallel.vocab_parallel_backward(
-                ctx.fw, local_logits, labels, ctx.offset, ctx.num_classes, ctx.opts, lse, ctx.scale, cotangent
-            )
+            with torch.no_grad():
+                g = _vocab_parallel.vocab_parallel_backward(
+                    ctx.fw, local_logits, labels, ctx.offset, ctx.num_classes, ctx.opts, lse, ctx.scale, cotangent
+                )
+            (g,) = _first_order_only("smoothloss vocab_parallel_cross_entropy", (g,), (local_logits, cotangent))
         return g, None, None, None, None, None, None
 
 
+def _concat(arrays: Any, /, *, axis: int | None = 0) -> Any:
+    if axis is None:
+        return torch.cat([a.reshape(-1) for a in arrays])
+    return torch.cat(list(arrays), dim=axis)
+
+
+def _take_along_axis(compat: Any) -> Any:
+    def take_along_axis(x: Any, indices: Any, /, *, axis: int = -1) -> Any:
+        dim = axis % x.ndim
+        if indices.ndim == x.ndim and all(a == b for i, (a, b) in enumerate(zip(x.shape, indices.shape)) if i != dim):
+            return torch.gather(x, dim, torch.where(indices < 0, indices + x.shape[dim], indices))
+        return compat.take_along_axis(x, indices, axis=axis)  # broadcasting indices
+
+    return take_along_axis
+
+
+def _namespace() -> Any:
+    """array-api-compat's torch namespace with ``moveaxis`` and ``concat`` as the ops they
+    alias, ``torch.movedim`` and ``torch.cat``: vmap has no batching rule for
+    ``aten::moveaxis.int`` (torch.func.vmap: the per-sample gradients of a loss whose
+    classes are not last) nor for ``aten::concat`` (the legacy vmap of
+    ``is_grads_batched``: gradcheck's batched gradients of the chunked loss). And
+    ``take_along_axis`` as ``torch.gather`` where the shapes agree off the axis:
+    ``torch.take_along_dim`` makes torch.compile(dynamic=True) specialize the batch size
+    (a recompile per batch size). A copy: array-api-compat's own module is left as it is."""
+    compat = array_api_compat.array_namespace(torch.empty(0))
+    xp = types.ModuleType(compat.__name__, compat.__doc__)
+    xp.__dict__.update({k: v for k, v in vars(compat).items() if k not in ("__name__", "__doc__")})
+    xp.moveaxis = torch.movedim
+    xp.concat = _concat
+    xp.take_along_axis = _take_along_axis(compat)
+    return xp
+
+
+# Made once, when this module is imported: also when the first call to smoothloss comes
+# inside a torch.compile region, where building a namespace module cannot be traced.
+FW = TorchFramework(_namespace())
+
+
 def binding() -> TorchFramework:
-    return TorchFramework(array_api_compat.array_namespace(torch.empty(0)))
+    return FW
