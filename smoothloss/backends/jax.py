@@ -5,10 +5,13 @@ The dense loss is a ``jax.custom_jvp`` whose tangent rule contracts the closed-f
 gradient with the tangents, so forward mode (``jvp``, ``jacfwd``, ``linearize``,
 ``hessian``) and reverse mode (``grad``, ``vjp``, ``jacrev``) both work and compose
 with ``vmap``, ``checkpoint`` and ``jit``; under ``grad`` the rule runs once and its
-transpose is a multiplication by the saved gradient. The chunked linear loss is a
+transpose is a multiplication by the saved gradient. Inputs sharded over a mesh with
+Explicit axes (``jax.make_mesh``'s default) run it with those axes made Auto
+(``jax.sharding.auto_axes``), as inputs on Auto meshes do. The chunked linear loss is a
 ``custom_jvp`` for ``"mean"``/``"sum"`` (the gradients at cotangent 1 come from the
 same pass over the chunks as the loss) and a ``custom_vjp`` for ``"none"`` (reverse
-mode only: a per-row tangent would need the N×V gradient). The vocab-parallel loss is
+mode, and forward mode over it as in ``hessian``; ``jvp``, ``jacfwd`` and ``linearize``
+of it raise: a per-row tangent would need the N×V gradient). The vocab-parallel loss is
 a ``custom_vjp`` inside ``shard_map``.
 """
 
@@ -45,7 +48,10 @@ class JaxFramework(Framework):
         return jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
 
     def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
-        return _cross_entropy(logits, targets, weight, opts)
+        mesh = _explicit_mesh(logits, targets, weight)
+        if mesh is None:
+            return _cross_entropy(logits, targets, weight, opts)
+        return _in_auto_axes(mesh, logits, targets, weight, opts)
 
     def linear_cross_entropy(self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
         fn = _linear_none if opts.reduction == "none" else _linear_reduced
@@ -85,6 +91,40 @@ def _cross_entropy_jvp(opts: _core.Options, primals: Any, tangents: Any) -> Any:
 
 
 _cross_entropy.defjvp(_cross_entropy_jvp, symbolic_zeros=True)
+
+
+def _explicit_mesh(*arrays: Any) -> Any:
+    """The abstract mesh of the first array sharded in Explicit mode (``jax.make_mesh``'s
+    default axis type), or None. Such arrays carry their sharding in their type, and
+    JAX then refuses a gather along a sharded axis (the label's logit) without an
+    output sharding."""
+    typeof = getattr(jax, "typeof", None)
+    if typeof is None:  # JAX before Explicit sharding: nothing to do
+        return None
+    for a in arrays:
+        if a is None:
+            continue
+        mesh = getattr(getattr(typeof(a), "sharding", None), "mesh", None)
+        if mesh is not None and getattr(mesh, "explicit_axes", ()):
+            return mesh
+    return None
+
+
+def _in_auto_axes(mesh: Any, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
+    """The dense loss with the mesh's Explicit axes made Auto (``jax.sharding.auto_axes``):
+    XLA's partitioner places the collectives, as for Auto meshes. The loss comes back
+    replicated (mean, sum) or sharded as the logits' non-class axes (``"none"``); the
+    gradients keep the inputs' shardings (``reshard`` is linear)."""
+    out = jax.sharding.PartitionSpec()
+    if opts.reduction == "none":
+        spec = tuple(jax.typeof(logits).sharding.spec)
+        spec += (None,) * (logits.ndim - len(spec))
+        out = jax.sharding.PartitionSpec(*(s for i, s in enumerate(spec) if i != opts.axis))
+    fn = jax.sharding.auto_axes(
+        lambda x, t, w: _cross_entropy(x, t, w, opts), axes=tuple(mesh.explicit_axes), out_sharding=out
+    )
+    with jax.sharding.use_abstract_mesh(mesh):
+        return fn(logits, targets, weight)
 
 
 # ----------------------------------------------------------------------------- linear
