@@ -73,15 +73,34 @@ def rss_now_and_hwm() -> tuple[float, float] | None:
     return vals["VmRSS"], vals["VmHWM"]
 
 
-def reset_hwm() -> bool:
-    """Reset the resident-set high-water mark to the current resident set (Linux ≥ 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    now = rss_now_and_hwm()
-    return now is not None and now[1] <= now[0] + 64 * 1024  # the reset took effect
+RSS_SLACK = 512 * 1024  # bytes: the kernel's per-CPU resident-set counters are read approximately
+
+
+def hwm_resettable() -> bool:
+    """Whether this platform lets a process reset its resident-set high-water mark (Linux ≥ 4.0)."""
+    return os.access("/proc/self/clear_refs", os.W_OK) and rss_now_and_hwm() is not None
+
+
+def reset_hwm(tries: int = 20) -> bool:
+    """Reset the resident-set high-water mark to the current resident set (Linux ≥ 4.0).
+
+    Another thread (XLA's, TensorFlow's) can allocate and free between the reset and the check
+    that it took effect; the reset is then written again, up to ``tries`` times. The kernel keeps
+    the resident set in per-CPU counters that it reads approximately (tens of pages per CPU), so
+    the check allows ``RSS_SLACK`` of difference."""
+    for attempt in range(tries):
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            return False
+        now = rss_now_and_hwm()
+        if now is None:
+            return False
+        if now[1] <= now[0] + RSS_SLACK:  # the reset took effect
+            return True
+        time.sleep(0.001 * (attempt + 1))
+    return False
 
 
 def ru_maxrss() -> float:

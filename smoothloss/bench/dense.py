@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from smoothloss.bench.common import (
-    MIB, fmt_ratio, framework_info, log, malloc_trim, measured_step, ratio, reset_hwm, ru_maxrss, run_worker,
+    MIB, fmt_ratio, framework_info, hwm_resettable, log, malloc_trim, measured_step, ratio, ru_maxrss, run_worker,
     size_name,
 )
 
@@ -380,7 +380,7 @@ def _measure_memory(framework: str, key: str, size: tuple[int, int], eps: float,
             if ma is not None:
                 rec["xla_temp_mib"] = ma.temp_size_in_bytes / MIB
                 rec["xla_output_mib"] = ma.output_size_in_bytes / MIB
-        if reset_hwm():
+        if hwm_resettable():
             extras = []
             for _ in range(2):  # two measured steps, the smaller counts (a stray allocation is not the step's)
                 for _attempt in range(3):  # another thread's allocation can void a reset: step again
