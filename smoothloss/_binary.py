@@ -61,6 +61,10 @@ def binary_cross_entropy(
 
     * integer class indices (the logits' shape without the last axis) become dense
       one-hot targets with ε/K off and 1-ε+ε/K on (timm ``BinaryCrossEntropy``);
+    * except for a single-logit head (K = 1, logits (..., 1)): its integer labels (...)
+      are the binary targets themselves, 0 or 1, smoothed towards 0.5 as floating
+      targets are (Keras ``BinaryCrossentropy``, PyTorch ``BCEWithLogitsLoss``); a label
+      other than 0 or 1 raises eagerly and gives NaN when traced;
     * floating targets (or integer 0/1 targets of the logits' shape) are smoothed
       towards 0.5: ``t·(1-ε) + ε/2`` (Keras ``BinaryCrossentropy``);
     * ``target_threshold`` then binarises them: ``t ← [t > threshold]`` (timm).
@@ -108,7 +112,15 @@ def binary_cross_entropy(
     cdtype = compute_dtype(xp, logits.dtype)
     x = logits if logits.dtype == cdtype else xp.astype(logits, cdtype)
 
-    if V.is_integer(xp, targets.dtype) and tuple(targets.shape) == shape[:-1]:
+    if V.is_integer(xp, targets.dtype) and tuple(targets.shape) == shape[:-1] and shape[-1] == 1:
+        # a single-logit head (N, 1) with labels (N,): the labels are its 0/1 targets
+        V.check_label_values(fw, targets, 2, None)
+        t = xp.astype(xp.expand_dims(fw.index(targets), axis=-1), cdtype)
+        if not fw.is_concrete(targets):  # unchecked: a label other than 0 or 1 gives NaN
+            t = xp.where((t == 0.0) | (t == 1.0), t, xp.nan)
+        if eps:
+            t = t * (1.0 - eps) + 0.5 * eps
+    elif V.is_integer(xp, targets.dtype) and tuple(targets.shape) == shape[:-1]:
         t = smooth_labels(targets, shape[-1], label_smoothing=eps, dtype=cdtype)
     elif V.is_integer(xp, targets.dtype) or V.is_floating(xp, targets.dtype):
         if tuple(targets.shape) != shape:

@@ -7,7 +7,10 @@ whose values cannot be read (tracers), and its kernels ``fw.kernels`` (native, o
 Array-API composition). No framework is imported here.
 
 Notation: K classes, x the logits of one position, ``lse = log Σ_c exp(x_c)``, so
--log p_c = lse - x_c.
+-log p_c = lse - x_c. The log-sum-exp is kept as two numbers per position, the row's
+maximum m and ``lse_rel = log Σ_c exp(x_c - m)``, stacked as ``stats`` (..., 2): every
+-log p_c is formed as ``lse_rel + (m - x_c)``, exact to rounding at any common offset of
+the logits, and overflowing only where the loss itself does.
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ from typing import Any
 
 from smoothloss import _validation as V
 from smoothloss._formulas import (
-    Options, compute_dtype, integer_grad_coefficients, integer_loss, reduce, smoothing_coefficients, soft_cap,
-    soft_cap_grad,
+    Options, compute_dtype, integer_grad_coefficients, integer_loss, is_zero, reduce, shifted_nll,
+    smoothing_coefficients, soft_cap, soft_cap_grad,
 )
 
-__all__ = ["Options", "backward", "forward", "jvp", "validate"]
+__all__ = ["Options", "backward", "forward", "jvp", "split_stats", "validate"]
+
+
+def split_stats(stats: Any) -> tuple[Any, Any]:
+    """``(m, lse_rel)`` of a ``stats`` array (..., 2); ``lse = m + lse_rel``."""
+    return stats[..., 0], stats[..., 1]
 
 
 def validate(
@@ -50,17 +58,18 @@ def validate(
         axis=V.normalize_axis(axis, logits.ndim), label_smoothing=label_smoothing, convention=convention,
         ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
     )
+    K = None if V.unknown_class_count(logits, opts.axis, opts.kl) else int(logits.shape[opts.axis])
     integer = V.check_targets(xp, logits, targets, opts.axis)
-    K = int(logits.shape[opts.axis])
-    V.check_num_classes(K, opts.convention, opts.label_smoothing)
+    if K is not None:
+        V.check_num_classes(K, opts.convention, opts.label_smoothing)
     V.check_weight(xp, weight, K)
     if ignore_index is not None and not integer:
         raise ValueError(
             "ignore_index applies to integer class targets only; probability targets "
             "have no class index to ignore (give such positions zero weight instead)"
         )
-    if integer:
-        V.check_label_values(fw, targets, K, ignore_index)
+    if integer and K is not None:  # (an unknown K is a graph: nothing to read)
+        V.check_label_values(fw, targets, K, opts.ignore_index)
     return opts
 
 
@@ -79,14 +88,21 @@ class _Prepared:
         if self.moved:
             x = xp.moveaxis(x, opts.axis, -1)
         self.x, self.capped = soft_cap(xp, x, opts.softcap)
-        K = self.K = int(x.shape[-1])
-        self.on, self.off = smoothing_coefficients(opts.label_smoothing, K, opts.convention)
+        if x.shape[-1] is None:  # K known at run time only (a graph traced with an unknown class axis)
+            K = self.K = xp.astype(fw.dynamic_shape(x)[-1], fw.index_dtype)
+            k_float: Any = xp.astype(K, cdtype)
+        else:
+            K = self.K = int(x.shape[-1])
+            k_float = float(K)
+        self.on, self.off = smoothing_coefficients(opts.label_smoothing, k_float, opts.convention)
+        self.smoothed = not is_zero(self.off)
         self.hard = self.on - self.off
         self.w = None if weight is None else xp.astype(weight, cdtype)
         self.integer = bool(xp.isdtype(targets.dtype, "integral"))
         self.valid = None
         self.w_y: Any = 1.0
-        self.sum_w: Any = float(K) if weight is None else xp.sum(self.w)
+        self.sum_w: Any = k_float if weight is None else xp.sum(self.w)
+        self.bad = None
         if self.integer:
             y = fw.index(targets)
             if opts.ignore_index is not None and fw.holds_index(opts.ignore_index):
@@ -94,9 +110,16 @@ class _Prepared:
                 # the index dtype cannot hold matches no label
                 self.valid = y != opts.ignore_index
                 y = xp.where(self.valid, y, 0)
+            if not fw.is_concrete(targets):
+                # unchecked labels (traced): one out of [0, K) makes its position's loss and
+                # gradient row NaN, and is never used as an index
+                self.bad = (y < 0) | (y >= K)
+                y = xp.where(self.bad, 0, y)
             self.y = y
             if self.w is not None:
-                self.w_y = xp.reshape(xp.take(self.w, xp.reshape(y, (-1,)), axis=0), y.shape)
+                self.w_y = xp.reshape(xp.take(self.w, xp.reshape(y, (-1,)), axis=0), fw.dynamic_shape(y))
+                if self.valid is not None:  # an ignored position has no label, so no weight (not w_0's)
+                    self.w_y = xp.where(self.valid, self.w_y, 0.0)
             self.t = None
         else:
             t = targets if targets.dtype == cdtype else xp.astype(targets, cdtype)
@@ -104,7 +127,7 @@ class _Prepared:
 
     def soft_q(self) -> Any:
         """The smoothed probability targets (probability path)."""
-        if self.hard == 1.0 and self.off == 0.0:
+        if not self.smoothed:
             return self.t
         return self.t * self.hard + self.off
 
@@ -126,32 +149,31 @@ class _Prepared:
         number of valid positions."""
         xp = self.xp
         if self.integer and self.w is not None:
-            return xp.sum(self.w_y if self.valid is None else xp.where(self.valid, self.w_y, 0.0))
+            return xp.sum(self.w_y)
         if self.valid is not None:
             return xp.sum(xp.astype(self.valid, loss.dtype))
         return None
 
 
 def forward(fw: Any, logits: Any, targets: Any, weight: Any, opts: Options) -> tuple[Any, Any, Any]:
-    """``(loss, lse, scale)``: the reduced loss, each position's log-sum-exp (compute
-    dtype, O(positions)), and d(loss)/d(per-position loss) of the reduction (a float or
-    a 0-d array). The last two are what :func:`backward` needs besides the inputs."""
+    """``(loss, stats, scale)``: the reduced loss, each position's log-sum-exp as
+    ``stats`` (..., 2) = (row maximum, log-sum-exp relative to it) in the compute dtype,
+    O(positions), and d(loss)/d(per-position loss) of the reduction (a float or a 0-d
+    array). The last two are what :func:`backward` needs besides the inputs."""
     P = _Prepared(fw, logits, targets, weight, opts)
     xp, x, w = P.xp, P.x, P.w
-    lse = fw.kernels.logsumexp(x)  # -log p_c = lse - x_c
+    # Σ_c w_c (lse - x_c) for the smoothing term, from the same pass where the kernel has one
+    m, lse_rel, sum_nll = fw.kernels.log_softmax_stats(x, w, P.sum_w if P.integer and P.smoothed else None)
 
     if P.integer:
         x_y = xp.take_along_axis(x, xp.expand_dims(P.y, axis=-1), axis=-1)[..., 0]
-        sum_wx = None
-        if P.off:  # Σ_c w_c x_c, without a K-wide temporary when unweighted
-            sum_wx = xp.sum(x, axis=-1) if w is None else xp.sum(x * w, axis=-1)
         loss = integer_loss(
-            lse, x_y, sum_wx, on=P.on, off=P.off, w_y=P.w_y, sum_w=P.sum_w, kl=opts.kl
+            shifted_nll(m, lse_rel, x_y), sum_nll, on=P.on, off=P.off, w_y=P.w_y, sum_w=P.sum_w, kl=opts.kl
         )
     else:
         q = P.soft_q()
         mass = q if w is None else q * w
-        neg_log_p = xp.expand_dims(lse, axis=-1) - x
+        neg_log_p = shifted_nll(xp.expand_dims(m, axis=-1), xp.expand_dims(lse_rel, axis=-1), x)
         # 0·(-log 0) is 0: a class with no target mass may have a -inf logit (a mask)
         loss = xp.sum(xp.where(mass == 0.0, 0.0, mass * neg_log_p), axis=-1)
         if opts.kl:
@@ -159,11 +181,14 @@ def forward(fw: Any, logits: Any, targets: Any, weight: Any, opts: Options) -> t
             log_q = xp.log(xp.where(positive, q, 1.0))
             loss = loss + xp.sum(xp.where(positive, mass * log_q, 0.0), axis=-1)
     if opts.z_loss:
+        lse = m + lse_rel
         loss = loss + opts.z_loss * (lse * lse)
+    if P.bad is not None:
+        loss = xp.where(P.bad, xp.nan, loss)
     if P.valid is not None:
         loss = xp.where(P.valid, loss, 0.0)
     reduced, scale = reduce(xp, loss, opts.reduction, P.denominator(loss) if opts.reduction == "mean" else None)
-    return reduced, lse, scale
+    return reduced, xp.stack([m, lse_rel], axis=-1), scale
 
 
 def backward(
@@ -172,7 +197,7 @@ def backward(
     targets: Any,
     weight: Any,
     opts: Options,
-    lse: Any,
+    stats: Any,
     scale: Any,
     loss: Any,
     cotangent: Any,
@@ -188,15 +213,20 @@ def backward(
     * weight:  Σ_positions s·q_c·(-log p_c [+ log q_c with kl]), and for the mean over
       integer targets also -cotangent·loss·scale·#{valid positions of class c}.
 
-    ``lse``, ``scale`` and ``loss`` come from :func:`forward`; entries of ``needs`` that
+    ``stats``, ``scale`` and ``loss`` come from :func:`forward`; entries of ``needs`` that
     are False give None. One exp pass over the logits; nothing of size B×K is saved.
+    A position with an unchecked (traced) label outside [0, K) gets a NaN row.
     """
     P = _Prepared(fw, logits, targets, weight, opts)
     xp, x, w, K = P.xp, P.x, P.w, P.K
     kernels = fw.kernels
+    m, lse_rel = split_stats(stats)
+    lse = m + lse_rel if opts.z_loss else None
     s = cotangent * scale
     if P.valid is not None:
         s = xp.astype(P.valid, P.cdtype) * s
+    if P.bad is not None:
+        s = xp.where(P.bad, xp.nan, s if not isinstance(s, float) else xp.zeros_like(P.bad, dtype=P.cdtype) + s)
     if not isinstance(s, float) and s.dtype != P.cdtype:
         s = xp.astype(s, P.cdtype)
     s_k = xp.expand_dims(s, axis=-1) if getattr(s, "ndim", 0) > 0 else s
@@ -210,8 +240,8 @@ def backward(
                 lse, s, on=P.on, off=P.off, w_y=P.w_y, sum_w=P.sum_w, z_loss=opts.z_loss
             )
             coef = xp.expand_dims(row, axis=-1) if getattr(row, "ndim", 0) > 0 else row
-            shift = (w * P.off if w is not None else P.off) * s_k if P.off else 0.0
-            g = kernels.softmax_affine(x, lse, coef, shift)
+            shift = (w * P.off if w is not None else P.off) * s_k if P.smoothed else 0.0
+            g = kernels.softmax_affine(x, (m, lse_rel), coef, shift)
             g = kernels.add_at_labels(g, P.y, -on_mass)
         else:
             q = P.soft_q()
@@ -219,17 +249,17 @@ def backward(
             coef = xp.sum(mass, axis=-1)
             if opts.z_loss:
                 coef = coef + 2.0 * opts.z_loss * lse
-            g = kernels.softmax_affine(x, lse, xp.expand_dims(coef, axis=-1) * s_k, mass * s_k)
+            g = kernels.softmax_affine(x, (m, lse_rel), xp.expand_dims(coef, axis=-1) * s_k, mass * s_k)
         g = soft_cap_grad(g, P.capped)
         g_logits = P.to_layout(g, P.in_dtype)
 
     if needs[1] or needs[2]:
-        log_p = x - xp.expand_dims(lse, axis=-1)
+        neg_log_p = shifted_nll(xp.expand_dims(m, axis=-1), xp.expand_dims(lse_rel, axis=-1), x)
         hit = P.hit() if P.integer else None
 
     if needs[1] and not P.integer:
         q = P.soft_q()
-        d = -log_p
+        d = neg_log_p
         if opts.kl:
             positive = q > 0
             d = d + xp.where(positive, xp.log(xp.where(positive, q, 1.0)) + 1.0, 0.0)
@@ -240,7 +270,7 @@ def backward(
 
     if needs[2] and w is not None:
         q = P.soft_q() if not P.integer else xp.astype(hit, P.cdtype) * P.hard + P.off
-        b = q * (-log_p)
+        b = xp.where(q == 0.0, 0.0, q * neg_log_p)  # a masked (-inf) class with no target mass: 0
         if opts.kl:
             positive = q > 0
             b = b + xp.where(positive, q * xp.log(xp.where(positive, q, 1.0)), 0.0)
@@ -275,14 +305,14 @@ def jvp(
     """
     xp = fw.xp
     t_logits, t_targets, t_weight = tangents
-    loss, lse, scale = forward(fw, logits, targets, weight, opts)
+    loss, stats, scale = forward(fw, logits, targets, weight, opts)
     floating = bool(xp.isdtype(targets.dtype, "real floating"))
     per_position = opts.reduction == "none"
     needs = (t_logits is not None, floating and t_targets is not None, not per_position and t_weight is not None)
     out = xp.zeros_like(loss)
     if any(needs):
         ones = xp.ones_like(loss) if per_position else 1.0
-        grads = backward(fw, logits, targets, weight, opts, lse, scale, loss, ones, needs)
+        grads = backward(fw, logits, targets, weight, opts, stats, scale, loss, ones, needs)
         for g, t in zip(grads[:2], (t_logits, t_targets)):
             if g is not None:
                 gt = g * (t if t.dtype == g.dtype else xp.astype(t, g.dtype))

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "CONVENTIONS", "Options", "REDUCTIONS", "compute_dtype", "integer_grad_coefficients", "integer_loss",
-    "mean_scale", "reduce", "smoothing_coefficients", "soft_cap", "soft_cap_grad", "xlogx",
+    "CONVENTIONS", "Options", "REDUCTIONS", "compute_dtype", "integer_grad_coefficients", "integer_loss", "is_zero",
+    "mean_scale", "reduce", "shifted_nll", "smoothing_coefficients", "soft_cap", "soft_cap_grad", "xlogx",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -46,15 +46,26 @@ class Options:
     kl: bool
 
 
-def smoothing_coefficients(label_smoothing: float, num_classes: int, convention: str) -> tuple[float, float]:
-    """``(on, off)``: the smoothed probability of the target class and of every other class."""
+def smoothing_coefficients(label_smoothing: float, num_classes: Any, convention: str) -> tuple[Any, Any]:
+    """``(on, off)``: the smoothed probability of the target class and of every other class.
+
+    ``num_classes`` is an int, or a floating 0-d array where K is known at run time only
+    (then so are on and off when ε > 0); without smoothing they are always (1.0, 0.0)."""
     eps = label_smoothing
+    if convention != "uniform" and isinstance(num_classes, (int, float)) and num_classes < 2:
+        raise ValueError(f"convention='others' needs K >= 2 classes, got K={num_classes}")
+    if eps == 0.0:
+        return 1.0, 0.0
     if convention == "uniform":
         off = eps / num_classes
         return 1.0 - eps + off, off
-    if num_classes < 2:
-        raise ValueError(f"convention='others' needs K >= 2 classes, got K={num_classes}")
     return 1.0 - eps, eps / (num_classes - 1)
+
+
+def is_zero(v: Any) -> bool:
+    """Whether ``v`` is the number 0 (a coefficient whose term is left out); an array
+    (a run-time coefficient) is never treated as 0."""
+    return isinstance(v, (int, float)) and v == 0
 
 
 def xlogx(v: float) -> float:
@@ -82,34 +93,47 @@ def soft_cap_grad(g: Any, capped: Any) -> Any:
 
 
 def integer_loss(
-    lse: Any, x_y: Any, sum_wx: Any, *, on: float, off: float, w_y: Any, sum_w: Any, kl: bool
+    nll_y: Any, sum_nll: Any, *, on: float, off: float, w_y: Any, sum_w: Any, kl: bool
 ) -> Any:
     """Each position's loss for integer labels, from row statistics only.
 
-    ``ℓ = (on-off)·w_y·(lse - x_y) + off·(lse·Σ_c w_c - Σ_c w_c x_c) [+ Σ_c w_c q_c log q_c]``
-    with ``lse`` the log-sum-exp, ``x_y`` the label's logit and ``sum_wx = Σ_c w_c x_c``
-    (``Σ_c x_c`` and ``sum_w = K`` without weights; unused when off = 0). The statistics
-    may come from one array or be reduced across shards of the classes.
+    ``ℓ = (on-off)·w_y·nll_y + off·sum_nll [+ Σ_c w_c q_c log q_c]`` with
+    ``nll_y = lse - x_y`` (the label's negative log-probability) and
+    ``sum_nll = Σ_c w_c (lse - x_c)`` (unused, and may be None, when off = 0). The caller
+    computes both from logits shifted by the row maximum (see :func:`shifted_nll`), so that
+    a large common offset of the logits neither cancels nor overflows. A term whose
+    coefficient is exactly 0 is left out, so an infinite weight on a class that gets no
+    target mass cannot make it NaN.
     """
     hard = on - off
     factor = w_y * hard
-    loss = lse - x_y
+    loss = nll_y
     if not (isinstance(factor, float) and factor == 1.0):
         loss = loss * factor
-    if off:
-        loss = loss + (lse * sum_w - sum_wx) * off
-    if kl:  # + Σ_c w_c q_c log q_c, the negative entropy of q
-        loss = loss + (w_y * (xlogx(on) - xlogx(off)) + sum_w * xlogx(off))
+    if not is_zero(off):
+        loss = loss + sum_nll * off
+    if kl:  # + Σ_c w_c q_c log q_c, the negative entropy of q (on, off are numbers here)
+        neg_entropy = w_y * (xlogx(on) - xlogx(off))
+        loss = loss + (neg_entropy + sum_w * xlogx(off) if off else neg_entropy)
     return loss
+
+
+def shifted_nll(m: Any, lse_rel: Any, x: Any) -> Any:
+    """``lse - x`` for logits ``x`` of a row with maximum (or any shift) ``m`` and
+    ``lse_rel = log Σ_c exp(x_c - m)``: ``lse_rel + (m - x)``, exact to rounding at any
+    common offset (``lse`` itself is never formed: at an offset of 10⁴ its float32
+    rounding alone is 5·10⁻⁴)."""
+    return lse_rel + (m - x)
 
 
 def integer_grad_coefficients(
     lse: Any, s: Any, *, on: float, off: float, w_y: Any, sum_w: Any, z_loss: float
 ) -> tuple[Any, Any]:
     """``(row, on_mass)`` of the integer-label gradient with per-position cotangent s:
-    ``dℓ/dx_c = row·softmax_c - s·off·w_c - [c = y]·on_mass``."""
+    ``dℓ/dx_c = row·softmax_c - s·off·w_c - [c = y]·on_mass``. ``lse`` is used by the
+    z-loss only (None without it)."""
     hard = on - off
-    total = w_y * hard + sum_w * off
+    total = w_y * hard if is_zero(off) else w_y * hard + sum_w * off
     coef = total + 2.0 * z_loss * lse if z_loss else total
     return coef * s, w_y * hard * s
 
@@ -132,5 +156,7 @@ def reduce(xp: Any, loss: Any, reduction: str, den: Any = None) -> tuple[Any, An
         return loss, 1.0
     if reduction == "sum":
         return xp.sum(loss), 1.0
-    scale = mean_scale(xp, float(math.prod(loss.shape)) if den is None else den)
+    if den is None:  # the number of positions, counted at run time where a traced axis is unknown
+        den = float(math.prod(loss.shape)) if None not in loss.shape else xp.sum(xp.ones_like(loss))
+    scale = mean_scale(xp, den)
     return xp.sum(loss) * scale, scale

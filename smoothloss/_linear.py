@@ -84,16 +84,16 @@ def chunk_step(
     weight: Any,
     bias: Any,
     row_opts: Options,
-    lse_c: Any,
+    stats_c: Any,
     scale: Any,
     cot: Any,
     needs: tuple[bool, bool, bool],
     d_weight: Any,
     d_bias: Any,
 ) -> tuple[Any, Any, Any, Any, Any]:
-    """One chunk of rows ``h`` (C, H) with labels ``y``: ``(loss_c, lse_c, dh_c, d_weight, d_bias)``.
+    """One chunk of rows ``h`` (C, H) with labels ``y``: ``(loss_c, stats_c, dh_c, d_weight, d_bias)``.
 
-    With ``lse_c=None`` the chunk's per-row loss and log-sum-exp are computed (the
+    With ``stats_c=None`` the chunk's per-row loss and log-sum-exp are computed (the
     forward); otherwise ``loss_c`` is None. For the gradients named by ``needs`` (hidden,
     weight, bias) at cotangent ``cot``: ``dh_c = g @ W`` of this chunk, and the running
     sums ``d_weight += g.T @ h``, ``d_bias += Σ_rows g`` (started when given as None), in
@@ -103,11 +103,11 @@ def chunk_step(
     acc = compute_dtype(xp, h.dtype)
     z = _logits(xp, h, weight, bias)
     loss_c = dh_c = None
-    if lse_c is None:
-        loss_c, lse_c, _ = forward(fw, z, y, None, row_opts)
+    if stats_c is None:
+        loss_c, stats_c, _ = forward(fw, z, y, None, row_opts)
     if not any(needs):
-        return loss_c, lse_c, dh_c, d_weight, d_bias
-    g, _, _ = backward(fw, z, y, None, row_opts, lse_c, scale, None, cot, (True, False, False))
+        return loss_c, stats_c, dh_c, d_weight, d_bias
+    g, _, _ = backward(fw, z, y, None, row_opts, stats_c, scale, None, cot, (True, False, False))
     del z
     if needs[0]:
         dh_c = xp.matmul(g, weight)
@@ -120,12 +120,12 @@ def chunk_step(
     if needs[2]:
         d_b = xp.sum(g if g.dtype == acc else xp.astype(g, acc), axis=0)
         d_bias = d_b if d_bias is None else d_bias + d_b
-    return loss_c, lse_c, dh_c, d_weight, d_bias
+    return loss_c, stats_c, dh_c, d_weight, d_bias
 
 
 def python_loop(
     fw: Any, step: Any, hidden: Any, weight: Any, bias: Any, labels: Any, row_opts: Options, chunk: int,
-    lse: Any, scale: Any, cotangent: Any, needs: tuple[bool, bool, bool],
+    stats: Any, scale: Any, cotangent: Any, needs: tuple[bool, bool, bool],
 ) -> tuple[Any, Any, Any, Any, Any]:
     """:func:`_sweep`'s loop as a Python ``for`` over the chunks (eager frameworks, NumPy)."""
     xp = fw.xp
@@ -133,15 +133,15 @@ def python_loop(
     parts: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
     d_weight = d_bias = None
     for i, j in _bounds(int(hidden.shape[0]), chunk):
-        loss_c, lse_c, dh_c, d_weight, d_bias = step(
-            fw, hidden[i:j, ...], labels[i:j], weight, bias, row_opts, None if lse is None else lse[i:j],
+        loss_c, stats_c, dh_c, d_weight, d_bias = step(
+            fw, hidden[i:j, ...], labels[i:j], weight, bias, row_opts, None if stats is None else stats[i:j, ...],
             scale, cotangent[i:j] if per_row_cotangent else cotangent, needs, d_weight, d_bias,
         )
-        for part, value in zip(parts, (loss_c, lse_c, dh_c)):
+        for part, value in zip(parts, (loss_c, stats_c, dh_c)):
             part.append(value)
     return (
-        _concat(xp, parts[0]) if lse is None else None,
-        _concat(xp, parts[1]) if lse is None else lse,
+        _concat(xp, parts[0]) if stats is None else None,
+        _concat(xp, parts[1]) if stats is None else stats,
         _concat(xp, parts[2]) if needs[0] else None,
         d_weight,
         d_bias,
@@ -156,18 +156,18 @@ def _sweep(
     labels: Any,
     opts: Options,
     chunk: int,
-    lse: Any,
+    stats: Any,
     scale: Any,
     cotangent: Any,
     needs: tuple[bool, bool, bool],
 ) -> tuple[Any, Any, Any, Any, Any]:
-    """One pass of :func:`chunk_step` over the row chunks: ``(losses, lse, d_hidden,
+    """One pass of :func:`chunk_step` over the row chunks: ``(losses, stats, d_hidden,
     d_weight, d_bias)``.
 
-    With ``lse=None`` each chunk's per-row loss and log-sum-exp are computed (the
-    forward) and returned; otherwise ``lse`` is the forward's and no loss is computed.
+    With ``stats=None`` each chunk's per-row loss and log-sum-exp are computed (the
+    forward) and returned; otherwise ``stats`` is the forward's and no loss is computed.
     The gradients named by ``needs`` are accumulated at ``cotangent`` (a scalar, or one
-    per row); the others, and every loss/lse that was not computed, are None. The loop
+    per row); the others, and every loss/stats that was not computed, are None. The loop
     over the chunks is the binding's ``fw.chunk_loop``: a Python ``for``, except in JAX
     (a ``lax.scan``) and in a TensorFlow graph (a ``tf.while_loop``, which also serves a
     batch axis unknown until run time): XLA and TensorFlow's executor would run an
@@ -177,14 +177,14 @@ def _sweep(
     xp = fw.xp
     row_opts = _per_row(opts)
     needs = (needs[0], needs[1], needs[2] and bias is not None)
-    losses, lse, d_hidden, d_weight, d_bias = fw.chunk_loop(
-        chunk_step, hidden, weight, bias, labels, row_opts, chunk, lse, scale, cotangent, needs
+    losses, stats, d_hidden, d_weight, d_bias = fw.chunk_loop(
+        chunk_step, hidden, weight, bias, labels, row_opts, chunk, stats, scale, cotangent, needs
     )
     if d_weight is not None and d_weight.dtype != weight.dtype:
         d_weight = xp.astype(d_weight, weight.dtype)
     if d_bias is not None and d_bias.dtype != bias.dtype:
         d_bias = xp.astype(d_bias, bias.dtype)
-    return losses, lse, d_hidden, d_weight, d_bias
+    return losses, stats, d_hidden, d_weight, d_bias
 
 
 def chunked_forward(
@@ -197,10 +197,10 @@ def chunked_forward(
     chunk: int,
     needs: tuple[bool, bool, bool] = (False, False, False),
 ) -> tuple[Any, Any, Any, Any]:
-    """``(loss, lse, scale, grads)`` over 2-D ``hidden`` (N, H) and 1-D ``labels`` (N,).
+    """``(loss, stats, scale, grads)`` over 2-D ``hidden`` (N, H) and 1-D ``labels`` (N,).
 
-    ``lse`` is each row's log-sum-exp (N,), ``scale`` d(loss)/d(per-row loss): 1 for
-    ``"sum"`` and ``"none"``, 1/#valid rows for ``"mean"`` (0 when no row is valid).
+    ``stats`` is each row's log-sum-exp as the core keeps it (N, 2), ``scale``
+    d(loss)/d(per-row loss): 1 for ``"sum"`` and ``"none"``, 1/#valid rows for ``"mean"`` (0 when no row is valid).
 
     For ``"mean"`` and ``"sum"`` the loss is a scalar, so its gradient is the gradient at
     cotangent 1 times the incoming cotangent: ``grads`` is then ``(d_hidden, d_weight,
@@ -212,11 +212,11 @@ def chunked_forward(
     xp = fw.xp
     scale = _reduction_scale(fw, labels, opts, compute_dtype(xp, hidden.dtype))
     early = opts.reduction != "none" and any(needs)
-    losses, lse, d_h, d_w, d_b = _sweep(
+    losses, stats, d_h, d_w, d_b = _sweep(
         fw, hidden, weight, bias, labels, opts, chunk, None, scale, 1.0, needs if early else (False, False, False)
     )
     loss = losses if opts.reduction == "none" else xp.sum(losses) * scale
-    return loss, lse, scale, ((d_h, d_w, d_b) if early else None)
+    return loss, stats, scale, ((d_h, d_w, d_b) if early else None)
 
 
 def chunked_backward(
@@ -227,7 +227,7 @@ def chunked_backward(
     labels: Any,
     opts: Options,
     chunk: int,
-    lse: Any,
+    stats: Any,
     scale: Any,
     cotangent: Any,
     needs: tuple[bool, bool, bool] = (True, True, True),
@@ -235,10 +235,10 @@ def chunked_backward(
     """``(d_hidden, d_weight, d_bias)`` for 2-D ``hidden``, making each chunk's logits
     again; entries of ``needs`` that are False (and ``d_bias`` without a bias) give None.
 
-    ``lse`` and ``scale`` come from :func:`chunked_forward`; ``cotangent`` is the
+    ``stats`` and ``scale`` come from :func:`chunked_forward`; ``cotangent`` is the
     incoming cotangent, a scalar or, for ``reduction="none"``, one per row.
     """
-    return _sweep(fw, hidden, weight, bias, labels, opts, chunk, lse, scale, cotangent, needs)[2:]
+    return _sweep(fw, hidden, weight, bias, labels, opts, chunk, stats, scale, cotangent, needs)[2:]
 
 
 def prepare(

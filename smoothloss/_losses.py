@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from smoothloss._core import backward, forward, validate
+from smoothloss._core import validate
 from smoothloss._linear import chunked_backward, chunked_forward, prepare
 from smoothloss.backends import bind
 
@@ -113,9 +113,7 @@ def cross_entropy_and_grad(
         fw, logits, targets, weight, axis=axis, label_smoothing=label_smoothing, convention=convention,
         ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
     )
-    loss, lse, scale = forward(fw, logits, targets, weight, opts)
-    grad, _, _ = backward(fw, logits, targets, weight, opts, lse, scale, loss, 1.0)
-    return loss, grad
+    return fw.cross_entropy_and_grad(logits, targets, weight, opts)
 
 
 def linear_cross_entropy(
@@ -224,9 +222,9 @@ def linear_cross_entropy_and_grad(
     fw, (hidden, weight, labels, bias) = bind(hidden, weight, labels, bias)
     hidden2, weight, labels1, bias, opts, chunk = prepare(fw, hidden, weight, labels, bias, chunk_size, options)
     xp = fw.xp
-    loss, lse, scale, grads = chunked_forward(fw, hidden2, weight, bias, labels1, opts, chunk, (True, True, True))
+    loss, stats, scale, grads = chunked_forward(fw, hidden2, weight, bias, labels1, opts, chunk, (True, True, True))
     if grads is None:  # reduction="none": a second pass, at cotangent 1 per row
-        grads = chunked_backward(fw, hidden2, weight, bias, labels1, opts, chunk, lse, scale, 1.0)
+        grads = chunked_backward(fw, hidden2, weight, bias, labels1, opts, chunk, stats, scale, 1.0)
     d_h, d_w, d_b = grads
     if opts.reduction == "none":
         loss = xp.reshape(loss, fw.dynamic_shape(labels))

@@ -792,6 +792,7 @@ def mixup_cross_entropy(
         )
     if labels.ndim == 0:
         raise ValueError("labels must have a batch axis, got a scalar")
+    labels = fw.index(labels)  # compared and gathered as integer values, whatever their dtype
     batch = int(labels.shape[0])
     options = dict(
         axis=axis, label_smoothing=eps, convention=convention, weight=weight, z_loss=z_loss, softcap=softcap

@@ -9,6 +9,7 @@ syncs with the host.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
@@ -21,8 +22,19 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def is_real_scalar(value: Any) -> bool:
+    """A Python or NumPy real scalar (``np.float32(0.1)``, ``np.int64(3)``), never a bool
+    or an array: the options are static, so arrays and tracers are refused."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+
+
+def is_int_scalar(value: Any) -> bool:
+    """A Python or NumPy integer scalar, never a bool or an array."""
+    return isinstance(value, numbers.Integral) and is_real_scalar(value)
+
+
 def check_smoothing(value: Any, name: str = "label_smoothing") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real_scalar(value):
         raise TypeError(f"{name} must be a Python float in [0, 1], got {type(value).__name__}")
     value = float(value)
     if not (0.0 <= value <= 1.0):  # also rejects NaN
@@ -31,7 +43,7 @@ def check_smoothing(value: Any, name: str = "label_smoothing") -> float:
 
 
 def check_nonnegative(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real_scalar(value):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
     value = float(value)
     if not (0.0 <= value < math.inf):  # also rejects NaN; traceable by torch.compile
@@ -42,7 +54,7 @@ def check_nonnegative(value: Any, name: str) -> float:
 def check_softcap(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real_scalar(value):
         raise TypeError(f"softcap must be None or a Python float > 0, got {type(value).__name__}")
     value = float(value)
     if not (0.0 < value < math.inf):  # also rejects NaN; traceable by torch.compile
@@ -51,8 +63,9 @@ def check_softcap(value: Any) -> float | None:
 
 
 def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int):
+    if not is_int_scalar(axis):
         raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
+    axis = int(axis)
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name}={axis} is out of range for an array of rank {ndim}")
     return axis % ndim
@@ -67,7 +80,17 @@ def is_integer(xp: Any, dtype: Any) -> bool:
 
 
 def check_logits(xp: Any, logits: Any, name: str = "logits") -> None:
-    if not is_floating(xp, logits.dtype):
+    try:
+        floating = is_floating(xp, logits.dtype)
+    except TypeError:  # a dtype the namespace does not know, e.g. NumPy's ml_dtypes bfloat16
+        floating = None
+    if floating is None and str(logits.dtype) == "bfloat16":
+        raise TypeError(
+            f"{name} are a NumPy bfloat16 array (ml_dtypes), which NumPy cannot compute in; "
+            f"cast them to float32 first (x.astype(np.float32)), or pass a JAX, PyTorch or "
+            f"TensorFlow bfloat16 array, which smoothloss computes in float32"
+        )
+    if not floating:
         raise TypeError(
             f"{name} must have a real floating dtype, got {logits.dtype}; "
             f"cast them, e.g. to float32"
@@ -99,15 +122,33 @@ def check_targets(xp: Any, logits: Any, targets: Any, axis: int) -> bool:
     )
 
 
-def check_weight(xp: Any, weight: Any, num_classes: int) -> None:
+def check_weight(xp: Any, weight: Any, num_classes: int | None) -> None:
+    """``num_classes`` None: K is known only at run time (then only the rank is checked)."""
     if weight is None:
         return
     if not is_floating(xp, weight.dtype):
         raise TypeError(f"weight must have a real floating dtype, got {weight.dtype}")
+    if num_classes is None and weight.ndim == 1:
+        return
     if tuple(weight.shape) != (num_classes,):
         raise ValueError(
             f"weight must have shape ({num_classes},) (one entry per class), got {tuple(weight.shape)}"
         )
+
+
+def unknown_class_count(logits: Any, axis: int, kl: bool) -> bool:
+    """Whether the class axis has a size known only at run time (a TensorFlow graph traced
+    with ``tf.TensorSpec([None, None])``). The losses then read K at run time; the
+    entropy term of ``kl=True`` needs K while tracing."""
+    if logits.shape[axis] is not None:
+        return False
+    if kl:
+        raise ValueError(
+            f"kl=True needs the size of the class axis (axis={axis}) while tracing, and the logits' "
+            f"shape is {tuple(logits.shape)}: give it in the input signature, e.g. "
+            "tf.TensorSpec([None, 1000]) instead of [None, None]"
+        )
+    return True
 
 
 def check_num_classes(num_classes: int, convention: str, smoothing: float) -> None:
@@ -148,8 +189,10 @@ def check_options(
 ) -> Options:
     """The checks on Python values every cross-entropy shares, as :class:`Options`
     (``axis`` is taken as given: the caller normalises it against the logits' rank)."""
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"ignore_index must be None or an int, got {type(ignore_index).__name__}")
+    if ignore_index is not None:
+        if not is_int_scalar(ignore_index):
+            raise TypeError(f"ignore_index must be None or an int, got {type(ignore_index).__name__}")
+        ignore_index = int(ignore_index)
     return Options(
         axis,
         check_smoothing(label_smoothing),
@@ -163,21 +206,24 @@ def check_options(
 
 
 def check_label_values(fw: Any, labels: Any, num_classes: int, ignore_index: int | None) -> None:
-    """Eager-only: every label lies in [0, K) or equals ignore_index. Skipped for
-    labels the framework ``fw`` cannot read without a host sync (tracers, meta and
-    fake tensors, batched tensors under vmap)."""
+    """Eager-only: every label lies in [0, K) or equals ignore_index, compared as integer
+    values whatever the labels' dtype (they are widened to the framework's index dtype
+    first; an ``ignore_index`` that dtype cannot hold matches no label). Skipped for
+    labels the framework ``fw`` cannot read without a host sync (tracers, meta and fake
+    tensors, batched tensors under vmap): the losses then give NaN at such a position."""
     if not fw.is_concrete(labels) or math.prod(labels.shape) == 0:
         return
     xp = fw.xp
-    bad = (labels < 0) | (labels >= num_classes)
-    if ignore_index is not None:
-        bad = bad & (labels != ignore_index)
+    y = fw.index(labels)
+    bad = (y < 0) | (y >= num_classes)
+    if ignore_index is not None and fw.holds_index(ignore_index):
+        bad = bad & (y != ignore_index)
     any_bad = xp.any(bad)
     if not fw.is_concrete(any_bad):  # concrete labels inside a jax.jit trace: their ops are staged too
         return
     if bool(any_bad):
-        lo = int(xp.min(xp.where(bad, labels, xp.max(labels))))  # the smallest bad label
-        hi = int(xp.max(xp.where(bad, labels, xp.min(labels))))  # the largest bad label
+        lo = int(xp.min(xp.where(bad, y, xp.max(y))))  # the smallest bad label
+        hi = int(xp.max(xp.where(bad, y, xp.min(y))))  # the largest bad label
         shown = sorted({lo, hi})
         extra = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
         raise ValueError(

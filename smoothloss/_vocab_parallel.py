@@ -5,28 +5,32 @@ classes ``[offset, offset + V_local)`` with ``offset = r·V_local``, and every r
 all positions and the global integer labels. The loss of a position needs three row
 statistics over **all** K classes, each obtained with one collective:
 
-* ``lse = m + log Σ_r Σ_{c∈r} exp(x_c - m)`` with ``m = max_r max_{c∈r} x_c`` (all-max,
-  then all-sum of the shifted sum-exp);
-* ``x_y``: the label's logit, read by the rank that owns the label (the others give 0),
-  then all-summed;
-* ``Σ_c x_c``: all-summed (only with smoothing, ``off > 0``).
+* ``lse = m + lse_rel``, ``lse_rel = log Σ_r Σ_{c∈r} exp(x_c - m)`` with
+  ``m = max_r max_{c∈r} x_c`` (all-max, then all-sum of the shifted sum-exp);
+* ``m - x_y``: read by the rank that owns the label (the others give 0), then all-summed;
+* ``Σ_c (m - x_c)``: all-summed (only with smoothing, ``off > 0``).
+
+Every statistic is formed from the shifted logits ``x - m <= 0``, so a large common
+offset neither cancels nor overflows.
 
 The sum-type statistics travel in one all-sum. The loss is then the core's
 :func:`smoothloss._formulas.integer_loss` with the **global** K (so ``off`` = ε/K or
 ε/(K-1) and the smoothing term covers every class, not only the local ones, unlike
 Megatron-LM's local average):
 
-``ℓ = (on-off)·(lse - x_y) + off·(K·lse - Σ_c x_c) + z_loss·lse²``,
+``ℓ = (on-off)·(lse - x_y) + off·Σ_c (lse - x_c) + z_loss·lse²``,
 
 identical on every rank (with ``softcap`` each rank first caps its own slice,
 ``x ← softcap·tanh(x/softcap)``, and the gradient gains the factor ``1 - tanh²``; with
 ``kl`` the target's entropy, a constant of on, off and K, is subtracted). The gradient
 needs no collective: with the per-position
-cotangent s (times the reduction's scale, 0 at ignored positions),
+cotangent s (times the reduction's scale, 0 at ignored positions, NaN at a label outside
+[0, K), which no rank owns),
 
 ``dℓ/dx_c = (1 + 2·z_loss·lse)·s·softmax_c - s·off - [c = y]·s·(on-off)``
 
-(``Σ_c q_c = 1``), where ``softmax_c = exp(x_c - lse)`` uses the saved **global** lse,
+(``Σ_c q_c = 1``), where ``softmax_c = exp((x_c - m) - lse_rel)`` uses the saved
+**global** statistics,
 so each rank computes its own V_local-wide slice from its local logits.
 
 This module is backend-neutral: the collectives are the two callables ``all_max`` and
@@ -80,6 +84,7 @@ class _Local:
         if opts.ignore_index is not None and fw.holds_index(opts.ignore_index):
             self.valid = y != opts.ignore_index
             y = xp.where(self.valid, y, 0)
+        self.bad = (y < 0) | (y >= num_classes)
         local = y - offset
         self.owned = (local >= 0) & (local < v_local)  # this rank holds the label's logit
         self.y = xp.where(self.owned, local, 0)  # a safe local index everywhere
@@ -95,13 +100,13 @@ def vocab_parallel_forward(
     all_max: Collective,
     all_sum: Collective,
 ) -> tuple[Any, Any, Any]:
-    r"""``(loss, lse, scale)`` of the sharded loss; the same loss on every rank.
+    r"""``(loss, stats, scale)`` of the sharded loss; the same loss on every rank.
 
-    With the global statistics ``lse``, ``x_y`` and ``Σ_c x_c`` (see the module
+    With the global statistics ``lse``, ``m - x_y`` and ``Σ_c (m - x_c)`` (see the module
     docstring; two collectives: one all-max of a (...,) array and one all-sum of a
     (..., 3) or (..., 2) array), each position's loss is
 
-    ``ℓ = (on-off)·(lse - x_y) + off·(K·lse - Σ_c x_c) + z_loss·lse²``
+    ``ℓ = (on-off)·(lse - x_y) + off·Σ_c (lse - x_c) + z_loss·lse²``
 
     from :func:`smoothloss._formulas.integer_loss`, 0 at ignored positions, then reduced
     over positions (every rank holds all positions, so the reduction is local).
@@ -124,23 +129,29 @@ def vocab_parallel_forward(
     L = _Local(fw, local_logits, labels, offset, num_classes, opts)
     xp, x = L.xp, L.x
     m = all_max(xp.max(x, axis=-1))
-    stats = [xp.sum(xp.exp(x - xp.expand_dims(m, axis=-1)), axis=-1)]
-    x_y = xp.take_along_axis(x, xp.expand_dims(L.y, axis=-1), axis=-1)[..., 0]
-    stats.append(xp.where(L.owned, x_y, xp.zeros_like(x_y)))
+    z = x - xp.expand_dims(m, axis=-1)  # <= 0: no cancellation in the sums, at any offset
+    stats = [xp.sum(xp.exp(z), axis=-1)]
+    z_y = xp.take_along_axis(z, xp.expand_dims(L.y, axis=-1), axis=-1)[..., 0]
+    stats.append(xp.where(L.owned, -z_y, xp.zeros_like(z_y)))  # m - x_y on the owner
     if L.off:
-        stats.append(xp.sum(x, axis=-1))
+        stats.append(-xp.sum(z, axis=-1))  # Σ_c (m - x_c)
+    del z
     stats = all_sum(xp.stack(stats, axis=-1))
-    lse = m + xp.log(stats[..., 0])
-    sum_x = stats[..., 2] if L.off else None
-    loss = integer_loss(lse, stats[..., 1], sum_x, on=L.on, off=L.off, w_y=1.0, sum_w=float(L.K), kl=opts.kl)
+    lse_rel = xp.log(stats[..., 0])
+    sum_nll = lse_rel * float(L.K) + stats[..., 2] if L.off else None
+    loss = integer_loss(
+        lse_rel + stats[..., 1], sum_nll, on=L.on, off=L.off, w_y=1.0, sum_w=float(L.K), kl=opts.kl
+    )
     if opts.z_loss:
+        lse = m + lse_rel
         loss = loss + opts.z_loss * (lse * lse)
+    loss = xp.where(L.bad, xp.nan, loss)  # a label outside [0, K): no rank owns it
     den = None
     if L.valid is not None:
         loss = xp.where(L.valid, loss, xp.zeros_like(loss))
         den = xp.sum(xp.astype(L.valid, loss.dtype))
     reduced, scale = reduce(xp, loss, opts.reduction, den)
-    return reduced, lse, scale
+    return reduced, xp.stack([m, lse_rel], axis=-1), scale
 
 
 def vocab_parallel_backward(
@@ -150,7 +161,7 @@ def vocab_parallel_backward(
     offset: Any,
     num_classes: int,
     opts: Options,
-    lse: Any,
+    stats: Any,
     scale: Any,
     cotangent: Any,
 ) -> Any:
@@ -159,13 +170,14 @@ def vocab_parallel_backward(
     With s = cotangent·scale (0 at ignored positions) and the core's
     ``(row, on_mass) = integer_grad_coefficients(lse, s, ...)`` for the global K:
 
-    ``g_c = row·exp(x_c - lse) - s·off - [c = y]·on_mass`` for the local classes c,
+    ``g_c = row·exp((x_c - m) - lse_rel) - s·off - [c = y]·on_mass`` for the local classes c,
     the last term only on the rank that owns the label y.
 
     Args:
         fw, local_logits, labels, offset, num_classes, opts: as given to
             :func:`vocab_parallel_forward`.
-        lse, scale: from :func:`vocab_parallel_forward` (the **global** log-sum-exp).
+        stats, scale: from :func:`vocab_parallel_forward` (the **global** log-sum-exp as
+            (row maximum, log-sum-exp relative to it), stacked on a last axis of 2).
         cotangent: the incoming cotangent of the loss (positions' shape for
             ``reduction="none"``, else a scalar).
 
@@ -174,17 +186,19 @@ def vocab_parallel_backward(
     """
     L = _Local(fw, local_logits, labels, offset, num_classes, opts)
     xp, x = L.xp, L.x
-    s = xp.zeros_like(lse) + cotangent * scale  # per position, in lse's dtype
+    m, lse_rel = stats[..., 0], stats[..., 1]
+    s = xp.zeros_like(m) + cotangent * scale  # per position, in the statistics' dtype
     if s.dtype != L.cdtype:
         s = xp.astype(s, L.cdtype)
+    s = xp.where(L.bad, xp.nan, s)
     if L.valid is not None:
         s = xp.where(L.valid, s, xp.zeros_like(s))
     row, on_mass = integer_grad_coefficients(
-        lse, s, on=L.on, off=L.off, w_y=1.0, sum_w=float(L.K), z_loss=opts.z_loss
+        m + lse_rel if opts.z_loss else None, s, on=L.on, off=L.off, w_y=1.0, sum_w=float(L.K), z_loss=opts.z_loss
     )
     shift = xp.expand_dims(s, axis=-1) * L.off if L.off else 0.0
-    # lse is global: the native softmax kernels would normalise over the local classes
-    g = fw.kernels.softmax_affine(x, lse, xp.expand_dims(row, axis=-1), shift, row_lse=False)
+    # the statistics are global: the native softmax kernels would normalise over the local classes
+    g = fw.kernels.softmax_affine(x, (m, lse_rel), xp.expand_dims(row, axis=-1), shift, row_lse=False)
     g = fw.kernels.add_at_labels(g, L.y, xp.where(L.owned, -on_mass, xp.zeros_like(on_mass)))
     g = soft_cap_grad(g, L.capped)
     return g if g.dtype == L.in_dtype else xp.astype(g, L.in_dtype)

@@ -243,7 +243,9 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
       probability targets (PyTorch: ``RuntimeError``). The deprecated
       ``reduction="elementwise_mean"`` is rejected (use ``"mean"``). Invalid constructor
       options raise at construction instead of at the first call. Under
-      ``torch.compile`` the label-range check (it needs values) is skipped.
+      ``torch.compile`` and for labels batched by ``torch.func.vmap`` the label-range
+      check (it needs values) cannot run: an out-of-range label then gives NaN for its
+      position's loss and gradient row (PyTorch: an index error or a device assert).
     * 16-bit logits are accumulated in float32 and the loss is float32 (PyTorch returns
       the input's dtype); the gradient keeps the input's dtype. Inside
       ``torch.autocast`` the loss is computed with autocast disabled.
@@ -310,8 +312,10 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         V.check_choice("convention", convention, V.CONVENTIONS)
         V.check_nonnegative(z_loss, "z_loss")
         V.check_softcap(softcap)
-        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-            raise TypeError(f"ignore_index must be None or an int, got {type(ignore_index).__name__}")
+        if ignore_index is not None:
+            if not V.is_int_scalar(ignore_index):
+                raise TypeError(f"ignore_index must be None or an int, got {type(ignore_index).__name__}")
+            ignore_index = int(ignore_index)
         super().__init__(weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
         self.convention = convention
         self.z_loss = z_loss

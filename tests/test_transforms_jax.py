@@ -451,6 +451,8 @@ def test_dense_transforms(name: str, kind: str, layout: str) -> None:
 MIXUP_SETS = {
     "everything": (False, False, False),
     "everything-uniform-none": (True, True, True),
+    "plain": (True, False, False),
+    "others-weight-sum": (False, True, True),
 }
 
 
@@ -530,6 +532,8 @@ def test_binary_transforms(name: str) -> None:
 LINEAR_SETS = {
     "everything": ((2, 3), 4, False),
     "everything-uniform-none": ((5,), 2, True),
+    "plain": ((4,), 3, True),
+    "others-ignore-sum": ((2, 3), 2, False),
 }
 
 
@@ -623,6 +627,8 @@ def _sharded_results(num_classes: int, devices: list[Any]) -> dict[str, Any]:
                 res = {where: jax.value_and_grad(lambda u: jnp.sum(smoothloss.cross_entropy(u, labels, **kw)))(v)
                        for where, labels in variants.items()}
                 res["hessian"] = jax.hessian(lambda u: jnp.sum(smoothloss.cross_entropy(u, variants["jax"], **kw)))(v)
+                loss, grad = smoothloss.cross_entropy_and_grad(v, variants["jax"], **kw)  # the closed form
+                res["and_grad"] = (jnp.sum(loss), grad)
                 return res
 
             res = jax.jit(all_variants, compiler_options=FAST)(jax.device_put(jnp.asarray(x), spec))
@@ -645,7 +651,7 @@ def _check_sharded(got: dict[str, Any], num_classes: int) -> None:
         want, want_hess = _ref_value_grad_hessian(jnp.asarray(x), jnp.asarray(targets), jnp.asarray(w), params_of(kw),
                                                   reduction=kw.get("reduction", "mean"))
         for kind in ("Auto", "Explicit"):
-            for where in ("jax", "committed", "numpy"):
+            for where in ("jax", "committed", "numpy", "and_grad"):
                 _assert_close(tuple(got[f"{kind}-{name}-{where}"]), want, f"{kind} mesh, {name}, {where} labels")
             _assert_close(got[f"{kind}-{name}-hessian"], want_hess, f"{kind} mesh, {name}, hessian")
 

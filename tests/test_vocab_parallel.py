@@ -226,3 +226,44 @@ def test_core_single_shard_equals_unsharded() -> None:
             ref, ref_g = smoothloss.cross_entropy_and_grad(logits, y, **kw)
             np.testing.assert_allclose(loss, ref, rtol=0, atol=TOL)
             np.testing.assert_allclose(grad, ref_g, rtol=0, atol=TOL)
+
+
+def _two_ranks(fw, shards, y, K, opts):
+    """The forward of two ranks holding ``shards`` (the classes split in half): each
+    rank's collectives see both ranks' arrays (all_max is called once with the local row
+    maxima, all_sum once with the local sums). Returns rank 0's (loss, stats, scale)."""
+    from smoothloss._vocab_parallel import vocab_parallel_forward
+
+    m = np.maximum(*[np.max(s, axis=-1) for s in shards])
+    sums = []
+    for r, s in enumerate(shards):
+        vocab_parallel_forward(fw, s, y, r * (K // 2), K, opts, lambda a: m, lambda a: sums.append(a) or a)
+    return vocab_parallel_forward(fw, shards[0], y, 0, K, opts, lambda a: m, lambda a: sums[0] + sums[1])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "uint16", "int32"])
+def test_core_narrow_labels_and_large_offsets(dtype: str) -> None:
+    """Labels of a dtype narrower than K and float32 logits with a large common offset,
+    over two shards (on NumPy): the plain loss's numbers, value and gradient; a label
+    outside [0, K) gives NaN at its position (no rank owns it)."""
+    from smoothloss._vocab_parallel import options, vocab_parallel_backward
+    from smoothloss.backends import framework
+
+    top = int(np.iinfo(dtype).max)
+    K = min(top + 45, 400)
+    K += K % 2
+    y = np.asarray([5, min(top, K - 1), 1], dtype=dtype)
+    logits = (np.random.default_rng(2).normal(size=(3, K)) + 1e4).astype(np.float32)
+    shards = np.split(logits, 2, axis=-1)
+    fw = framework(logits)
+    opts = options(K, label_smoothing=0.1, reduction="none")
+    loss, stats, scale = _two_ranks(fw, shards, y, K, opts)
+    ref, ref_g = smoothloss.cross_entropy_and_grad(logits, y.astype(np.int64), label_smoothing=0.1, reduction="none")
+    np.testing.assert_allclose(loss, ref, rtol=2e-6)
+    grads = [vocab_parallel_backward(fw, s, y, r * (K // 2), K, opts, stats, scale, np.ones_like(loss))
+             for r, s in enumerate(shards)]
+    np.testing.assert_allclose(np.concatenate(grads, axis=-1), ref_g, rtol=1e-5, atol=1e-7)
+
+    bad = np.asarray([5, K, 0])  # K: no rank owns it
+    loss_bad, _, _ = _two_ranks(fw, shards, bad, K, opts)
+    assert np.isnan(loss_bad[1]) and np.all(np.isfinite(loss_bad[[0, 2]]))

@@ -81,6 +81,12 @@ def framework(*arrays: Any) -> Framework:
     given = _arrays(arrays)
     if not given:
         raise TypeError("expected at least one array")
+    for a in given:
+        if isinstance(a, (list, tuple)):
+            raise TypeError(
+                f"{type(a).__name__} is not a supported array type; make it an array of the "
+                "logits' framework first (np.asarray, torch.as_tensor, jnp.asarray, tf.constant)"
+            )
     names = {framework_name(a) for a in given}
     if len(names) > 1:
         joined = names - {"numpy"}

@@ -39,10 +39,15 @@ def use_native_kernels() -> bool:
 class Kernels:
     """The core's hot-path kernels as Array-API compositions (the reference).
 
-    * ``logsumexp(x)``: log Σ_c exp(x_c) over the last axis.
-    * ``softmax_affine(x, lse, scale, shift, row_lse=True)``: scale·exp(x - lse) - shift,
-      ``lse`` per position (the row's own unless ``row_lse=False``), ``scale`` per
-      position (…, 1) or a float, ``shift`` anything that broadcasts against x.
+    * ``log_softmax_stats(x, weight, sum_w)``: ``(m, lse_rel, sum_nll)`` over the last
+      axis: each row's maximum m, ``lse_rel = log Σ_c exp(x_c - m)`` (so the log-sum-exp is
+      m + lse_rel, never formed: its rounding at a large offset would be the loss's error),
+      and, given ``sum_w = Σ_c w_c`` (K without a weight), ``sum_nll = Σ_c w_c (lse - x_c)``
+      (w = 1 without a weight; None when ``sum_w`` is None).
+    * ``softmax_affine(x, stats, scale, shift, row_lse=True)``: scale·softmax(x) - shift
+      with ``softmax = exp((x - m) - lse_rel)``, ``stats = (m, lse_rel)`` per position (the
+      row's own unless ``row_lse=False``: then they may be a whole sharded row's),
+      ``scale`` per position (…, 1) or a float, ``shift`` anything that broadcasts against x.
     * ``add_at_labels(g, labels, values)``: g with ``values`` (per position) added at
       each position's label. Native versions may write into ``g`` (always a fresh array).
     * ``add_matmul(acc, a, b)``: ``acc + a @ b`` in ``acc``'s dtype (``a @ b`` without acc).
@@ -52,13 +57,20 @@ class Kernels:
         self.fw = fw
         self.xp = fw.xp
 
-    def logsumexp(self, x: Any) -> Any:
+    def log_softmax_stats(self, x: Any, weight: Any = None, sum_w: Any = None) -> tuple[Any, Any, Any]:
         xp = self.xp
         m = xp.max(x, axis=-1, keepdims=True)
-        return m[..., 0] + xp.log(xp.sum(xp.exp(x - m), axis=-1))
+        z = x - m  # <= 0: the sums below add terms of one sign, with no cancellation
+        lse_rel = xp.log(xp.sum(xp.exp(z), axis=-1))
+        sum_nll = None
+        if sum_w is not None:
+            sum_nll = lse_rel * sum_w - xp.sum(z if weight is None else z * weight, axis=-1)
+        return m[..., 0], lse_rel, sum_nll
 
-    def softmax_affine(self, x: Any, lse: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
-        g = self.xp.exp(x - self.xp.expand_dims(lse, axis=-1))
+    def softmax_affine(self, x: Any, stats: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
+        xp = self.xp
+        m, lse_rel = stats
+        g = xp.exp((x - xp.expand_dims(m, axis=-1)) - xp.expand_dims(lse_rel, axis=-1))
         return _affine(g, scale, shift)
 
     def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
@@ -135,14 +147,29 @@ class Framework:
         return int(info.min) <= value <= int(info.max)
 
     def index(self, labels: Any) -> Any:
-        """Integer labels in the index dtype (narrow dtypes would wrap at K)."""
-        dtype = self.index_dtype
-        return labels if labels.dtype == dtype else self.xp.astype(labels, dtype)
+        """Integer labels in the index dtype (narrow dtypes would wrap at K). An unsigned
+        label too large for the index dtype (uint64 ≥ 2⁶³) wraps to a negative value in
+        the cast: it becomes the index dtype's maximum instead, out of range for any K
+        and equal to no ``ignore_index`` a label dtype of the user's could mean."""
+        xp, dtype = self.xp, self.index_dtype
+        if labels.dtype == dtype:
+            return labels
+        y = xp.astype(labels, dtype)
+        if xp.isdtype(labels.dtype, "unsigned integer") and xp.iinfo(labels.dtype).bits >= xp.iinfo(dtype).bits:
+            y = xp.where(y < 0, xp.iinfo(dtype).max, y)
+        return y
 
     # ------------------------------------------------------------------ losses
     def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
         """The dense loss, its gradient registered where the framework has autodiff."""
         return _core.forward(self, logits, targets, weight, opts)[0]
+
+    def cross_entropy_and_grad(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> tuple[Any, Any]:
+        """``(loss, d loss/d logits)`` of the dense loss from the closed form (the gradient
+        of the sum of the per-position losses for ``"none"``), without autodiff."""
+        loss, stats, scale = _core.forward(self, logits, targets, weight, opts)
+        grad = _core.backward(self, logits, targets, weight, opts, stats, scale, loss, 1.0)[0]
+        return loss, grad
 
     def linear_cross_entropy(
         self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: _core.Options, chunk: int

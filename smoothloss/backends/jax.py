@@ -51,7 +51,14 @@ class JaxFramework(Framework):
         mesh = _explicit_mesh(logits, targets, weight)
         if mesh is None:
             return _cross_entropy(logits, targets, weight, opts)
-        return _in_auto_axes(mesh, logits, targets, weight, opts)
+        return _in_auto_axes(mesh, lambda x, t, w: _cross_entropy(x, t, w, opts), logits, targets, weight, opts)
+
+    def cross_entropy_and_grad(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> tuple[Any, Any]:
+        mesh = _explicit_mesh(logits, targets, weight)
+        closed_form = partial(Framework.cross_entropy_and_grad, self, opts=opts)
+        if mesh is None:
+            return closed_form(logits, targets, weight)
+        return _in_auto_axes(mesh, closed_form, logits, targets, weight, opts, with_grad=True)
 
     def linear_cross_entropy(self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
         fn = _linear_none if opts.reduction == "none" else _linear_reduced
@@ -110,19 +117,23 @@ def _explicit_mesh(*arrays: Any) -> Any:
     return None
 
 
-def _in_auto_axes(mesh: Any, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
-    """The dense loss with the mesh's Explicit axes made Auto (``jax.sharding.auto_axes``):
-    XLA's partitioner places the collectives, as for Auto meshes. The loss comes back
-    replicated (mean, sum) or sharded as the logits' non-class axes (``"none"``); the
-    gradients keep the inputs' shardings (``reshard`` is linear)."""
+def _in_auto_axes(
+    mesh: Any, fn: Any, logits: Any, targets: Any, weight: Any, opts: _core.Options, with_grad: bool = False
+) -> Any:
+    """``fn(logits, targets, weight)`` (the dense loss, or the loss and its closed-form
+    gradient) with the mesh's Explicit axes made Auto (``jax.sharding.auto_axes``): XLA's
+    partitioner places the collectives, as for Auto meshes. The loss comes back
+    replicated (mean, sum) or sharded as the logits' non-class axes (``"none"``); a
+    gradient comes back sharded as the logits, and autodiff's gradients keep the inputs'
+    shardings (``reshard`` is linear)."""
+    spec = tuple(jax.typeof(logits).sharding.spec)
+    spec += (None,) * (logits.ndim - len(spec))
     out = jax.sharding.PartitionSpec()
     if opts.reduction == "none":
-        spec = tuple(jax.typeof(logits).sharding.spec)
-        spec += (None,) * (logits.ndim - len(spec))
         out = jax.sharding.PartitionSpec(*(s for i, s in enumerate(spec) if i != opts.axis))
-    fn = jax.sharding.auto_axes(
-        lambda x, t, w: _cross_entropy(x, t, w, opts), axes=tuple(mesh.explicit_axes), out_sharding=out
-    )
+    if with_grad:
+        out = (out, jax.sharding.PartitionSpec(*spec))
+    fn = jax.sharding.auto_axes(fn, axes=tuple(mesh.explicit_axes), out_sharding=out)
     with jax.sharding.use_abstract_mesh(mesh):
         return fn(logits, targets, weight)
 
@@ -154,13 +165,13 @@ def _linear_none(hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, ch
 
 
 def _linear_none_fwd(hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
-    loss, lse, scale, _ = _linear.chunked_forward(FW, hidden, weight, bias, labels, opts, chunk)
-    return loss, (hidden, weight, bias, labels, lse)
+    loss, stats, scale, _ = _linear.chunked_forward(FW, hidden, weight, bias, labels, opts, chunk)
+    return loss, (hidden, weight, bias, labels, stats)
 
 
 def _linear_none_bwd(opts: Any, chunk: int, residuals: Any, cotangent: Any) -> Any:
-    hidden, weight, bias, labels, lse = residuals
-    return (*_linear.chunked_backward(FW, hidden, weight, bias, labels, opts, chunk, lse, 1.0, cotangent), None)
+    hidden, weight, bias, labels, stats = residuals
+    return (*_linear.chunked_backward(FW, hidden, weight, bias, labels, opts, chunk, stats, 1.0, cotangent), None)
 
 
 _linear_none.defvjp(_linear_none_fwd, _linear_none_bwd)
@@ -168,7 +179,7 @@ _linear_none.defvjp(_linear_none_fwd, _linear_none_bwd)
 
 def _scan_loop(
     fw: Any, step: Any, hidden: Any, weight: Any, bias: Any, labels: Any, row_opts: Any, chunk: int,
-    lse: Any, scale: Any, cotangent: Any, needs: tuple[bool, bool, bool],
+    stats: Any, scale: Any, cotangent: Any, needs: tuple[bool, bool, bool],
 ) -> tuple[Any, Any, Any, Any, Any]:
     """The chunk loop as a ``jax.lax.scan`` over the full chunks, then the shorter last
     chunk directly. A Python loop unrolled under jit leaves XLA free to schedule every
@@ -179,17 +190,17 @@ def _scan_loop(
     n = int(hidden.shape[0])
     full, rest = divmod(n, chunk)
     per_row = getattr(cotangent, "ndim", 0) > 0
-    forward = lse is None
+    forward = stats is None
 
     def blocks(a: Any) -> Any:  # the first full·chunk rows as (full, chunk, ...)
         return None if a is None else a[: full * chunk].reshape(full, chunk, *a.shape[1:])
 
     def body(carry: Any, xs: Any) -> Any:
-        h, y, lse_c, cot = xs
-        loss_c, lse_c, dh_c, d_w, d_b = step(
-            fw, h, y, weight, bias, row_opts, lse_c, scale, cot if per_row else cotangent, needs, *carry
+        h, y, stats_c, cot = xs
+        loss_c, stats_c, dh_c, d_w, d_b = step(
+            fw, h, y, weight, bias, row_opts, stats_c, scale, cot if per_row else cotangent, needs, *carry
         )
-        return (d_w, d_b), (loss_c, lse_c, dh_c)
+        return (d_w, d_b), (loss_c, stats_c, dh_c)
 
     carry: Any = (None, None)
     outs: list[Any] = []
@@ -198,13 +209,13 @@ def _scan_loop(
             jnp.zeros(weight.shape, acc) if needs[1] else None,
             jnp.zeros(weight.shape[:1], acc) if needs[2] else None,
         )
-        xs = (blocks(hidden), blocks(labels), None if forward else blocks(lse), blocks(cotangent) if per_row else None)
+        xs = (blocks(hidden), blocks(labels), None if forward else blocks(stats), blocks(cotangent) if per_row else None)
         carry, stacked = jax.lax.scan(body, carry, xs)
         outs.append(tuple(None if a is None else a.reshape(full * chunk, *a.shape[2:]) for a in stacked))
     if rest or not full:
         tail = slice(full * chunk, n)
         carry, last = body(carry, (
-            hidden[tail], labels[tail], None if forward else lse[tail], cotangent[tail] if per_row else None,
+            hidden[tail], labels[tail], None if forward else stats[tail], cotangent[tail] if per_row else None,
         ))
         outs.append(last)
 
@@ -214,7 +225,7 @@ def _scan_loop(
 
     return (
         joined(0) if forward else None,
-        joined(1) if forward else lse,
+        joined(1) if forward else stats,
         joined(2) if needs[0] else None,
         *carry,
     )
@@ -235,16 +246,16 @@ def _vocab_parallel_loss(local_logits: Any, labels: Any, axis_name: Hashable, nu
 
 
 def _vocab_parallel_fwd(local_logits: Any, labels: Any, axis_name: Hashable, num_classes: int, opts: Any) -> Any:
-    loss, lse, scale = _vocab_parallel.vocab_parallel_forward(
+    loss, stats, scale = _vocab_parallel.vocab_parallel_forward(
         FW, local_logits, labels, _offset(local_logits, axis_name), num_classes, opts, *_collectives(axis_name)
     )
-    return loss, (local_logits, labels, lse, jnp.asarray(scale, dtype=lse.dtype))
+    return loss, (local_logits, labels, stats, jnp.asarray(scale, dtype=stats.dtype))
 
 
 def _vocab_parallel_bwd(axis_name: Hashable, num_classes: int, opts: Any, residuals: Any, cotangent: Any) -> Any:
-    local_logits, labels, lse, scale = residuals
+    local_logits, labels, stats, scale = residuals
     g = _vocab_parallel.vocab_parallel_backward(
-        FW, local_logits, labels, _offset(local_logits, axis_name), num_classes, opts, lse, scale, cotangent
+        FW, local_logits, labels, _offset(local_logits, axis_name), num_classes, opts, stats, scale, cotangent
     )
     return g, None
 

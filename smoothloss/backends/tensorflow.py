@@ -23,14 +23,13 @@ __all__ = ["TensorflowFramework"]
 
 
 class TensorflowKernels(Kernels):
-    """``tf.reduce_logsumexp``, ``tf.nn.softmax`` and ``tf.tensor_scatter_nd_add``."""
+    """``tf.nn.softmax`` and ``tf.tensor_scatter_nd_add``; the row statistics are the
+    Array-API composition (measured faster in a graph than reading them off
+    ``tf.nn.log_softmax``)."""
 
-    def logsumexp(self, x: Any) -> Any:
-        return tf.reduce_logsumexp(x, axis=-1)
-
-    def softmax_affine(self, x: Any, lse: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
+    def softmax_affine(self, x: Any, stats: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
         if not row_lse:
-            return super().softmax_affine(x, lse, scale, shift, row_lse=False)
+            return super().softmax_affine(x, stats, scale, shift, row_lse=False)
         return _affine(tf.nn.softmax(x, axis=-1), scale, shift)
 
     def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
@@ -69,16 +68,16 @@ class TensorflowFramework(Framework):
         @tf.custom_gradient
         def loss_fn(logits: Any, targets: Any, *maybe_weight: Any) -> Any:
             w = maybe_weight[0] if maybe_weight else None
-            loss, lse, scale = _core.forward(fw, logits, targets, w, opts)
+            loss, stats, scale = _core.forward(fw, logits, targets, w, opts)
 
             def grad(cotangent: Any) -> Any:
                 needs = (True, floating, w is not None)
                 if tf.executing_eagerly() and _recording():  # a tape watches the backward
                     with native_kernels(False):
-                        l2, lse2, scale2 = _core.forward(fw, logits, targets, w, opts)
-                        g = _core.backward(fw, logits, targets, w, opts, lse2, scale2, l2, cotangent, needs)
+                        l2, stats2, scale2 = _core.forward(fw, logits, targets, w, opts)
+                        g = _core.backward(fw, logits, targets, w, opts, stats2, scale2, l2, cotangent, needs)
                 else:
-                    g = _core.backward(fw, logits, targets, w, opts, lse, scale, loss, cotangent, needs)
+                    g = _core.backward(fw, logits, targets, w, opts, stats, scale, loss, cotangent, needs)
                 return (g[0], g[1]) + ((g[2],) if w is not None else ())
 
             return loss, grad
@@ -92,13 +91,13 @@ class TensorflowFramework(Framework):
         @tf.custom_gradient
         def loss_fn(hidden: Any, weight: Any, *maybe_bias: Any) -> Any:
             b = maybe_bias[0] if maybe_bias else None
-            loss, lse, scale, grads = _linear.chunked_forward(fw, hidden, weight, b, labels, opts, chunk, needs)
+            loss, stats, scale, grads = _linear.chunked_forward(fw, hidden, weight, b, labels, opts, chunk, needs)
 
             def grad(cotangent: Any) -> Any:
                 if grads is not None:
                     d = tuple(None if g is None else g * tf.cast(cotangent, g.dtype) for g in grads)
                 else:
-                    d = _linear.chunked_backward(fw, hidden, weight, b, labels, opts, chunk, lse, scale, cotangent)
+                    d = _linear.chunked_backward(fw, hidden, weight, b, labels, opts, chunk, stats, scale, cotangent)
                 return d[:2] + ((d[2],) if b is not None else ())
 
             return loss, grad
@@ -132,7 +131,7 @@ def _recording() -> bool:
 
 def _while_loop(
     fw: Any, step: Any, hidden: Any, weight: Any, bias: Any, labels: Any, row_opts: Any, chunk: int,
-    lse: Any, scale: Any, cotangent: Any, needs: tuple[bool, bool, bool],
+    stats: Any, scale: Any, cotangent: Any, needs: tuple[bool, bool, bool],
 ) -> tuple[Any, Any, Any, Any, Any]:
     """The chunk loop inside a TensorFlow graph: a ``tf.while_loop`` calling the same
     ``step``, per-row results in TensorArrays, the weight and bias gradients as
@@ -150,7 +149,7 @@ def _while_loop(
     n = int(hidden.shape[0]) if static else tf.shape(hidden)[0]
     count = n // chunk if static else (n + chunk - 1) // chunk
     acc = compute_dtype(fw.xp, hidden.dtype)
-    forward = lse is None
+    forward = stats is None
     per_row = getattr(cotangent, "ndim", 0) > 0
 
     def rows(a: Any, i: Any) -> Any:
@@ -162,7 +161,7 @@ def _while_loop(
 
     def call(i: Any, d_weight: Any, d_bias: Any, take: Any) -> Any:
         return step(
-            fw, take(hidden, i), take(labels, i), weight, bias, row_opts, None if forward else take(lse, i), scale,
+            fw, take(hidden, i), take(labels, i), weight, bias, row_opts, None if forward else take(stats, i), scale,
             take(cotangent, i) if per_row else cotangent, needs, d_weight, d_bias,
         )
 
@@ -171,30 +170,30 @@ def _while_loop(
 
     placeholder = tf.zeros((), acc)  # loop variables for the sums nobody asked for
     start = (
-        tf.constant(0), array(acc, [None]), array(acc, [None]), array(hidden.dtype, [None, hidden.shape[-1]]),
+        tf.constant(0), array(acc, [None]), array(acc, [None, 2]), array(hidden.dtype, [None, hidden.shape[-1]]),
         tf.zeros(weight.shape, acc) if needs[1] else placeholder,
         tf.zeros(weight.shape[:1], acc) if needs[2] else placeholder,
     )
 
-    def body(k: Any, losses: Any, lses: Any, dhs: Any, d_weight: Any, d_bias: Any) -> Any:
-        loss_c, lse_c, dh_c, d_w, d_b = call(
+    def body(k: Any, losses: Any, stats_parts: Any, dhs: Any, d_weight: Any, d_bias: Any) -> Any:
+        loss_c, stats_c, dh_c, d_w, d_b = call(
             k * chunk, d_weight if needs[1] else None, d_bias if needs[2] else None, rows
         )
         if forward:
-            losses, lses = losses.write(k, loss_c), lses.write(k, lse_c)
+            losses, stats_parts = losses.write(k, loss_c), stats_parts.write(k, stats_c)
         if needs[0]:
             dhs = dhs.write(k, dh_c)
-        return (k + 1, losses, lses, dhs, d_w if needs[1] else d_weight, d_b if needs[2] else d_bias)
+        return (k + 1, losses, stats_parts, dhs, d_w if needs[1] else d_weight, d_b if needs[2] else d_bias)
 
     # parallel_iterations=1: by default up to 10 iterations, each with its chunk's logits, overlap
-    _, losses, lses, dhs, d_weight, d_bias = tf.while_loop(
+    _, losses, stats_parts, dhs, d_weight, d_bias = tf.while_loop(
         lambda k, *_: k < count, body, start, parallel_iterations=1
     )
-    parts = [[losses.concat()] if forward else [], [lses.concat()] if forward else [], [dhs.concat()] if needs[0] else []]
+    parts = [[losses.concat()] if forward else [], [stats_parts.concat()] if forward else [], [dhs.concat()] if needs[0] else []]
     d_weight, d_bias = (d_weight if needs[1] else None), (d_bias if needs[2] else None)
     if static and n % chunk:  # the shorter last chunk
-        loss_c, lse_c, dh_c, d_weight, d_bias = call(count * chunk, d_weight, d_bias, lambda a, i: a[i:])
-        for part, value, wanted in zip(parts, (loss_c, lse_c, dh_c), (forward, forward, needs[0])):
+        loss_c, stats_c, dh_c, d_weight, d_bias = call(count * chunk, d_weight, d_bias, lambda a, i: a[i:])
+        for part, value, wanted in zip(parts, (loss_c, stats_c, dh_c), (forward, forward, needs[0])):
             if wanted:
                 part.append(value)
 
@@ -203,7 +202,7 @@ def _while_loop(
 
     return (
         joined(parts[0]) if forward else None,
-        joined(parts[1]) if forward else lse,
+        joined(parts[1]) if forward else stats,
         joined(parts[2]) if needs[0] else None,
         d_weight,
         d_bias,

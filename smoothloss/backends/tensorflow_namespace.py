@@ -20,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = [
+    # constants
+    "nan", "inf",
     # dtypes and their inspection
     "bool", "float16", "bfloat16", "float32", "float64", "int32", "int64",
     "isdtype", "finfo", "iinfo", "astype",
@@ -30,11 +32,13 @@ __all__ = [
     # reductions
     "max", "min", "sum", "any",
     # shape and indexing
-    "reshape", "expand_dims", "moveaxis", "take", "take_along_axis", "concat",
+    "reshape", "expand_dims", "moveaxis", "take", "take_along_axis", "concat", "stack",
     # linear algebra
     "matmul",
 ]
 
+nan = float("nan")
+inf = float("inf")
 bool = tf.bool  # noqa: A001 - the standard's dtype name
 float16 = tf.float16
 bfloat16 = tf.bfloat16
@@ -165,6 +169,10 @@ def concat(arrays: Any, /, *, axis: int | None = 0) -> Any:
     if axis is None:
         return tf.concat([tf.reshape(a, (-1,)) for a in arrays], axis=0)
     return tf.concat(list(arrays), axis=axis)
+
+
+def stack(arrays: Any, /, *, axis: int = 0) -> Any:
+    return tf.stack(list(arrays), axis=axis)
 
 
 def take_along_axis(x: Any, indices: Any, /, *, axis: int = -1) -> Any:

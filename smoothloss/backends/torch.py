@@ -39,17 +39,22 @@ def _scaled(g: torch.Tensor, scale: Any, shift: Any) -> torch.Tensor:
 class TorchKernels(Kernels):
     """Fused and in-place kernels: fewer B×K passes and allocations than the composition."""
 
-    def logsumexp(self, x: Any) -> Any:
+    def log_softmax_stats(self, x: Any, weight: Any = None, sum_w: Any = None) -> tuple[Any, Any, Any]:
         # torch's fused log_softmax kernel is several times faster on the CPU than
-        # torch.logsumexp; read the log-sum-exp off it at each row's maximum, where
-        # log p = max - lse is computed without cancellation.
+        # torch.logsumexp, and computes (x - max) - log Σ exp(x - max): read lse_rel off it
+        # at each row's maximum, and the weighted sum of -log p off the same temporary.
         m, at = torch.max(x, dim=-1, keepdim=True)
-        return (m - torch.log_softmax(x, dim=-1).gather(-1, at)).squeeze(-1)
+        log_p = torch.log_softmax(x, dim=-1)
+        lse_rel = log_p.gather(-1, at).squeeze(-1).neg_()
+        sum_nll = None
+        if sum_w is not None:
+            sum_nll = (log_p.sum(-1) if weight is None else torch.matmul(log_p, weight)).neg_()
+        return m.squeeze(-1), lse_rel, sum_nll
 
-    def softmax_affine(self, x: Any, lse: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
-        if not row_lse:  # a shard's global lse: the fused softmax would normalise locally
-            return super().softmax_affine(x, lse, scale, shift, row_lse=False)
-        return _scaled(torch.softmax(x, dim=-1), scale, shift)  # softmax = exp(x - lse)
+    def softmax_affine(self, x: Any, stats: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
+        if not row_lse:  # a shard's global statistics: the fused softmax would normalise locally
+            return super().softmax_affine(x, stats, scale, shift, row_lse=False)
+        return _scaled(torch.softmax(x, dim=-1), scale, shift)
 
     def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
         v = values if isinstance(values, torch.Tensor) else torch.full_like(labels, values, dtype=g.dtype)
@@ -197,36 +202,36 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(logits: Any, targets: Any, weight: Any, opts: _core.Options, fw: TorchFramework) -> Any:
-        loss, lse, scale = _core.forward(fw, logits, targets, weight, opts)
+        loss, stats, scale = _core.forward(fw, logits, targets, weight, opts)
         if not isinstance(scale, torch.Tensor):  # torch.full keeps a symbolic float (1/N) symbolic
-            scale = torch.full((), scale, dtype=lse.dtype, device=lse.device)
-        return loss, lse, scale
+            scale = torch.full((), scale, dtype=stats.dtype, device=stats.device)
+        return loss, stats, scale
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
         logits, targets, weight, opts, fw = inputs
-        loss, lse, scale = output
+        loss, stats, scale = output
         ctx.opts, ctx.fw = opts, fw
-        ctx.mark_non_differentiable(lse, scale)
-        ctx.save_for_backward(logits, targets, weight, lse, scale, loss)
+        ctx.mark_non_differentiable(stats, scale)
+        ctx.save_for_backward(logits, targets, weight, stats, scale, loss)
         ctx.save_for_forward(logits, targets, weight)
 
     @staticmethod
-    def backward(ctx: Any, cotangent: Any, _lse: Any, _scale: Any) -> Any:
-        logits, targets, weight, lse, scale, loss = ctx.saved_tensors
+    def backward(ctx: Any, cotangent: Any, _stats: Any, _scale: Any) -> Any:
+        logits, targets, weight, stats, scale, loss = ctx.saved_tensors
         needs = tuple(ctx.needs_input_grad[:3])
         fw, opts = ctx.fw, ctx.opts
         if torch.is_grad_enabled():  # create_graph: every statistic as a function of the inputs
             with native_kernels(False):
-                loss, lse, scale = _core.forward(fw, logits, targets, weight, opts)
-                grads = _core.backward(fw, logits, targets, weight, opts, lse, scale, loss, cotangent, needs)
+                loss, stats, scale = _core.forward(fw, logits, targets, weight, opts)
+                grads = _core.backward(fw, logits, targets, weight, opts, stats, scale, loss, cotangent, needs)
         elif any(_functorch_wrapped(t) for t in (cotangent, logits, targets, weight) if t is not None):
             # under vmap (batched gradients, jacrev): the native kernels write in place,
             # which vmap refuses where a batched operand meets an unbatched result
             with native_kernels(False):
-                grads = _core.backward(fw, logits, targets, weight, opts, lse, scale, loss, cotangent, needs)
+                grads = _core.backward(fw, logits, targets, weight, opts, stats, scale, loss, cotangent, needs)
         else:
-            grads = _core.backward(fw, logits, targets, weight, opts, lse, scale, loss, cotangent, needs)
+            grads = _core.backward(fw, logits, targets, weight, opts, stats, scale, loss, cotangent, needs)
         return (*grads, None, None)
 
     @staticmethod
@@ -255,16 +260,16 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int, fw: Any) -> Any:
         needs = tuple(ctx.needs_input_grad[:3])
-        loss, lse, scale, grads = _linear.chunked_forward(fw, hidden, weight, bias, labels, opts, chunk, needs)
+        loss, stats, scale, grads = _linear.chunked_forward(fw, hidden, weight, bias, labels, opts, chunk, needs)
         ctx.opts, ctx.chunk, ctx.scale, ctx.fw = opts, chunk, scale, fw
         # not saved tensors: the first backward scales them in place and drops them
         ctx.grads = grads
-        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.save_for_backward(hidden, weight, bias, labels, stats)
         return loss
 
     @staticmethod
     def backward(ctx: Any, cotangent: Any) -> Any:
-        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        hidden, weight, bias, labels, stats = ctx.saved_tensors
         batched = _functorch_wrapped(cotangent)  # is_grads_batched (gradcheck): vmap refuses in-place kernels
         # (no native_kernels context unless batched: Dynamo cannot trace ContextVar.set)
         with torch.no_grad(), native_kernels(False) if batched else contextlib.nullcontext():
@@ -272,7 +277,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             if grads is None:
                 needs = tuple(ctx.needs_input_grad[:3])
                 grads = _linear.chunked_backward(
-                    ctx.fw, hidden, weight, bias, labels, ctx.opts, ctx.chunk, lse, ctx.scale, cotangent, needs
+                    ctx.fw, hidden, weight, bias, labels, ctx.opts, ctx.chunk, stats, ctx.scale, cotangent, needs
                 )
             elif batched:
                 grads = tuple(None if g is None else g * cotangent for g in grads)
@@ -304,21 +309,21 @@ class VocabParallelFunction(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, local_logits: Any, labels: Any, offset: int, num_classes: int, opts: Any, group: Any, fw: Any
     ) -> Any:
-        loss, lse, scale = _vocab_parallel.vocab_parallel_forward(
+        loss, stats, scale = _vocab_parallel.vocab_parallel_forward(
             fw, local_logits, labels, offset, num_classes, opts, *_collectives(group)
         )
         ctx.offset, ctx.num_classes, ctx.opts, ctx.scale, ctx.fw = offset, num_classes, opts, scale, fw
-        ctx.save_for_backward(local_logits, labels, lse)
+        ctx.save_for_backward(local_logits, labels, stats)
         return loss
 
     @staticmethod
     def backward(ctx: Any, cotangent: Any) -> Any:  # type: ignore[override]
-        local_logits, labels, lse = ctx.saved_tensors
+        local_logits, labels, stats = ctx.saved_tensors
         g = None
         if ctx.needs_input_grad[0]:
             with torch.no_grad():
                 g = _vocab_parallel.vocab_parallel_backward(
-                    ctx.fw, local_logits, labels, ctx.offset, ctx.num_classes, ctx.opts, lse, ctx.scale, cotangent
+                    ctx.fw, local_logits, labels, ctx.offset, ctx.num_classes, ctx.opts, stats, ctx.scale, cotangent
                 )
             (g,) = _first_order_only("smoothloss vocab_parallel_cross_entropy", (g,), (local_logits, cotangent))
         return g, None, None, None, None, None, None
