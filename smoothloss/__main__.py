@@ -5,17 +5,23 @@ conformance cases on each (both target kinds, both conventions, weights, ignore_
 z-loss, softcap, kl; float32, float64 and the 16-bit floats the framework has), and
 prints one table row per framework, device and dtype: the largest relative error of the
 loss and of the gradient (autodiff and closed form) against the float64 reference, the
-spread across frameworks, and PASS/FAIL. The exit status is 1 if any row fails.
+spread across frameworks, and PASS/FAIL. The exit status is 1 if any row fails, or if
+``--device`` names a device that no framework has (then one line says which devices each
+framework has). A row's device is the one its arrays were found on, never just the one
+asked for.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import os
+import re
 import sys
+import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -26,6 +32,18 @@ from smoothloss.testing.cases import OPTION_SETS, Case
 CHECK_DRIVERS = ("numpy", "array_api_strict", "torch", "jax-jit", "tensorflow-function")
 FLOAT_DTYPES = ("float32", "float64")
 HALF_DTYPES = ("bfloat16", "float16")
+CPU_ONLY = ("numpy", "array_api_strict")
+
+# What native code (TensorFlow, XLA, absl) writes to the stderr file descriptor while the
+# frameworks load: glog-style lines ("I0000 00:00:1796028449.81  4920 port.cc:153] ..."),
+# TensorFlow's older "2025-01-01 12:00:00.000: I ..." lines and absl's warning that its
+# logging is not set up. absl writes these before TF_CPP_MIN_LOG_LEVEL is read, so the CLI
+# captures them and applies that level itself. The group is the severity: I, W, E or F.
+_NATIVE_LOG_LINE = re.compile(
+    r"(?:([IWEF])\d{4} \d+:\d+:\d+(?:\.\d+)? +\d+ [^\]\s]+:\d+\] "
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) "
+    r"|(W)ARNING: All log messages before absl::InitializeLog\(\) is called)"
+)
 
 
 def check_cases(dtype: str) -> list[Case]:
@@ -46,9 +64,24 @@ def check_cases(dtype: str) -> list[Case]:
     return cases
 
 
-def _run_case(driver: Any, case: Case, dtype: str) -> tuple[float, float, np.ndarray]:
-    """(loss error, grad error, loss) of one case on one driver, against the reference
-    computed from the same rounded inputs."""
+def _device_label(raw: Any, with_index: bool = False) -> str:
+    """'cpu', 'cuda', ... (with ``with_index``: 'cuda:0') from what a framework calls a
+    device: 'cuda:0', '/job:localhost/replica:0/task:0/device:GPU:0',
+    "array_api_strict.Device('CPU_DEVICE')", 'gpu', ..."""
+    text = str(raw).strip().lower()
+    quoted = re.search(r"device\(['\"]([^'\"]+)['\"]\)", text)  # array-api-strict
+    if quoted:
+        text = "cpu" if quoted.group(1) == "cpu_device" else quoted.group(1)
+    text = text.rsplit("device:", 1)[-1].strip("/")  # TensorFlow
+    kind, _, index = text.partition(":")
+    kind = "cuda" if kind == "gpu" else kind
+    return f"{kind}:{index or 0}" if with_index else kind
+
+
+def _run_case(driver: Any, case: Case, dtype: str) -> tuple[float, float, np.ndarray, str]:
+    """(loss error, grad error, loss, device) of one case on one driver, against the
+    reference computed from the same rounded inputs. The device is where the logits and
+    the loss actually are ('cpu', 'cuda', ...; two joined by '/' if they differ)."""
     import smoothloss
 
     logits, targets, opts = case.make()
@@ -66,10 +99,12 @@ def _run_case(driver: Any, case: Case, dtype: str) -> tuple[float, float, np.nda
         loss, grad = driver.value_and_grad(lambda x, t: smoothloss.cross_entropy(x, t, **native), x, t)
     else:  # NumPy and array-api-strict: the closed form
         loss, grad = driver.call(lambda x, t: smoothloss.cross_entropy_and_grad(x, t, **native), x, t)
+    with_index = ":" in driver.device_name
+    where = "/".join(sorted({_device_label(driver.device_of(a), with_index) for a in (x, loss)}))
     loss = driver.to_numpy(loss)
     loss_err = rel_err(loss, ref_loss)
     grad_err = rel_err(driver.to_numpy(grad), ref_grad)
-    return loss_err, grad_err, loss
+    return loss_err, grad_err, loss, where
 
 
 def _float64_scope(framework: str) -> Any:
@@ -85,55 +120,165 @@ def _float64_scope(framework: str) -> Any:
     return scope(True)
 
 
-def _check_framework(name: str, cls: Any, device: str | None, rows: list[Any], per_case: dict[Any, Any], out: Any) -> None:
-    """Run every dtype's cases on every device of one driver; append a row per dtype."""
+@contextlib.contextmanager
+def _native_logs_captured(min_level: int) -> Iterator[None]:
+    """Capture what is written to the stderr file descriptor in this block (native code
+    writes there directly, past ``sys.stderr``), then pass it on without the native log
+    lines below ``min_level`` (TF_CPP_MIN_LOG_LEVEL: 1 drops I, 2 also W, 3 also E); all
+    of it if the block raised."""
+    if min_level <= 0:
+        yield
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        raised = True
+        try:
+            yield
+            raised = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = []
+            for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
+                m = _NATIVE_LOG_LINE.match(line)
+                if raised or not m or "IWEF".index(next(g for g in m.groups() if g)) >= min_level:
+                    kept.append(line)
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def _find_devices(
+    frameworks: tuple[str, ...], device: str | None,
+) -> tuple[dict[str, list[str] | None], dict[str, list[str]]]:
+    """Per driver name: the device kinds its framework has here (None: not installed),
+    and the devices to run it on (``device`` alone, or [] where it is missing)."""
+    from smoothloss.backends.drivers import DRIVERS, get_driver
+
+    found: dict[str, list[str] | None] = {}
+    runs: dict[str, list[str]] = {}
+    for name in frameworks:
+        cls = DRIVERS[name]
+        if not cls.installed():
+            found[name], runs[name] = None, []
+            continue
+        found[name] = cls("cpu").devices()
+        if device is None:
+            runs[name] = list(found[name])
+            continue
+        try:
+            get_driver(name, device).require_device()
+        except RuntimeError:
+            runs[name] = []
+        else:
+            runs[name] = [device]
+    return found, runs
+
+
+def _no_device_line(device: str, frameworks: tuple[str, ...], found: dict[str, list[str] | None]) -> str:
+    """'no cuda device: torch has cpu; jax has cpu; tensorflow has cpu' (the CPU-only
+    array libraries named only when nothing else was asked for)."""
+    from smoothloss.backends.drivers import DRIVERS
+
+    names = [n for n in frameworks if DRIVERS[n].framework not in CPU_ONLY] or list(frameworks)
+    parts: dict[str, str] = {}  # framework -> what it has (jax and jax-jit: one entry)
+    for name in names:
+        kinds = found[name]
+        what = "not installed" if kinds is None else f"has {', '.join(kinds)}"
+        parts.setdefault(DRIVERS[name].framework, what)
+    return f"no {device} device: " + "; ".join(f"{fw} {what}" for fw, what in parts.items())
+
+
+def _check_framework(name: str, cls: Any, devices: list[str], rows: list[Any], per_case: dict[Any, Any], out: Any) -> None:
+    """Run every dtype's cases on each device of one driver; append a row per device and
+    dtype, its device the one the arrays were on."""
     from smoothloss.backends.drivers import get_driver
 
-    probe = cls("cpu")
-    devices = [device] if device else probe.devices()
     for dev in devices:
-        if cls.framework in ("numpy", "array_api_strict") and dev != "cpu":
-            continue
         driver = get_driver(name, dev)
+        driver.require_device()  # run nowhere rather than somewhere else
+        want = _device_label(dev, ":" in dev)
         for dtype in FLOAT_DTYPES + HALF_DTYPES:
             if not driver.supports(dtype):
                 continue
             t0 = time.perf_counter()
             worst_loss = worst_grad = 0.0
             failed = []
+            ran_on: set[str] = set()
+            results = []
             for case in check_cases(dtype):
                 try:
-                    le, ge, loss = _run_case(driver, case, dtype)
+                    le, ge, loss, where = _run_case(driver, case, dtype)
                 except Exception as exc:  # a crash is a failure, reported, not hidden
                     failed.append(f"{case.id}: {type(exc).__name__}: {exc}")
                     continue
+                if where != want:  # e.g. a framework that put the work on the CPU instead
+                    failed.append(f"{case.id}: ran on {where}, not on {want}")
                 worst_loss, worst_grad = max(worst_loss, le), max(worst_grad, ge)
-                per_case.setdefault((dev, dtype, case.id), []).append(loss)
+                ran_on.add(where)
+                results.append((case.id, loss))
+            row_dev = "/".join(sorted(ran_on)) or want
+            for case_id, loss in results:
+                per_case.setdefault((row_dev, dtype, case_id), []).append(loss)
             tol = tolerance(dtype)
             ok = not failed and worst_loss <= tol and worst_grad <= tol
-            rows.append([cls.framework, dev, dtype, worst_loss, worst_grad, ok, failed])
+            rows.append([cls.framework, row_dev, dtype, worst_loss, worst_grad, ok, failed])
             print(
-                f"[check] {cls.framework:<16} {dev:<6} {dtype:<9} {len(check_cases(dtype))} cases "
+                f"[check] {cls.framework:<16} {row_dev:<6} {dtype:<9} {len(check_cases(dtype))} cases "
                 f"{time.perf_counter() - t0:5.1f}s {'PASS' if ok else 'FAIL'}",
                 file=out, flush=True,
             )
 
 
 def check(device: str | None = None, frameworks: tuple[str, ...] = CHECK_DRIVERS, out: Any = sys.stdout) -> int:
-    """Run the conformance cases on every installed framework and device; 0 if all pass."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Run the conformance cases on every installed framework and device (``device``:
+    that one only); 0 if all pass, 1 if any fails or no framework has ``device``."""
+    # TensorFlow's and XLA's C++ logging (a level the user set is left as it is), before
+    # they are imported; what absl prints before that level is read is captured below.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        min_log_level = int(os.environ["TF_CPP_MIN_LOG_LEVEL"])
+    except ValueError:
+        min_log_level = 0
     from smoothloss.backends.drivers import DRIVERS
+
+    unknown = [f for f in frameworks if f not in DRIVERS]
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise ValueError(f"unknown framework {names}; valid names: {', '.join(DRIVERS)}")
+    if device is not None:  # 'CUDA', 'gpu:1' -> 'cuda', 'cuda:1'
+        device = _device_label(device, ":" in device)
+
+    # Every framework is imported and asked for its devices before the first progress
+    # line, so that what they print at start-up does not land between the lines.
+    with _native_logs_captured(min_log_level):
+        found, runs = _find_devices(frameworks, device)
+    if device is not None and not any(runs.values()):
+        print(_no_device_line(device, frameworks, found), file=out, flush=True)
+        return 1
 
     rows: list[Any] = []
     per_case: dict[tuple[str, str, str], list[np.ndarray]] = {}  # (device, dtype, case id) -> losses
     start = time.perf_counter()
     for name in frameworks:
         cls = DRIVERS[name]
-        if not cls.installed():
+        if found[name] is None:
             print(f"[check] {name}: not installed, skipped", file=out, flush=True)
             continue
+        if not runs[name]:
+            has = ", ".join(found[name] or [])
+            print(f"[check] {name}: no {device} device (has {has}), skipped", file=out, flush=True)
+            continue
         with _float64_scope(cls.framework):
-            _check_framework(name, cls, device, rows, per_case, out)
+            _check_framework(name, cls, runs[name], rows, per_case, out)
 
     # Cross-framework spread: per device and dtype, the largest relative difference of
     # any case's loss between two frameworks.
@@ -163,13 +308,40 @@ def check(device: str | None = None, frameworks: tuple[str, ...] = CHECK_DRIVERS
     return 0 if all_ok else 1
 
 
+def _framework_names(text: str) -> tuple[str, ...]:
+    """``--frameworks``: comma-separated driver names, each one of ``DRIVERS``."""
+    from smoothloss.backends.drivers import DRIVERS
+
+    names = tuple(f.strip() for f in text.split(",") if f.strip())
+    unknown = [f for f in names if f not in DRIVERS]
+    if unknown or not names:
+        hints = [f"{f!r} (did you mean {close[0]!r}?)" if close else repr(f)
+                 for f in unknown for close in [difflib.get_close_matches(f, DRIVERS, n=1)]]
+        what = f"unknown framework {', '.join(hints)}" if unknown else "no framework given"
+        raise argparse.ArgumentTypeError(f"{what}; valid names: {', '.join(DRIVERS)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m smoothloss", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m smoothloss",
+        description="Check smoothloss against its float64 reference on every installed framework "
+        "and device (check), or time it against each framework's own losses (bench).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_check = sub.add_parser("check", help="run the conformance cases on every installed framework and device")
-    p_check.add_argument("--device", default=None, help="only this device (cpu, cuda, ...); default: all found")
+    p_check = sub.add_parser(
+        "check", help="run the conformance cases on every installed framework and device",
+        description="Run a fixed set of conformance cases (both target kinds, both conventions, weights, "
+        "ignore_index, z-loss, softcap, kl; float32, float64 and the 16-bit floats each framework has) "
+        "on every installed framework and device, and print one row per framework, device and dtype: "
+        "the largest relative error of the loss and of the gradient against the float64 reference, the "
+        "spread across frameworks, and PASS or FAIL. Exit status 1 if a row fails or no framework has "
+        "the device asked for.",
+    )
+    p_check.add_argument("--device", default=None,
+                         help="only this device (cpu, cuda, cuda:1, ...); default: every device found")
     p_check.add_argument(
-        "--frameworks", default=",".join(CHECK_DRIVERS),
+        "--frameworks", default=",".join(CHECK_DRIVERS), type=_framework_names,
         help=f"comma-separated drivers (default: {','.join(CHECK_DRIVERS)})",
     )
     sub.add_parser(
@@ -184,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "check":
-        return check(args.device, tuple(f for f in args.frameworks.split(",") if f))
+        return check(args.device, args.frameworks)
     return 2
 
 

@@ -215,17 +215,19 @@ def check_label_values(fw: Any, labels: Any, num_classes: int, ignore_index: int
         return
     xp = fw.xp
     y = fw.index(labels)
-    bad = (y < 0) | (y >= num_classes)
-    if ignore_index is not None and fw.holds_index(ignore_index):
-        bad = bad & (y != ignore_index)
-    any_bad = xp.any(bad)
-    if not fw.is_concrete(any_bad):  # concrete labels inside a jax.jit trace: their ops are staged too
+    ignoring = ignore_index is not None and fw.holds_index(ignore_index)
+    # the fast path, one fused min/max where the framework has it: every label in range
+    outside = ignoring and not 0 <= ignore_index < num_classes
+    lo, hi = fw.bounds(xp.where(y == ignore_index, 0, y) if outside else y)
+    if lo is None or (lo >= 0 and hi < num_classes):  # (None: concrete labels staged inside a jax.jit trace)
         return
-    if bool(any_bad):
-        lo = int(xp.min(xp.where(bad, y, xp.max(y))))  # the smallest bad label
-        hi = int(xp.max(xp.where(bad, y, xp.min(y))))  # the largest bad label
-        shown = sorted({lo, hi})
-        extra = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}){extra}; found out-of-range values, e.g. {shown}"
-        )
+    bad = (y < 0) | (y >= num_classes)
+    if ignoring:
+        bad = bad & (y != ignore_index)
+    lo = int(xp.min(xp.where(bad, y, xp.max(y))))  # the smallest bad label
+    hi = int(xp.max(xp.where(bad, y, xp.min(y))))  # the largest bad label
+    shown = sorted({lo, hi})
+    extra = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
+    raise ValueError(
+        f"labels must lie in [0, {num_classes}){extra}; found out-of-range values, e.g. {shown}"
+    )

@@ -25,17 +25,32 @@ logits (``_keras_logits`` or the ``Softmax`` op) and those logits are used exact
 ``-[t·log p + (1-t)·log(1-p)]`` up to float32 rounding, and follows a sigmoid (the
 ``Sigmoid`` op, or ``_keras_logits``) back to its logits on TensorFlow, as Keras does.
 
+``categorical_crossentropy``, ``sparse_categorical_crossentropy`` and
+``binary_crossentropy`` are the functional forms, with Keras 3.15's signatures (plus the
+classes' keyword-only options): like ``keras.losses.categorical_crossentropy`` and the
+others they return the per-example loss, with no reduction and no ``sample_weight``
+(``sparse_categorical_crossentropy`` with ``ignore_class`` returns 0 at the ignored
+entries and sets them as the result's Keras mask, as Keras does). Each validates its
+arguments as the class's constructor does and runs the same code as the class's
+``call``. Where Keras warns, so do the classes and the functions, with Keras's message
+and category: a ``SyntaxWarning`` when ``categorical_crossentropy`` gets
+``y_pred.shape[-1] == 1``, and on TensorFlow a ``UserWarning`` when ``from_logits=True``
+is given the output of a softmax (sigmoid for the binary loss), whose logits are then
+used, as Keras uses them.
+
 ``LinearCrossEntropyHead`` is a layer rather than a loss: it owns the output projection
 of a classifier or language-model head and computes the loss with
 :func:`smoothloss.linear_cross_entropy`, so the N×V logits are never held.
 
-Importing this module registers the classes with Keras (package ``"smoothloss"``), so
-``keras.models.load_model`` finds them without ``custom_objects`` once
+Importing this module registers the classes and functions with Keras (package
+``"smoothloss"``), so ``keras.models.load_model`` finds them without ``custom_objects`` once
 ``smoothloss.keras`` has been imported in the loading process.
 """
 
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any
 
 import keras
@@ -57,28 +72,46 @@ __all__ = [
     "CategoricalCrossentropy",
     "LinearCrossEntropyHead",
     "SparseCategoricalCrossentropy",
+    "binary_crossentropy",
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
 ]
 
 
-def _softmax_logits(y_pred: Any, op_type: str = "Softmax") -> Any:
+def _warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn(message, category)``, attributed to the first caller outside this
+    module (the caller of a loss function, or Keras's ``Loss.__call__``), as Keras's
+    ``stacklevel=2`` attributes its own to the caller of its loss function."""
+    frame, stacklevel = sys._getframe(0), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, stacklevel = frame.f_back, stacklevel + 1
+    warnings.warn(message, category, stacklevel=stacklevel)
+
+
+def _softmax_logits(y_pred: Any, op_type: str = "Softmax", *, from_logits: bool = False, fn_name: str = "") -> Any:
     """The logits behind a softmax (or, with ``op_type="Sigmoid"``, a sigmoid) output,
     where Keras's TensorFlow backend uses them.
 
     Mirrors ``keras/src/backend/tensorflow/nn.py::_get_logits``: on the TensorFlow
-    backend, Keras's cross-entropies ignore ``from_logits=False`` for a tensor made by
-    a softmax (categorical) or sigmoid (binary) activation and use its input instead:
-    the cached ``_keras_logits`` of a Keras activation, or the input of the graph op.
-    Other backends never do this.
+    backend, Keras's cross-entropies use the input of a softmax (categorical) or sigmoid
+    (binary) activation instead of its output, whatever ``from_logits`` says: the cached
+    ``_keras_logits`` of a Keras activation, or the input of the graph op. With
+    ``from_logits=True`` Keras also warns (a ``UserWarning`` naming ``fn_name``, Keras's
+    text, stray leading quote included), and so does this. Other backends never do this.
     """
     if keras.backend.backend() != "tensorflow":
         return None
-    cached = getattr(y_pred, "_keras_logits", None)
-    if cached is not None:
-        return cached
-    op = getattr(y_pred, "op", None)  # graph tensors only; eager tensors have none
-    if op is not None and op.type == op_type and len(op.inputs) == 1:
-        return op.inputs[0]
-    return None
+    logits = getattr(y_pred, "_keras_logits", None)
+    if logits is None:
+        op = getattr(y_pred, "op", None)  # graph tensors only; eager tensors have none
+        if op is not None and op.type == op_type and len(op.inputs) == 1:
+            logits = op.inputs[0]
+    if logits is not None and from_logits:
+        _warn(
+            f'"`{fn_name}` received `from_logits=True`, but the `output` argument was produced '
+            f"by a {op_type} activation and thus does not represent logits. Was this intended?"
+        )
+    return logits
 
 
 def _dtype_config(loss: keras.losses.Loss, dtype: Any) -> Any:
@@ -100,6 +133,158 @@ def _check_bool(value: Any, name: str) -> bool:
     return value
 
 
+def _check_int(value: Any, name: str, *, minimum: int | None = None, optional: bool = False) -> Any:
+    """``value`` if it is an int (at least ``minimum``), or None where ``optional``."""
+    if value is None and optional:
+        return None
+    what = ("None or " if optional else "") + "an int" + ("" if minimum is None else f" >= {minimum}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be {what}, got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------- shared by classes and functions
+# Each loss is one validation (the class's constructor, or the function before it runs)
+# and one computation (the class's ``call``, or the function after validating).
+
+_OPTIONS = ("from_logits", "label_smoothing", "axis", "convention", "z_loss", "softcap")
+_BINARY_OPTIONS = ("from_logits", "label_smoothing", "axis")
+
+
+def _crossentropy_options(
+    from_logits: Any, label_smoothing: Any, axis: Any, convention: Any, z_loss: Any, softcap: Any
+) -> dict[str, Any]:
+    """The validated options (``_OPTIONS``) of the categorical and sparse losses."""
+    options = {
+        "from_logits": _check_bool(from_logits, "from_logits"),
+        "label_smoothing": V.check_smoothing(label_smoothing),
+        "axis": _check_int(axis, "axis"),
+        "convention": V.check_choice("convention", convention, V.CONVENTIONS),
+        "z_loss": V.check_nonnegative(z_loss, "z_loss"),
+        "softcap": V.check_softcap(softcap),
+    }
+    if not from_logits and (options["z_loss"] or options["softcap"] is not None):
+        raise ValueError(
+            "z_loss and softcap act on logits; pass logits to the loss and set "
+            f"from_logits=True (got from_logits=False, z_loss={z_loss}, softcap={softcap})"
+        )
+    return options
+
+
+def _binary_options(from_logits: Any, label_smoothing: Any, axis: Any) -> dict[str, Any]:
+    """The validated options (``_BINARY_OPTIONS``) of the binary loss."""
+    return {
+        "from_logits": _check_bool(from_logits, "from_logits"),
+        "label_smoothing": V.check_smoothing(label_smoothing),
+        "axis": _check_int(axis, "axis"),
+    }
+
+
+def _logits(y_pred: Any, *, from_logits: bool, axis: int, fn_name: str, follow_softmax: bool = True) -> Any:
+    """``y_pred`` itself, or the logits of the probabilities ``y_pred`` (see module doc);
+    on TensorFlow the logits of a softmax output where ``follow_softmax``."""
+    if follow_softmax:
+        logits = _softmax_logits(y_pred, "Softmax", from_logits=from_logits, fn_name=fn_name)
+        if logits is not None:
+            return logits
+    if from_logits:
+        return y_pred
+    eps = keras.backend.epsilon()
+    p = y_pred / ops.sum(y_pred, axis=axis, keepdims=True)
+    return ops.log(ops.clip(p, eps, 1.0 - eps))
+
+
+def _binary_logits(y_pred: Any, *, from_logits: bool) -> Any:
+    """``y_pred`` itself, or the logits of the probabilities ``y_pred`` (see
+    :class:`BinaryCrossentropy`); on TensorFlow the logits of a sigmoid output."""
+    logits = _softmax_logits(y_pred, "Sigmoid", from_logits=from_logits, fn_name="binary_crossentropy")
+    if logits is not None:
+        return logits
+    if from_logits:
+        return y_pred
+    if keras.backend.standardize_dtype(y_pred.dtype) in ("float16", "bfloat16"):
+        y_pred = ops.cast(y_pred, "float32")
+    eps = keras.backend.epsilon()
+    p = ops.clip(y_pred, eps, 1.0 - eps)
+    return ops.log(p) - ops.log(1.0 - p)
+
+
+def _cross_entropy(
+    logits: Any,
+    targets: Any,
+    *,
+    axis: int,
+    label_smoothing: float,
+    convention: str,
+    z_loss: float,
+    softcap: float | None,
+    ignore_index: int | None = None,
+) -> Any:
+    return smoothloss.cross_entropy(
+        logits,
+        targets,
+        axis=axis,
+        label_smoothing=label_smoothing,
+        convention=convention,
+        ignore_index=ignore_index,
+        reduction="none",
+        z_loss=z_loss,
+        softcap=softcap,
+    )
+
+
+def _categorical(y_true: Any, y_pred: Any, *, from_logits: bool, **options: Any) -> Any:
+    """Per-example loss of :class:`CategoricalCrossentropy` and
+    :func:`categorical_crossentropy`: ``y_pred``'s shape without ``axis``."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(y_true, y_pred.dtype)
+    if y_pred.shape[-1] == 1:  # Keras's check and text (the last axis, whatever ``axis`` is)
+        _warn(
+            "In loss categorical_crossentropy, expected y_pred.shape to be (batch_size, "
+            f"num_classes) with num_classes > 1. Received: y_pred.shape={y_pred.shape}. "
+            "Consider using 'binary_crossentropy' if you only have 2 classes.",
+            SyntaxWarning,
+        )
+    logits = _logits(y_pred, from_logits=from_logits, axis=options["axis"], fn_name="categorical_crossentropy")
+    return _cross_entropy(logits, y_true, **options)
+
+
+def _sparse(y_true: Any, y_pred: Any, *, ignore_class: int | None, from_logits: bool, **options: Any) -> Any:
+    """Per-example loss of :class:`SparseCategoricalCrossentropy` and
+    :func:`sparse_categorical_crossentropy` (0 at ``ignore_class``, which is also set as
+    the Keras mask)."""
+    axis = options["axis"]
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.convert_to_tensor(y_true)
+    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[axis] == 1:
+        y_true = ops.squeeze(y_true, axis=axis)
+    # keras.losses.Loss hands labels over as floats; the core takes integer indices
+    labels = ops.cast(y_true, _index_dtype())
+    # Keras replaces ignored rows of y_pred before its crossentropy, which loses the
+    # softmax's logits (and the warning); follow them only without ignore_class, as Keras does.
+    logits = _logits(
+        y_pred, from_logits=from_logits, axis=axis, fn_name="sparse_categorical_crossentropy",
+        follow_softmax=ignore_class is None,
+    )
+    loss = _cross_entropy(logits, labels, ignore_index=ignore_class, **options)
+    if ignore_class is not None:
+        _set_keras_mask(loss, ops.not_equal(labels, ignore_class))
+    return loss
+
+
+def _binary(y_true: Any, y_pred: Any, *, from_logits: bool, label_smoothing: float, axis: int) -> Any:
+    """Per-example loss of :class:`BinaryCrossentropy` and :func:`binary_crossentropy`:
+    the mean of the element-wise losses along ``axis``."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(y_true, y_pred.dtype)
+    loss = smoothloss.binary_cross_entropy(
+        _binary_logits(y_pred, from_logits=from_logits), y_true, label_smoothing=label_smoothing, reduction="none"
+    )
+    return ops.mean(loss, axis=axis)
+
+
 class _Crossentropy(keras.losses.Loss):
     """Shared configuration and forwarding of the two losses below."""
 
@@ -117,57 +302,18 @@ class _Crossentropy(keras.losses.Loss):
         dtype: Any,
     ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.from_logits = _check_bool(from_logits, "from_logits")
-        self.label_smoothing = V.check_smoothing(label_smoothing)
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise TypeError(f"axis must be an int, got {axis!r}")
-        self.axis = axis
-        self.convention = V.check_choice("convention", convention, V.CONVENTIONS)
-        self.z_loss = V.check_nonnegative(z_loss, "z_loss")
-        self.softcap = V.check_softcap(softcap)
-        if not from_logits and (self.z_loss or self.softcap is not None):
-            raise ValueError(
-                "z_loss and softcap act on logits; pass logits to the loss and set "
-                f"from_logits=True (got from_logits=False, z_loss={z_loss}, softcap={softcap})"
-            )
+        options = _crossentropy_options(from_logits, label_smoothing, axis, convention, z_loss, softcap)
+        for key, value in options.items():
+            setattr(self, key, value)
         self._dtype_config = _dtype_config(self, dtype)
 
-    def _logits(self, y_pred: Any, *, follow_softmax: bool) -> Any:
-        """``y_pred`` itself, or the logits of the probabilities ``y_pred`` (see module doc)."""
-        if self.from_logits:
-            return y_pred
-        if follow_softmax:
-            logits = _softmax_logits(y_pred)
-            if logits is not None:
-                return logits
-        eps = keras.backend.epsilon()
-        p = y_pred / ops.sum(y_pred, axis=self.axis, keepdims=True)
-        return ops.log(ops.clip(p, eps, 1.0 - eps))
-
-    def _per_example(self, logits: Any, targets: Any, ignore_index: int | None = None) -> Any:
-        return smoothloss.cross_entropy(
-            logits,
-            targets,
-            axis=self.axis,
-            label_smoothing=self.label_smoothing,
-            convention=self.convention,
-            ignore_index=ignore_index,
-            reduction="none",
-            z_loss=self.z_loss,
-            softcap=self.softcap,
-        )
+    def _options(self) -> dict[str, Any]:
+        """The options as keyword arguments of ``_categorical`` and ``_sparse``."""
+        return {key: getattr(self, key) for key in _OPTIONS}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()  # name, reduction
-        config.update(
-            from_logits=self.from_logits,
-            label_smoothing=self.label_smoothing,
-            axis=self.axis,
-            convention=self.convention,
-            z_loss=self.z_loss,
-            softcap=self.softcap,
-            dtype=self._dtype_config,
-        )
+        config.update(self._options(), dtype=self._dtype_config)
         return config
 
 
@@ -231,9 +377,7 @@ class CategoricalCrossentropy(_Crossentropy):
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-example loss: ``y_pred``'s shape without ``axis``."""
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(y_true, y_pred.dtype)
-        return self._per_example(self._logits(y_pred, follow_softmax=True), y_true)
+        return _categorical(y_true, y_pred, **self._options())
 
 
 @keras.saving.register_keras_serializable(package="smoothloss")
@@ -296,25 +440,11 @@ class SparseCategoricalCrossentropy(_Crossentropy):
             convention=convention, z_loss=z_loss, softcap=softcap,
             reduction=reduction, name=name, dtype=dtype,
         )
-        if ignore_class is not None and (isinstance(ignore_class, bool) or not isinstance(ignore_class, int)):
-            raise TypeError(f"ignore_class must be None or an int, got {ignore_class!r}")
-        self.ignore_class = ignore_class
+        self.ignore_class = _check_int(ignore_class, "ignore_class", optional=True)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-example loss (0 at ``ignore_class``, which is also set as the Keras mask)."""
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.convert_to_tensor(y_true)
-        if len(y_true.shape) == len(y_pred.shape) and y_true.shape[self.axis] == 1:
-            y_true = ops.squeeze(y_true, axis=self.axis)
-        # keras.losses.Loss hands labels over as floats; the core takes integer indices
-        labels = ops.cast(y_true, _index_dtype())
-        # Keras replaces ignored rows of y_pred before its crossentropy, which loses the
-        # softmax's logits; follow them only without ignore_class, as Keras does.
-        logits = self._logits(y_pred, follow_softmax=self.ignore_class is None)
-        loss = self._per_example(logits, labels, ignore_index=self.ignore_class)
-        if self.ignore_class is not None:
-            _set_keras_mask(loss, ops.not_equal(labels, self.ignore_class))
-        return loss
+        return _sparse(y_true, y_pred, ignore_class=self.ignore_class, **self._options())
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -374,56 +504,179 @@ class BinaryCrossentropy(keras.losses.Loss):
         dtype: Any = None,
     ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.from_logits = _check_bool(from_logits, "from_logits")
-        self.label_smoothing = V.check_smoothing(label_smoothing)
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise TypeError(f"axis must be an int, got {axis!r}")
-        self.axis = axis
+        for key, value in _binary_options(from_logits, label_smoothing, axis).items():
+            setattr(self, key, value)
         self._dtype_config = _dtype_config(self, dtype)
 
-    def _logits(self, y_pred: Any) -> Any:
-        """``y_pred`` itself, or the logits of the probabilities ``y_pred`` (see above)."""
-        if self.from_logits:
-            return y_pred
-        logits = _softmax_logits(y_pred, "Sigmoid")
-        if logits is not None:
-            return logits
-        if keras.backend.standardize_dtype(y_pred.dtype) in ("float16", "bfloat16"):
-            y_pred = ops.cast(y_pred, "float32")
-        eps = keras.backend.epsilon()
-        p = ops.clip(y_pred, eps, 1.0 - eps)
-        return ops.log(p) - ops.log(1.0 - p)
+    def _options(self) -> dict[str, Any]:
+        """The options as keyword arguments of ``_binary``."""
+        return {key: getattr(self, key) for key in _BINARY_OPTIONS}
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-example loss: the mean of the element-wise losses along ``axis``."""
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(y_true, y_pred.dtype)
-        loss = smoothloss.binary_cross_entropy(
-            self._logits(y_pred), y_true, label_smoothing=self.label_smoothing, reduction="none"
-        )
-        return ops.mean(loss, axis=self.axis)
+        return _binary(y_true, y_pred, **self._options())
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()  # name, reduction
-        config.update(
-            from_logits=self.from_logits,
-            label_smoothing=self.label_smoothing,
-            axis=self.axis,
-            dtype=self._dtype_config,
-        )
+        config.update(self._options(), dtype=self._dtype_config)
         return config
 
 
-def _check_int(value: Any, name: str, *, minimum: int | None = None, optional: bool = False) -> Any:
-    """``value`` if it is an int (at least ``minimum``), or None where ``optional``."""
-    if value is None and optional:
-        return None
-    what = ("None or " if optional else "") + "an int" + ("" if minimum is None else f" >= {minimum}")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be {what}, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be {what}, got {value}")
-    return value
+# ----------------------------------------------------------------------------- functional forms
+@keras.saving.register_keras_serializable(package="smoothloss")
+def categorical_crossentropy(
+    y_true: Any,
+    y_pred: Any,
+    from_logits: bool = False,
+    label_smoothing: float = 0.0,
+    axis: int = -1,
+    *,
+    convention: str = "uniform",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> Any:
+    r"""Per-example categorical cross-entropy, label-smoothed: the functional form of
+    :class:`CategoricalCrossentropy`.
+
+    Drop-in for ``keras.losses.categorical_crossentropy``: the same positional
+    arguments, the same values and gradients, and no reduction (``y_pred``'s shape
+    without ``axis``). It validates its arguments as :class:`CategoricalCrossentropy`
+    does and computes what that class's ``call`` computes. With K = ``y_true.shape[axis]``
+    the smoothed target is ``(1-ε)·y_true + ε/K``; Keras 3.15 divides by
+    ``y_true.shape[-1]`` even when ``axis`` is another axis, where its target does not
+    sum to 1 (as for the class, ours uses the class axis). Warns as Keras does: a
+    ``SyntaxWarning`` when ``y_pred.shape[-1] == 1``, and on TensorFlow a ``UserWarning``
+    when ``from_logits=True`` is given a softmax's output (whose logits are then used).
+
+    Args:
+        y_true: one-hot (or soft) targets, of ``y_pred``'s shape.
+        y_pred: probabilities (renormalised along ``axis`` and clipped to ``[ε, 1-ε]``,
+            ``ε = keras.backend.epsilon()``, as in Keras), or logits if ``from_logits``.
+        from_logits: whether ``y_pred`` holds logits.
+        label_smoothing: ε in [0, 1].
+        axis: the class axis of ``y_true`` and ``y_pred``.
+        convention: ``"uniform"`` (ε/K to every class, Keras) or ``"others"`` (see
+            :class:`CategoricalCrossentropy`).
+        z_loss: coefficient of ``z_loss·logsumexp(logits)²`` per example (needs
+            ``from_logits=True``).
+        softcap: if given, ``logits ← softcap·tanh(logits/softcap)`` first (needs
+            ``from_logits=True``).
+
+    Returns:
+        The per-example loss, a tensor of ``y_pred``'s shape without ``axis``.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from smoothloss.keras import categorical_crossentropy
+        >>> y_true = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        >>> y_pred = np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
+        >>> print(np.round(keras.ops.convert_to_numpy(categorical_crossentropy(y_true, y_pred)), 4))  # as Keras's
+        [0.0513 2.3026]
+        >>> logits = np.log(y_pred + 1e-3)
+        >>> loss = categorical_crossentropy(y_true, logits, from_logits=True, label_smoothing=0.1)
+        >>> print(np.round(keras.ops.convert_to_numpy(loss), 4))
+        [0.3793 2.2266]
+    """
+    options = _crossentropy_options(from_logits, label_smoothing, axis, convention, z_loss, softcap)
+    return _categorical(y_true, y_pred, **options)
+
+
+@keras.saving.register_keras_serializable(package="smoothloss")
+def sparse_categorical_crossentropy(
+    y_true: Any,
+    y_pred: Any,
+    from_logits: bool = False,
+    ignore_class: int | None = None,
+    axis: int = -1,
+    *,
+    label_smoothing: float = 0.0,
+    convention: str = "uniform",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> Any:
+    r"""Per-example cross-entropy against integer labels, with label smoothing: the
+    functional form of :class:`SparseCategoricalCrossentropy`.
+
+    Drop-in for ``keras.losses.sparse_categorical_crossentropy``: the same positional
+    arguments, the same values and gradients, and no reduction. It validates its
+    arguments as :class:`SparseCategoricalCrossentropy` does and computes what that
+    class's ``call`` computes, so it also takes ``label_smoothing`` (Keras 3.15's has
+    none) and any ``axis`` (Keras's TensorFlow backend takes the last one only).
+    ``ignore_class`` entries are 0 and the result's Keras mask marks the valid ones, as
+    in Keras. On TensorFlow, without ``ignore_class``, a softmax's output is followed
+    back to its logits, with Keras's ``UserWarning`` when ``from_logits=True``.
+
+    Args:
+        y_true: class indices, of ``y_pred``'s shape without ``axis`` (a size-1 ``axis``
+            is squeezed, as in Keras).
+        y_pred: probabilities (see :func:`categorical_crossentropy`), or logits if
+            ``from_logits``.
+        from_logits: whether ``y_pred`` holds logits.
+        ignore_class: a label value to ignore (e.g. -1 or 255), or ``None``.
+        axis: the class axis of ``y_pred``.
+        label_smoothing: ε in [0, 1]; the loss equals :func:`categorical_crossentropy`
+            on the one-hot labels.
+        convention: ``"uniform"`` (Keras) or ``"others"``, see :class:`CategoricalCrossentropy`.
+        z_loss: coefficient of ``z_loss·logsumexp(logits)²`` per valid example.
+        softcap: if given, ``logits ← softcap·tanh(logits/softcap)`` first.
+
+    Returns:
+        The per-example loss, a tensor of ``y_pred``'s shape without ``axis``.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from smoothloss.keras import sparse_categorical_crossentropy
+        >>> y_pred = np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
+        >>> loss = sparse_categorical_crossentropy(np.array([1, 2]), y_pred)
+        >>> print(np.round(keras.ops.convert_to_numpy(loss), 4))
+        [0.0513 2.3026]
+        >>> loss = sparse_categorical_crossentropy(
+        ...     np.array([1, -1]), y_pred, ignore_class=-1, label_smoothing=0.1
+        ... )
+        >>> print(np.round(keras.ops.convert_to_numpy(loss), 4))
+        [0.685 0.   ]
+    """
+    options = _crossentropy_options(from_logits, label_smoothing, axis, convention, z_loss, softcap)
+    ignore_class = _check_int(ignore_class, "ignore_class", optional=True)
+    return _sparse(y_true, y_pred, ignore_class=ignore_class, **options)
+
+
+@keras.saving.register_keras_serializable(package="smoothloss")
+def binary_crossentropy(
+    y_true: Any, y_pred: Any, from_logits: bool = False, label_smoothing: float = 0.0, axis: int = -1
+) -> Any:
+    r"""Per-example binary cross-entropy with label smoothing towards 0.5: the functional
+    form of :class:`BinaryCrossentropy`.
+
+    Drop-in for ``keras.losses.binary_crossentropy``: the same arguments, the same values
+    and gradients, and no reduction (the mean of the element-wise losses along
+    ``axis``). It validates its arguments as :class:`BinaryCrossentropy` does and
+    computes what that class's ``call`` computes: the target ``t·(1-ε) + ε/2``, and
+    probabilities clipped to ``[ε, 1-ε]`` as in Keras. On TensorFlow a sigmoid's output
+    is followed back to its logits, with Keras's ``UserWarning`` when ``from_logits=True``.
+
+    Args:
+        y_true: targets in [0, 1], of ``y_pred``'s shape.
+        y_pred: probabilities in [0, 1], or logits if ``from_logits``.
+        from_logits: whether ``y_pred`` holds logits.
+        label_smoothing: ε in [0, 1].
+        axis: the axis the element-wise losses are averaged over.
+
+    Returns:
+        The per-example loss, a tensor of ``y_pred``'s shape without ``axis``.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from smoothloss.keras import binary_crossentropy
+        >>> y_true = np.array([[0.0, 1.0], [0.0, 0.0]])
+        >>> y_pred = np.array([[0.6, 0.4], [0.4, 0.6]])
+        >>> print(np.round(keras.ops.convert_to_numpy(binary_crossentropy(y_true, y_pred)), 4))
+        [0.9163 0.7136]
+        >>> logits = np.array([[-18.6, 0.51], [2.94, -12.8]])
+        >>> print(np.round(keras.ops.convert_to_numpy(binary_crossentropy(y_true, logits, True, 0.1)), 4))
+        [0.7129 1.7423]
+    """
+    return _binary(y_true, y_pred, **_binary_options(from_logits, label_smoothing, axis))
 
 
 @keras.saving.register_keras_serializable(package="smoothloss")

@@ -434,6 +434,7 @@ def test_public_api():
 
     assert sk.__all__ == [
         "BinaryCrossentropy", "CategoricalCrossentropy", "LinearCrossEntropyHead", "SparseCategoricalCrossentropy",
+        "binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy",
     ]
     assert keras.saving.get_registered_name(CategoricalCrossentropy) == "smoothloss>CategoricalCrossentropy"
     assert issubclass(SparseCategoricalCrossentropy, keras.losses.Loss)

@@ -146,6 +146,14 @@ class Framework:
         info = self.xp.iinfo(self.index_dtype)
         return int(info.min) <= value <= int(info.max)
 
+    def bounds(self, y: Any) -> tuple[int | None, int | None]:
+        """``(min, max)`` of a non-empty integer array as Python ints, or ``(None, None)``
+        where they cannot be read now (staged inside a trace)."""
+        lo, hi = self.xp.min(y), self.xp.max(y)
+        if not self.is_concrete(lo):
+            return None, None
+        return int(lo), int(hi)
+
     def index(self, labels: Any) -> Any:
         """Integer labels in the index dtype (narrow dtypes would wrap at K). An unsigned
         label too large for the index dtype (uint64 ≥ 2⁶³) wraps to a negative value in

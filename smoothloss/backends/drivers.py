@@ -44,7 +44,24 @@ class Driver:
         return True
 
     def devices(self) -> list[str]:
+        """The kinds of device this framework can run on here: 'cpu', 'cuda', ..."""
         return ["cpu"]
+
+    def device_count(self, kind: str) -> int:
+        """How many devices of ``kind`` (one of :meth:`devices`) there are."""
+        return 1 if kind in self.devices() else 0
+
+    def require_device(self) -> None:
+        """Raise ``RuntimeError`` unless this driver's device exists here, so that a run
+        asked for a missing device fails before it starts instead of running elsewhere."""
+        kind, _, index = self.device_name.lower().partition(":")
+        kind = "cuda" if kind == "gpu" else kind
+        found = self.devices()
+        if kind not in found:
+            raise RuntimeError(f"{self.framework} has no {self.device_name} device (it has {', '.join(found)})")
+        count = self.device_count(kind)
+        if index and (not index.isdigit() or int(index) >= count):
+            raise RuntimeError(f"{self.framework} has no {self.device_name} device (it has {count} {kind})")
 
     # -- calls ----------------------------------------------------------------
     def call(self, fn: Callable[..., Any], *arrays: Any) -> Any:
@@ -123,6 +140,12 @@ class TorchDriver(Driver):
             out.append("cuda")
         return out
 
+    def device_count(self, kind: str) -> int:
+        if kind == "cuda":
+            torch = self._torch()
+            return torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return super().device_count(kind)
+
     def asarray(self, a: np.ndarray, dtype: str | None = None) -> Any:
         torch = self._torch()
         t = torch.from_numpy(np.array(a, order="C")).to(self.device_name)  # keeps 0-d arrays 0-d
@@ -160,13 +183,35 @@ class JaxDriver(Driver):
 
         return jax
 
+    @staticmethod
+    def _kind(d: Any) -> str:
+        """'cpu', 'cuda', 'rocm', 'tpu', ...: JAX calls every GPU 'gpu'; its client says which."""
+        if d.platform != "gpu":
+            return str(d.platform)
+        version = str(getattr(d.client, "platform_version", "")).lower()
+        return next((k for k in ("cuda", "rocm", "oneapi") if k in version), "cuda")
+
     def devices(self) -> list[str]:
         jax = self._jax()
-        return sorted({d.platform for d in jax.devices()} | {"cpu"})
+        return sorted({self._kind(d) for d in jax.devices()} | {"cpu"})
+
+    def device_count(self, kind: str) -> int:
+        try:
+            return len(self._jax().devices(kind))
+        except RuntimeError:  # no such backend
+            return 0
 
     def _device(self) -> Any:
         jax = self._jax()
-        return jax.devices(self.device_name.split(":")[0])[0]
+        kind, _, index = self.device_name.partition(":")
+        return jax.devices(kind)[int(index or 0)]
+
+    def device_of(self, x: Any) -> str:
+        try:
+            d = min(x.devices(), key=lambda d: d.id)
+        except Exception:  # a tracer, or not a jax.Array
+            return super().device_of(x)
+        return f"{self._kind(d)}:{d.id}"
 
     def asarray(self, a: np.ndarray, dtype: str | None = None) -> Any:
         jax = self._jax()
@@ -230,11 +275,17 @@ class TensorflowDriver(Driver):
         return tf
 
     def devices(self) -> list[str]:
+        # logical devices: the ones tf.device can place on (tf.device silently puts
+        # work on the CPU when the device asked for is missing)
         tf = self._tf()
         out = ["cpu"]
-        if tf.config.list_physical_devices("GPU"):
+        if tf.config.list_logical_devices("GPU"):
             out.append("cuda")
         return out
+
+    def device_count(self, kind: str) -> int:
+        tf = self._tf()
+        return len(tf.config.list_logical_devices("GPU" if kind in ("cuda", "gpu") else kind.upper()))
 
     def _tf_device(self) -> str:
         kind, _, index = self.device_name.partition(":")
