@@ -8,12 +8,13 @@ are handed in.
 from smoothloss._formulas import smoothing_coefficients
 from smoothloss._losses import cross_entropy, cross_entropy_and_grad, linear_cross_entropy, linear_cross_entropy_and_grad
 from smoothloss._binary import binary_cross_entropy
-from smoothloss._mixing import Mixup, MixupParams, mix_images, mixup_cross_entropy, mixup_target
+from smoothloss._mixing import FastCollateMixup, Mixup, MixupParams, mix_images, mixup_cross_entropy, mixup_target
 from smoothloss._targets import one_hot, smooth_labels
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FastCollateMixup",
     "Mixup",
     "MixupParams",
     "binary_cross_entropy",

@@ -13,7 +13,8 @@ out as it went in (up to rounding). With λ the share of the example itself:
 
 The sampler (:class:`Mixup`) draws λ, boxes and the cutmix switch on the host from a
 NumPy ``Generator``, in the order timm's ``Mixup`` draws them from the global NumPy
-state. :func:`mix_images`, :func:`mixup_target` and :func:`mixup_cross_entropy` take
+state; :class:`FastCollateMixup` does the same inside a DataLoader's collate function,
+on uint8 images. :func:`mix_images`, :func:`mixup_target` and :func:`mixup_cross_entropy` take
 those parameters as Python numbers or arrays (also traced ones: under ``jax.jit`` and
 ``tf.function`` the boxes become masks compared against ``arange``, with no
 data-dependent shape and no in-place write).
@@ -26,7 +27,10 @@ References:
 
 from __future__ import annotations
 
+import copy
 import math
+import operator
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +43,7 @@ from smoothloss._targets import smooth_labels
 from smoothloss.backends import bind, framework
 
 __all__ = [
-    "Mixup", "MixupParams", "cutmix_bbox_and_lam", "mix_images", "mixup_cross_entropy",
+    "BOX_RULES", "FastCollateMixup", "Mixup", "MixupParams", "cutmix_bbox_and_lam", "mix_images", "mixup_cross_entropy",
     "mixup_target", "rand_bbox", "rand_bbox_minmax",
 ]
 
@@ -337,14 +341,37 @@ def mix_images(
 
 
 # ----------------------------------------------------------------------------- boxes
+#: The CutMix box rules: timm's since 1.0.29 (the default), and timm's up to 1.0.28.
+BOX_RULES = ("timm>=1.0.29", "timm<=1.0.28")
+
+
+def _check_box_rule(box_rule: Any) -> bool:
+    """True for timm's boxes up to 1.0.28, False for the current ones."""
+    return V.check_choice("box_rule", box_rule, BOX_RULES) == "timm<=1.0.28"
+
+
 def rand_bbox(
-    image_shape: tuple[int, ...], lam: float, *, rng: Any, margin: float = 0.0, count: int | None = None
+    image_shape: tuple[int, ...],
+    lam: float,
+    *,
+    rng: Any,
+    margin: float = 0.0,
+    count: int | None = None,
+    box_rule: str = "timm>=1.0.29",
 ) -> tuple[Any, Any, Any, Any]:
     """A CutMix box for λ (timm's ``rand_bbox``), drawn from ``rng``.
 
-    The cut is ``int(H·√(1-λ))`` × ``int(W·√(1-λ))``, its centre uniform over the image
-    (``rng.integers``), and the box ``centre ± cut//2`` clipped to the image, so it
-    can be smaller than the cut near a border.
+    The cut is ``int(H·√(1-λ))`` × ``int(W·√(1-λ))`` and its centre (cy, cx) is drawn
+    uniformly (``rng.integers``, rows first) from ``[m_y, H - m_y)`` × ``[m_x, W - m_x)``
+    with ``m = int(margin·cut)``. The box is then clipped to the image, so it can be
+    smaller than the cut near a border:
+
+    * ``box_rule="timm>=1.0.29"`` (default): rows ``[cy - cut_h//2, cy - cut_h//2 + cut_h)``,
+      columns likewise: an unclipped box is exactly the cut.
+    * ``box_rule="timm<=1.0.28"``: rows ``[cy - cut_h//2, cy + cut_h//2)``, columns likewise:
+      an odd cut loses one row or column.
+
+    Both rules make the same draws from ``rng``.
 
     Args:
         image_shape: a shape whose last two entries are (H, W).
@@ -352,6 +379,7 @@ def rand_bbox(
         rng: a ``numpy.random.Generator``.
         margin: fraction of the cut kept between the centre and the border.
         count: number of boxes (None: one, as scalars).
+        box_rule: ``"timm>=1.0.29"`` or ``"timm<=1.0.28"`` (see above).
 
     Returns:
         (y0, y1, x0, x1) as NumPy integers (arrays when ``count`` is given).
@@ -363,25 +391,39 @@ def rand_bbox(
         >>> int(y1 - y0) <= 16 and int(x1 - x0) <= 16
         True
     """
+    legacy = _check_box_rule(box_rule)
     ratio = np.sqrt(1 - lam)
     img_h, img_w = image_shape[-2:]
     cut_h, cut_w = int(img_h * ratio), int(img_w * ratio)
     margin_y, margin_x = int(margin * cut_h), int(margin * cut_w)
     cy = rng.integers(0 + margin_y, img_h - margin_y, size=count)
     cx = rng.integers(0 + margin_x, img_w - margin_x, size=count)
-    y0 = np.clip(cy - cut_h // 2, 0, img_h)
-    y1 = np.clip(cy + cut_h // 2, 0, img_h)
-    x0 = np.clip(cx - cut_w // 2, 0, img_w)
-    x1 = np.clip(cx + cut_w // 2, 0, img_w)
+    # before the centre: cut//2; from the centre on: the rest of the cut (or cut//2 again)
+    below_h, below_w = cut_h // 2, cut_w // 2
+    above_h, above_w = (below_h, below_w) if legacy else (cut_h - below_h, cut_w - below_w)
+    y0 = np.clip(cy - below_h, 0, img_h)
+    y1 = np.clip(cy + above_h, 0, img_h)
+    x0 = np.clip(cx - below_w, 0, img_w)
+    x1 = np.clip(cx + above_w, 0, img_w)
     return y0, y1, x0, x1
 
 
 def rand_bbox_minmax(
-    image_shape: tuple[int, ...], minmax: tuple[float, float], *, rng: Any, count: int | None = None
+    image_shape: tuple[int, ...],
+    minmax: tuple[float, float],
+    *,
+    rng: Any,
+    count: int | None = None,
+    box_rule: str = "timm>=1.0.29",
 ) -> tuple[Any, Any, Any, Any]:
     """A rectangular CutMix box with sides a uniform fraction of the image (timm's
     ``rand_bbox_minmax``): height in ``[int(H·min), int(H·max))``, width likewise, then
-    a uniform corner such that the box fits.
+    a uniform top-left corner such that the box lies inside the image.
+
+    The corner row is drawn from ``[0, H - cut_h]`` with ``box_rule="timm>=1.0.29"``
+    (default), so the box may touch the bottom border, and from ``[0, H - cut_h)`` with
+    ``"timm<=1.0.28"`` (it never does); columns likewise. The draws are, in order,
+    cut_h, cut_w, y0, x0.
 
     Example:
         >>> import numpy as np
@@ -390,6 +432,7 @@ def rand_bbox_minmax(
         >>> 2 <= int(y1 - y0) < 8 and 0 <= int(y0) and int(y1) <= 10
         True
     """
+    reach = 0 if _check_box_rule(box_rule) else 1
     lo, hi = minmax
     img_h, img_w = image_shape[-2:]
     for side, n in (("H", img_h), ("W", img_w)):
@@ -400,8 +443,8 @@ def rand_bbox_minmax(
             )
     cut_h = rng.integers(int(img_h * lo), int(img_h * hi), size=count)
     cut_w = rng.integers(int(img_w * lo), int(img_w * hi), size=count)
-    y0 = rng.integers(0, img_h - cut_h, size=count)
-    x0 = rng.integers(0, img_w - cut_w, size=count)
+    y0 = rng.integers(0, img_h - cut_h + reach, size=count)
+    x0 = rng.integers(0, img_w - cut_w + reach, size=count)
     return y0, y0 + cut_h, x0, x0 + cut_w
 
 
@@ -413,11 +456,14 @@ def cutmix_bbox_and_lam(
     ratio_minmax: tuple[float, float] | None = None,
     correct_lam: bool = True,
     count: int | None = None,
+    box_rule: str = "timm>=1.0.29",
 ) -> tuple[tuple[Any, Any, Any, Any], Any]:
     """A CutMix box and its λ (timm's ``cutmix_bbox_and_lam``).
 
-    With ``correct_lam`` (or ``ratio_minmax``) λ becomes the share of the image outside
-    the clipped box, ``1 - (y1-y0)(x1-x0)/(H·W)``; otherwise the drawn λ is kept.
+    The box comes from :func:`rand_bbox_minmax` when ``ratio_minmax`` is given, else
+    from :func:`rand_bbox`, with ``box_rule`` passed on. With ``correct_lam`` (or
+    ``ratio_minmax``) λ becomes the share of the image outside the clipped box,
+    ``1 - (y1-y0)(x1-x0)/(H·W)``; otherwise the drawn λ is kept.
 
     Example:
         >>> import numpy as np
@@ -427,9 +473,9 @@ def cutmix_bbox_and_lam(
         True
     """
     if ratio_minmax is not None:
-        y0, y1, x0, x1 = rand_bbox_minmax(image_shape, ratio_minmax, rng=rng, count=count)
+        y0, y1, x0, x1 = rand_bbox_minmax(image_shape, ratio_minmax, rng=rng, count=count, box_rule=box_rule)
     else:
-        y0, y1, x0, x1 = rand_bbox(image_shape, lam, rng=rng, count=count)
+        y0, y1, x0, x1 = rand_bbox(image_shape, lam, rng=rng, count=count, box_rule=box_rule)
     if correct_lam or ratio_minmax is not None:
         area = (y1 - y0) * (x1 - x0)
         lam = 1.0 - area / float(image_shape[-2] * image_shape[-1])
@@ -437,6 +483,30 @@ def cutmix_bbox_and_lam(
 
 
 # ----------------------------------------------------------------------------- sampler
+def _torch_worker_info() -> Any:
+    """``torch.utils.data.get_worker_info()`` where torch's data package is already
+    imported (in a DataLoader worker it always is), else None: smoothloss never imports
+    torch itself."""
+    data = sys.modules.get("torch.utils.data")
+    get_worker_info = getattr(data, "get_worker_info", None)
+    return None if get_worker_info is None else get_worker_info()
+
+
+def _worker_generator(parent: np.random.Generator, worker_id: int, worker_seed: int) -> np.random.Generator:
+    """The Generator of one DataLoader worker, derived without touching ``parent``.
+
+    Entropy: 128 bits drawn from a copy of ``parent`` as the worker inherited it (the
+    same state in every worker of one loader iterator, and a function of the seed);
+    spawn key: the worker id and the loader's base seed (torch gives worker k the seed
+    ``base_seed + k``, with ``base_seed`` drawn anew for each iterator from the
+    DataLoader's ``generator`` or torch's global RNG).
+    """
+    words = copy.deepcopy(parent).integers(0, 2**32, size=4, dtype=np.uint64)
+    base_seed = (int(worker_seed) - int(worker_id)) % 2**64
+    seq = np.random.SeedSequence(entropy=[int(w) for w in words], spawn_key=(int(worker_id), base_seed))
+    return np.random.Generator(np.random.PCG64(seq))
+
+
 @dataclass(frozen=True, eq=False)
 class MixupParams:
     """One draw of :class:`Mixup`, as NumPy values (pass them into a jitted step).
@@ -460,9 +530,10 @@ class MixupParams:
 class Mixup:
     """Mixup and CutMix for a batch of images and integer labels, on any backend.
 
-    timm's ``Mixup`` with the same options and the same draws, in the same order, from
-    an explicit NumPy ``Generator`` instead of the global state; odd batches are
-    allowed (the middle example pairs with itself) and the inputs are never modified.
+    timm's ``Mixup`` (as of timm 1.0.31; single-label targets) with the same options
+    and the same draws, in the same order, from an explicit NumPy ``Generator`` instead
+    of the global state; odd batches are allowed (the middle example pairs with itself)
+    and the inputs are never modified.
 
     Per call, with probability ``prob`` (per batch, pair or example by ``mode``), λ is
     drawn from Beta(α, α): cutmix with probability ``switch_prob`` when both
@@ -484,9 +555,25 @@ class Mixup:
         num_classes: K.
         seed: an int, None (fresh entropy) or a ``numpy.random.Generator`` to draw from.
         layout: ``"NCHW"`` or ``"NHWC"``: where :meth:`__call__` finds H and W.
+        box_rule: the CutMix box formulas: ``"timm>=1.0.29"`` (default, timm's current
+            ones) or ``"timm<=1.0.28"`` (timm's earlier ones, to reproduce older runs);
+            see :func:`rand_bbox` and :func:`rand_bbox_minmax`. Both draw the same
+            quantities in the same order; the boxes, and so the corrected λ, differ.
 
     Attributes:
         mixup_enabled: set to False to stop mixing (the targets are then only smoothed).
+        rng: the ``numpy.random.Generator`` drawn from (in the main process).
+
+    In ``torch.utils.data.DataLoader`` workers (e.g. mixing inside ``collate_fn``) a
+    forked or unpickled copy would repeat the same draws in every worker. There, on its
+    first draw, each worker derives its own Generator once (:class:`numpy.random.SeedSequence`)
+    from ``rng``'s state as the worker received it, its worker id and the loader's base
+    seed; ``rng`` itself is left alone. The workers' streams thus differ from each other
+    and from one iterator (epoch) to the next (unless ``persistent_workers``, where
+    each worker's stream just continues), and are reproduced by the same ``seed`` with
+    the same torch seed (``torch.manual_seed`` or the DataLoader's ``generator``, which
+    also drive its shuffling). Workers are recognised only where ``torch.utils.data``
+    is imported; smoothloss does not import torch.
 
     Example:
         >>> import numpy as np, smoothloss
@@ -495,6 +582,8 @@ class Mixup:
         >>> t.shape, bool(np.allclose(t.sum(-1), 1))
         ((4, 3), True)
     """
+
+    _MODES = MODES
 
     def __init__(
         self,
@@ -509,6 +598,7 @@ class Mixup:
         num_classes: int = 1000,
         seed: Any = None,
         layout: str = "NCHW",
+        box_rule: str = "timm>=1.0.29",
     ) -> None:
         self.mixup_alpha = V.check_nonnegative(mixup_alpha, "mixup_alpha")
         self.cutmix_alpha = V.check_nonnegative(cutmix_alpha, "cutmix_alpha")
@@ -525,22 +615,47 @@ class Mixup:
             raise ValueError("nothing to mix: set mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax")
         self.mix_prob = _check_unit(prob, "prob")
         self.switch_prob = _check_unit(switch_prob, "switch_prob")
-        self.mode = V.check_choice("mode", mode, MODES)
+        self.mode = V.check_choice("mode", mode, self._MODES)
         self.correct_lam = bool(correct_lam)
         self.label_smoothing = V.check_smoothing(label_smoothing)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
         self.layout = V.check_choice("layout", layout, LAYOUTS)
+        self.box_rule = box_rule
         self.rng = np.random.default_rng(seed)
         self.mixup_enabled = True
+        self._worker_rng: Any = None
+        self._worker_key: Any = None
+
+    @property
+    def box_rule(self) -> str:
+        """The CutMix box rule, ``"timm>=1.0.29"`` or ``"timm<=1.0.28"`` (may be set, e.g.
+        on the timm drop-in :class:`smoothloss.torch.Mixup`)."""
+        return self._box_rule
+
+    @box_rule.setter
+    def box_rule(self, value: str) -> None:
+        _check_box_rule(value)
+        self._box_rule = value
+
+    def _generator(self) -> Any:
+        """``rng``, or inside a torch DataLoader worker the worker's own Generator."""
+        info = _torch_worker_info()
+        if info is None or not isinstance(self.rng, np.random.Generator):
+            return self.rng
+        key = (info.id, info.seed, id(self.rng))
+        if self._worker_key != key:
+            self._worker_rng = _worker_generator(self.rng, info.id, info.seed)
+            self._worker_key = key
+        return self._worker_rng
 
     # -- draws (timm's order) ---------------------------------------------------
-    def _params_per_elem(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _params_per_elem(self, rng: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
         lam = np.ones(n, dtype=np.float32)
         use_cutmix = np.zeros(n, dtype=bool)
         if self.mixup_enabled:
-            rng, ma, ca = self.rng, self.mixup_alpha, self.cutmix_alpha
+            ma, ca = self.mixup_alpha, self.cutmix_alpha
             if ma > 0.0 and ca > 0.0:
                 use_cutmix = rng.random(n) < self.switch_prob
                 lam_cut = rng.beta(ca, ca, size=n)
@@ -553,10 +668,10 @@ class Mixup:
             lam = np.where(rng.random(n) < self.mix_prob, lam_mix.astype(np.float32), lam)
         return lam, use_cutmix
 
-    def _params_per_batch(self) -> tuple[float, bool]:
+    def _params_per_batch(self, rng: Any) -> tuple[float, bool]:
         lam, use_cutmix = 1.0, False
-        if self.mixup_enabled and self.rng.random() < self.mix_prob:
-            rng, ma, ca = self.rng, self.mixup_alpha, self.cutmix_alpha
+        if self.mixup_enabled and rng.random() < self.mix_prob:
+            ma, ca = self.mixup_alpha, self.cutmix_alpha
             if ma > 0.0 and ca > 0.0:
                 use_cutmix = bool(rng.random() < self.switch_prob)
                 lam = float(rng.beta(ca, ca) if use_cutmix else rng.beta(ma, ma))
@@ -567,9 +682,10 @@ class Mixup:
                 lam = float(rng.beta(ca, ca))
         return lam, use_cutmix
 
-    def _box(self, hw: tuple[int, int], lam: Any) -> tuple[tuple[Any, Any, Any, Any], Any]:
+    def _box(self, rng: Any, hw: tuple[int, int], lam: Any) -> tuple[tuple[Any, Any, Any, Any], Any]:
         return cutmix_bbox_and_lam(
-            hw, lam, rng=self.rng, ratio_minmax=self.cutmix_minmax, correct_lam=self.correct_lam
+            hw, lam, rng=rng, ratio_minmax=self.cutmix_minmax, correct_lam=self.correct_lam,
+            box_rule=self.box_rule,
         )
 
     def _spatial(self, image_shape: Any) -> tuple[int, int]:
@@ -610,23 +726,24 @@ class Mixup:
         if min(hw) < 1:
             raise ValueError(f"images must have H, W >= 1, got {hw}")
         index = np.arange(batch_size - 1, -1, -1, dtype=np.int64)
+        rng = self._generator()
         if self.mode == "batch":
-            lam, use_cutmix = self._params_per_batch()
+            lam, use_cutmix = self._params_per_batch(rng)
             box = np.zeros(4, dtype=np.int64)
             cut = False
             if lam != 1.0 and use_cutmix:
-                corners, lam = self._box(hw, lam)
+                corners, lam = self._box(rng, hw, lam)
                 box[:] = [int(v) for v in corners]
                 cut = True
             return MixupParams(float(lam), box, cut, index)
 
-        n = batch_size if self.mode == "elem" else batch_size // 2
-        lam, use_cutmix = self._params_per_elem(n)
+        n = batch_size if self.mode == "elem" else batch_size // 2  # "pair", "half": B // 2 draws
+        lam, use_cutmix = self._params_per_elem(rng, n)
         boxes = np.zeros((n, 4), dtype=np.int64)
         cut = np.zeros(n, dtype=bool)
         for i in range(n):
             if lam[i] != 1.0 and use_cutmix[i]:
-                corners, lam[i] = self._box(hw, lam[i])
+                corners, lam[i] = self._box(rng, hw, lam[i])
                 boxes[i] = [int(v) for v in corners]
                 cut[i] = True
         if self.mode == "pair":  # example B-1-i shares the draw of i; an odd middle is left alone
@@ -634,6 +751,11 @@ class Mixup:
             lam = np.concatenate([lam, np.ones(middle, np.float32), lam[::-1]])
             boxes = np.concatenate([boxes, np.zeros((middle, 4), np.int64), boxes[::-1]])
             cut = np.concatenate([cut, np.zeros(middle, bool), cut[::-1]])
+        elif self.mode == "half":  # the first B//2 examples drawn for; the rest (then dropped) keep λ = 1
+            rest = batch_size - n
+            lam = np.concatenate([lam, np.ones(rest, np.float32)])
+            boxes = np.concatenate([boxes, np.zeros((rest, 4), np.int64)])
+            cut = np.concatenate([cut, np.zeros(rest, bool)])
         return MixupParams(lam, boxes, cut, index)
 
     def __call__(self, x: Any, labels: Any) -> tuple[Any, Any]:
@@ -688,8 +810,93 @@ class Mixup:
             f"Mixup(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
             f"cutmix_minmax={self.cutmix_minmax}, prob={self.mix_prob}, switch_prob={self.switch_prob}, "
             f"mode={self.mode!r}, correct_lam={self.correct_lam}, label_smoothing={self.label_smoothing}, "
-            f"num_classes={self.num_classes}, layout={self.layout!r})"
+            f"num_classes={self.num_classes}, layout={self.layout!r}, box_rule={self.box_rule!r})"
         )
+
+
+class FastCollateMixup(Mixup):
+    """Mixup and CutMix while collating uint8 images (timm's ``FastCollateMixup``).
+
+    Pass it as a DataLoader's ``collate_fn``: it takes the list of ``(image, label)``
+    pairs of one batch, stacks the images and mixes them, so the batch leaves the
+    worker mixed and still in uint8 (timm's training script then normalises on the
+    device). The draws, boxes and targets are those of :class:`Mixup` with the same
+    options; blends are computed in float32 and rounded half to even back to uint8,
+    pastes copy the pixels. The images are never modified.
+
+    Options as :class:`Mixup`, with one more ``mode``: ``"half"`` draws for the first
+    B//2 examples, mixes each with its partner B-1-i from the second half, and returns
+    only the first half (B//2 examples). ``seed`` and the DataLoader workers: see
+    :class:`Mixup` (each worker draws its own stream).
+
+    Differences from timm: the result is in the images' namespace (NumPy images give
+    NumPy arrays, torch tensors give torch tensors; timm always returns torch
+    tensors); odd batches are allowed; labels must be integers (class indices); the
+    images must be uint8.
+
+    Example:
+        >>> import numpy as np
+        >>> from smoothloss._mixing import FastCollateMixup
+        >>> collate = FastCollateMixup(mixup_alpha=1.0, num_classes=3, seed=0)
+        >>> batch = [(np.full((3, 4, 4), 10 * i, np.uint8), i % 3) for i in range(4)]
+        >>> images, targets = collate(batch)
+        >>> images.dtype, images.shape, targets.shape
+        (dtype('uint8'), (4, 3, 4, 4), (4, 3))
+    """
+
+    _MODES = MODES + ("half",)
+
+    def __call__(self, batch: Any, _: Any = None) -> tuple[Any, Any]:
+        """Collate and mix ``batch``, a sequence of ``(image, label)``: images (C, H, W)
+        or (H, W, C) per ``layout``, uint8; labels integer class indices.
+
+        Returns:
+            ``(images, targets)``: uint8 images (B, C, H, W) or (B, H, W, C) and float32
+            soft targets (B, K), with B halved in ``"half"`` mode.
+        """
+        if not isinstance(batch, (list, tuple)) or not batch:
+            raise ValueError("batch must be a non-empty list of (image, label) pairs")
+        for item in batch:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise ValueError(f"each batch entry must be an (image, label) pair, got {type(item).__name__}")
+        fw, images = bind(*(item[0] for item in batch))
+        xp = fw.xp
+        for image in images:
+            if image.dtype != xp.uint8:
+                raise TypeError(f"FastCollateMixup mixes uint8 images, got dtype {image.dtype}")
+            if image.ndim != 3:
+                raise ValueError(f"each image must have rank 3 ({self.layout[1:]}), got shape {tuple(image.shape)}")
+        try:
+            labels = np.asarray([operator.index(item[1]) for item in batch], dtype=np.int64)
+        except TypeError as e:
+            raise TypeError(f"labels must be integer class indices: {e}") from None
+        x = xp.stack(list(images))
+        size = int(x.shape[0])
+        dev = fw.device(x)
+        p = self.sample(size, tuple(x.shape))
+        if self.mode == "batch":
+            lam: Any = p.lam
+            if lam == 1.0:
+                mixed = xp.asarray(x, copy=True)
+            elif p.cutmix:
+                mixed = mix_images(x, box=tuple(int(v) for v in p.box), layout=self.layout)
+            else:
+                mixed = mix_images(xp.astype(x, xp.float32), lam=lam, layout=self.layout)
+        else:
+            lam = xp.asarray(p.lam, device=dev)
+            box = xp.asarray(p.box, device=dev) if bool(np.any(p.cutmix)) else None
+            cut = xp.asarray(p.cutmix, device=dev) if box is not None else None
+            mixed = mix_images(xp.astype(x, xp.float32), lam=lam, box=box, cutmix=cut, layout=self.layout)
+        if mixed.dtype != xp.uint8:  # float32 blends: half to even, as timm's rint / round
+            mixed = xp.astype(xp.round(mixed), xp.uint8)
+        targets = mixup_target(
+            xp.asarray(labels, device=dev), self.num_classes, lam=lam, label_smoothing=self.label_smoothing,
+            dtype=xp.float32,
+        )
+        if self.mode == "half":
+            keep = size // 2
+            mixed, targets = mixed[:keep, ...], targets[:keep, ...]
+        return mixed, targets
 
 
 # ----------------------------------------------------------------------------- loss

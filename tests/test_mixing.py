@@ -1,22 +1,32 @@
 """Mixup / CutMix: soft targets, image mixing, the sampler and mixup_cross_entropy.
 
-The expectations are timm's definitions (``timm/data/mixup.py``) written out below in
+The expectations are timm's definitions (``timm/data/mixup.py`` of timm 1.0.31, and the
+CutMix boxes of timm <= 1.0.28 behind ``box_rule="timm<=1.0.28"``) written out below in
 NumPy: ``one_hot``/``mixup_target`` values, boxes and λ from ``rand_bbox`` given the
 same draws, and batches mixed in place by slicing exactly as timm's ``Mixup`` does.
 timm draws from the global NumPy state (``np.random.rand``, ``beta``, ``randint``);
 the reference draws the same quantities in the same order from a ``Generator``
 (``random``, ``beta``, ``integers``), so a seeded smoothloss ``Mixup`` must reproduce it.
+
+Where timm is installed (``pip install --no-deps timm``; ``import timm`` itself may fail
+on a clashing torchvision), its own ``timm/data/mixup.py`` is also loaded as a file and
+run side by side, draw for draw, with smoothloss drawing from the same legacy NumPy state.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import math
+import pathlib
 
 import numpy as np
 import pytest
 
 import smoothloss
-from smoothloss._mixing import MixupParams, cutmix_bbox_and_lam, rand_bbox, rand_bbox_minmax
+from smoothloss._mixing import (
+    FastCollateMixup, MixupParams, cutmix_bbox_and_lam, rand_bbox, rand_bbox_minmax,
+)
 from smoothloss.backends import framework_name
 from smoothloss.testing import reference_cross_entropy, rel_err
 
@@ -38,32 +48,41 @@ def timm_mixup_target(labels, num_classes, lam=1.0, smoothing=0.0):
     return y1 * lam + y2 * (1.0 - lam)
 
 
-def timm_rand_bbox(rng, img_shape, lam):
+NEW_BOXES, OLD_BOXES = "timm>=1.0.29", "timm<=1.0.28"
+
+
+def timm_rand_bbox(rng, img_shape, lam, rule=NEW_BOXES):
+    """A centre (cy, cx) uniform over the image; the cut extends cut//2 before it and,
+    since timm 1.0.29, cut - cut//2 from it on (before: cut//2), then clipped."""
     ratio = np.sqrt(1 - lam)
     img_h, img_w = img_shape[-2:]
     cut_h, cut_w = int(img_h * ratio), int(img_w * ratio)
     cy = rng.integers(0, img_h)
     cx = rng.integers(0, img_w)
+    end_h, end_w = (cut_h // 2, cut_w // 2) if rule == OLD_BOXES else ((cut_h + 1) // 2, (cut_w + 1) // 2)
     return (
-        np.clip(cy - cut_h // 2, 0, img_h), np.clip(cy + cut_h // 2, 0, img_h),
-        np.clip(cx - cut_w // 2, 0, img_w), np.clip(cx + cut_w // 2, 0, img_w),
+        np.clip(cy - cut_h // 2, 0, img_h), np.clip(cy + end_h, 0, img_h),
+        np.clip(cx - cut_w // 2, 0, img_w), np.clip(cx + end_w, 0, img_w),
     )
 
 
-def timm_rand_bbox_minmax(rng, img_shape, minmax):
+def timm_rand_bbox_minmax(rng, img_shape, minmax, rule=NEW_BOXES):
+    """Sides uniform in [int(n·min), int(n·max)); the corner in [0, n - side], since timm
+    1.0.29 (before: [0, n - side))."""
     img_h, img_w = img_shape[-2:]
+    extra = 0 if rule == OLD_BOXES else 1
     cut_h = rng.integers(int(img_h * minmax[0]), int(img_h * minmax[1]))
     cut_w = rng.integers(int(img_w * minmax[0]), int(img_w * minmax[1]))
-    yl = rng.integers(0, img_h - cut_h)
-    xl = rng.integers(0, img_w - cut_w)
+    yl = rng.integers(0, img_h - cut_h + extra)
+    xl = rng.integers(0, img_w - cut_w + extra)
     return yl, yl + cut_h, xl, xl + cut_w
 
 
-def timm_cutmix_bbox_and_lam(rng, img_shape, lam, ratio_minmax, correct_lam):
+def timm_cutmix_bbox_and_lam(rng, img_shape, lam, ratio_minmax, correct_lam, rule=NEW_BOXES):
     if ratio_minmax is not None:
-        box = timm_rand_bbox_minmax(rng, img_shape, ratio_minmax)
+        box = timm_rand_bbox_minmax(rng, img_shape, ratio_minmax, rule)
     else:
-        box = timm_rand_bbox(rng, img_shape, lam)
+        box = timm_rand_bbox(rng, img_shape, lam, rule)
     if correct_lam or ratio_minmax is not None:
         yl, yu, xl, xu = box
         lam = 1.0 - (yu - yl) * (xu - xl) / float(img_shape[-2] * img_shape[-1])
@@ -78,8 +97,9 @@ class TimmMixupReference:
     """
 
     def __init__(self, rng, mixup_alpha=1.0, cutmix_alpha=0.0, cutmix_minmax=None, prob=1.0,
-                 switch_prob=0.5, mode="batch", correct_lam=True, label_smoothing=0.1, num_classes=10):
-        self.rng = rng
+                 switch_prob=0.5, mode="batch", correct_lam=True, label_smoothing=0.1, num_classes=10,
+                 box_rule=NEW_BOXES):
+        self.rng, self.box_rule = rng, box_rule
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = 1.0 if cutmix_minmax is not None else cutmix_alpha
         self.cutmix_minmax = cutmix_minmax
@@ -114,7 +134,7 @@ class TimmMixupReference:
         return float(rng.beta(ca, ca)), True
 
     def _cut(self, shape, lam):
-        return timm_cutmix_bbox_and_lam(self.rng, shape, lam, self.cutmix_minmax, self.correct_lam)
+        return timm_cutmix_bbox_and_lam(self.rng, shape, lam, self.cutmix_minmax, self.correct_lam, self.box_rule)
 
     def mix_elem(self, x):
         B = len(x)
@@ -251,42 +271,66 @@ class ScriptedDraws:
 
 
 @pytest.mark.parametrize(
-    "shape, lam, centre, box",
+    "shape, lam, centre, new_box, old_box",
     [
-        ((8, 10), 0.75, (4, 5), (2, 6, 3, 7)),  # cut int(8·0.5)=4, int(10·0.5)=5 → ±2
-        ((8, 10), 0.75, (0, 9), (0, 2, 7, 10)),  # clipped at the borders
-        ((32, 32), 0.19, (16, 16), (2, 30, 2, 30)),  # √0.81 = 0.9: cut 28 → ±14
-        ((5, 5), 0.99, (2, 2), (2, 2, 2, 2)),  # int(5·0.1) = 0: an empty box
+        ((8, 10), 0.75, (4, 5), (2, 6, 3, 8), (2, 6, 3, 7)),  # cut 4 × 5: rows 4±2; columns 5-2 .. 5+3 (5+2)
+        ((9, 7), 0.84, (4, 3), (3, 6, 2, 4), (3, 5, 2, 4)),  # √0.16 = 0.4: cut 3 × 2
+        ((8, 10), 0.75, (0, 9), (0, 2, 7, 10), (0, 2, 7, 10)),  # clipped at the borders
+        ((32, 32), 0.19, (16, 16), (2, 30, 2, 30), (2, 30, 2, 30)),  # √0.81 = 0.9: even cut 28 → ±14
+        ((5, 5), 0.99, (2, 2), (2, 2, 2, 2), (2, 2, 2, 2)),  # int(5·0.1) = 0: an empty box
     ],
 )
-def test_rand_bbox_given_draws(shape, lam, centre, box):
-    draws = ScriptedDraws(centre)
-    got = rand_bbox(shape, lam, rng=draws)
-    assert tuple(int(v) for v in got) == box
-    assert draws.ranges == [(0, shape[0]), (0, shape[1])]  # timm: randint(0, H), randint(0, W)
-    _, corrected = cutmix_bbox_and_lam(shape, lam, rng=ScriptedDraws(centre))
-    y0, y1, x0, x1 = box
-    assert corrected == 1.0 - (y1 - y0) * (x1 - x0) / (shape[0] * shape[1])
-    _, kept = cutmix_bbox_and_lam(shape, lam, rng=ScriptedDraws(centre), correct_lam=False)
-    assert kept == lam
+def test_rand_bbox_given_draws(shape, lam, centre, new_box, old_box):
+    for rule, box in ((NEW_BOXES, new_box), (OLD_BOXES, old_box)):
+        draws = ScriptedDraws(centre)
+        got = rand_bbox(shape, lam, rng=draws, box_rule=rule)
+        assert tuple(int(v) for v in got) == box, rule
+        assert draws.ranges == [(0, shape[0]), (0, shape[1])]  # timm: randint(0, H), randint(0, W)
+        _, corrected = cutmix_bbox_and_lam(shape, lam, rng=ScriptedDraws(centre), box_rule=rule)
+        y0, y1, x0, x1 = box
+        assert corrected == 1.0 - (y1 - y0) * (x1 - x0) / (shape[0] * shape[1])
+        _, kept = cutmix_bbox_and_lam(shape, lam, rng=ScriptedDraws(centre), correct_lam=False, box_rule=rule)
+        assert kept == lam
+    assert tuple(map(int, rand_bbox(shape, lam, rng=ScriptedDraws(centre)))) == new_box  # the default
+
+
+def test_rand_bbox_unclipped_box_is_the_whole_cut():
+    """Since timm 1.0.29 a box away from the borders is exactly int(H·√(1-λ)) × int(W·√(1-λ))."""
+    shape, lam = (40, 30), 0.8
+    cut = (int(40 * math.sqrt(0.2)), int(30 * math.sqrt(0.2)))  # 17 × 13: both odd
+    y0, y1, x0, x1 = (int(v) for v in rand_bbox(shape, lam, rng=ScriptedDraws([20, 15])))
+    assert (y1 - y0, x1 - x0) == cut
+    y0, y1, x0, x1 = (int(v) for v in rand_bbox(shape, lam, rng=ScriptedDraws([20, 15]), box_rule=OLD_BOXES))
+    assert (y1 - y0, x1 - x0) == (cut[0] - 1, cut[1] - 1)
 
 
 def test_rand_bbox_minmax_given_draws():
     draws = ScriptedDraws([3, 5, 4, 1])  # cut_h, cut_w, y0, x0
     got = rand_bbox_minmax((10, 20), (0.2, 0.8), rng=draws)
     assert tuple(int(v) for v in got) == (4, 7, 1, 6)
+    assert draws.ranges == [(2, 8), (4, 16), (0, 8), (0, 16)]  # the corner may reach H - cut_h
+    draws = ScriptedDraws([3, 5, 4, 1])
+    got = rand_bbox_minmax((10, 20), (0.2, 0.8), rng=draws, box_rule=OLD_BOXES)
+    assert tuple(int(v) for v in got) == (4, 7, 1, 6)
     assert draws.ranges == [(2, 8), (4, 16), (0, 7), (0, 15)]
+    # now a box may touch the bottom-right corner
+    got = rand_bbox_minmax((10, 20), (0.2, 0.8), rng=ScriptedDraws([3, 5, 7, 15]))
+    assert tuple(int(v) for v in got) == (7, 10, 15, 20)
     # minmax always corrects λ, even with correct_lam=False
     draws = ScriptedDraws([3, 5, 4, 1])
     _, lam = cutmix_bbox_and_lam((10, 20), 0.5, rng=draws, ratio_minmax=(0.2, 0.8), correct_lam=False)
     assert lam == 1.0 - 15 / 200
 
 
-def test_rand_bbox_matches_timm_draw_for_draw():
+@pytest.mark.parametrize("rule", [NEW_BOXES, OLD_BOXES])
+def test_rand_bbox_matches_timm_draw_for_draw(rule):
     for seed in range(20):
         lam = float(np.random.default_rng(100 + seed).uniform())
-        ours = rand_bbox((13, 17), lam, rng=np.random.default_rng(seed))
-        theirs = timm_rand_bbox(np.random.default_rng(seed), (13, 17), lam)
+        ours = rand_bbox((13, 17), lam, rng=np.random.default_rng(seed), box_rule=rule)
+        theirs = timm_rand_bbox(np.random.default_rng(seed), (13, 17), lam, rule)
+        assert tuple(map(int, ours)) == tuple(map(int, theirs))
+        ours = rand_bbox_minmax((13, 17), (0.2, 0.9), rng=np.random.default_rng(seed), box_rule=rule)
+        theirs = timm_rand_bbox_minmax(np.random.default_rng(seed), (13, 17), (0.2, 0.9), rule)
         assert tuple(map(int, ours)) == tuple(map(int, theirs))
 
 
@@ -351,6 +395,103 @@ def test_mixup_matches_timm(backend, mode, layout, batch):
                 np.testing.assert_allclose(middle, x_np[batch // 2], rtol=1e-6, atol=1e-7, err_msg=where)
 
 
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_mixup_old_boxes_match_timm_up_to_1_0_28(mode):
+    """box_rule="timm<=1.0.28" gives the boxes (and λ) of timm before 1.0.29, draw for draw."""
+    data = np.random.default_rng(17)
+    differs = 0
+    for name, config in CONFIGS.items():
+        for seed in range(3):
+            x_np = data.normal(size=(6, C, H, W)).astype(np.float32)
+            y_np = data.integers(0, K, 6)
+            reference = TimmMixupReference(
+                np.random.default_rng(seed), mode=mode, num_classes=K, box_rule=OLD_BOXES, **config
+            )
+            x_ref, t_ref = reference(x_np.copy(), y_np)
+            mixed, targets = smoothloss.Mixup(mode=mode, num_classes=K, seed=seed, box_rule=OLD_BOXES, **config)(
+                x_np, y_np
+            )
+            np.testing.assert_allclose(mixed, x_ref, rtol=2e-6, atol=2e-6, err_msg=f"{name}, seed {seed}")
+            np.testing.assert_allclose(targets, t_ref, rtol=2e-6, atol=1e-7, err_msg=f"{name}, seed {seed}")
+            current, _ = smoothloss.Mixup(mode=mode, num_classes=K, seed=seed, **config)(x_np, y_np)
+            differs += not np.array_equal(current, mixed)
+    assert differs  # the two rules do give different boxes on these draws
+
+
+def test_box_rule_can_be_set_on_the_timm_drop_in():
+    pytest.importorskip("torch")
+    from smoothloss.torch import Mixup as TimmMixup
+
+    mixup_fn = TimmMixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="elem", num_classes=K, seed=2)
+    assert mixup_fn.box_rule == NEW_BOXES
+    mixup_fn.box_rule = OLD_BOXES
+    old = smoothloss.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="elem", num_classes=K, seed=2, box_rule=OLD_BOXES)
+    np.testing.assert_array_equal(mixup_fn.sample(6, (H, W)).box, old.sample(6, (H, W)).box)
+    assert "box_rule='timm<=1.0.28'" in repr(mixup_fn)
+    with pytest.raises(ValueError, match="unknown box_rule"):
+        mixup_fn.box_rule = "old"
+
+
+# ============================================================================ timm's own file
+def _timm_mixup_module():
+    """timm's ``timm/data/mixup.py``, loaded as a file (``import timm`` is not needed), and
+    the installed timm version; skips where timm or torch is missing."""
+    pytest.importorskip("torch")
+    spec = importlib.util.find_spec("timm")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("timm is not installed (pip install --no-deps timm)")
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "mixup.py"
+    file_spec = importlib.util.spec_from_file_location("_timm_data_mixup", path)
+    module = importlib.util.module_from_spec(file_spec)
+    file_spec.loader.exec_module(module)
+    version = tuple(int(p) for p in importlib.metadata.version("timm").split(".")[:3] if p.isdigit())
+    return module, version
+
+
+class LegacyDraws:
+    """smoothloss's Generator calls served from a legacy ``RandomState``: what timm draws
+    with ``np.random.rand``/``beta``/``randint`` from the global state."""
+
+    def __init__(self, seed):
+        self.state = np.random.RandomState(seed)
+
+    def random(self, size=None):
+        return self.state.random_sample(size)
+
+    def beta(self, a, b, size=None):
+        return self.state.beta(a, b, size)
+
+    def integers(self, low, high=None, size=None):
+        return self.state.randint(low, high, size)
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_mixup_matches_installed_timm_side_by_side(mode):
+    """Against timm's own Mixup: the same global-state draws feed both, so the mixed
+    batches and targets must agree. The box rule follows the installed timm version."""
+    timm_mixup, version = _timm_mixup_module()
+    import torch
+
+    rule = NEW_BOXES if version >= (1, 0, 29) else OLD_BOXES
+    data = np.random.default_rng(23)
+    for name, config in CONFIGS.items():
+        for seed in range(4):
+            x = torch.from_numpy(data.normal(size=(6, C, H, W)).astype(np.float32))
+            y = torch.from_numpy(data.integers(0, K, 6))
+            state = np.random.get_state()
+            try:
+                np.random.seed(seed)
+                x_timm, t_timm = timm_mixup.Mixup(mode=mode, num_classes=K, **config)(x.clone(), y)
+            finally:
+                np.random.set_state(state)
+            mix = smoothloss.Mixup(mode=mode, num_classes=K, box_rule=rule, **config)
+            mix.rng = LegacyDraws(seed)
+            mixed, targets = mix(x, y)
+            where = f"timm {version}, {name}, seed {seed}"
+            torch.testing.assert_close(mixed, x_timm, rtol=2e-6, atol=2e-6, msg=where)
+            torch.testing.assert_close(targets, t_timm, rtol=2e-6, atol=1e-7, msg=where)
+
+
 def test_mixup_sample_path_equals_call(backend):
     """sample() + mix_images/mixup_target gives what __call__ gives, draw for draw."""
     if backend.traced:
@@ -387,6 +528,203 @@ def test_mixup_float64_images_give_float64_targets(backend):
     x = backend.asarray(np.ones((2, 1, 4, 4)), "float64")
     _, t = smoothloss.Mixup(mode="pair", num_classes=3, seed=0)(x, backend.asarray(np.array([0, 2])))
     assert backend.dtype_name(t) == "float64"
+
+
+# ============================================================================ FastCollateMixup
+def _uint8_batch(data, size):
+    images = data.integers(0, 256, size=(size, C, H, W), dtype=np.uint8)
+    labels = data.integers(0, K, size)
+    return images, labels
+
+
+def _pairs(images, labels, as_torch=False):
+    """The list a DataLoader hands to its collate_fn: fresh copies, as timm mutates them."""
+    if as_torch:
+        import torch
+
+        return [(torch.from_numpy(img.copy()), int(y)) for img, y in zip(images, labels)]
+    return [(img.copy(), int(y)) for img, y in zip(images, labels)]
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_fast_collate_mixup_rounds_what_mixup_mixes(mode):
+    """The collate path: Mixup's draws and mix on the float32 images, rounded half to
+    even to uint8; the targets are Mixup's."""
+    data = np.random.default_rng(31)
+    for name, config in CONFIGS.items():
+        for seed in range(3):
+            images, labels = _uint8_batch(data, 6)
+            pairs = _pairs(images, labels)
+            got_x, got_t = FastCollateMixup(mode=mode, num_classes=K, seed=seed, **config)(pairs)
+            want_x, want_t = smoothloss.Mixup(mode=mode, num_classes=K, seed=seed, **config)(
+                images.astype(np.float32), labels
+            )
+            assert got_x.dtype == np.uint8 and got_t.dtype == np.float32
+            np.testing.assert_array_equal(got_x, np.round(want_x).astype(np.uint8), err_msg=f"{name}, {seed}")
+            np.testing.assert_array_equal(got_t, want_t, err_msg=f"{name}, {seed}")
+            assert all(np.array_equal(p[0], img) for p, img in zip(pairs, images))  # inputs untouched
+
+
+def test_fast_collate_mixup_half_mode():
+    """"half": B//2 draws; example i < B//2 mixed with B-1-i; only the first half returned."""
+    data = np.random.default_rng(37)
+    for name, config in CONFIGS.items():
+        images, labels = _uint8_batch(data, 8)
+        got_x, got_t = FastCollateMixup(mode="half", num_classes=K, seed=5, **config)(_pairs(images, labels))
+        assert got_x.shape == (4, C, H, W) and got_t.shape == (4, K)
+        reference = TimmMixupReference(np.random.default_rng(5), mode="elem", num_classes=K, **config)
+        lam, use_cutmix = reference.params_per_elem(4)
+        x = images.astype(np.float32)
+        want = x[:4].copy()
+        for i in range(4):
+            j = 7 - i
+            if lam[i] == 1.0:
+                continue
+            if use_cutmix[i]:
+                (y0, y1, x0, x1), lam[i] = reference._cut(x.shape, lam[i])
+                want[i][:, y0:y1, x0:x1] = x[j][:, y0:y1, x0:x1]
+            else:
+                want[i] = np.round(x[i] * lam[i] + x[j] * (1 - lam[i]))
+        np.testing.assert_array_equal(got_x, want.astype(np.uint8), err_msg=name)
+        full = timm_mixup_target(labels, K, np.concatenate([lam, np.ones(4, np.float32)])[:, None], 0.1)
+        np.testing.assert_allclose(got_t, full[:4], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_fast_collate_mixup_torch_images_and_odd_batches():
+    torch = pytest.importorskip("torch")
+    data = np.random.default_rng(41)
+    images, labels = _uint8_batch(data, 5)  # an odd batch: the middle pairs with itself
+    config = dict(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=K)
+    got_x, got_t = FastCollateMixup(seed=2, **config)(_pairs(images, labels, as_torch=True))
+    assert isinstance(got_x, torch.Tensor) and got_x.dtype == torch.uint8 and got_t.dtype == torch.float32
+    want_x, want_t = FastCollateMixup(seed=2, **config)(_pairs(images, labels))
+    np.testing.assert_array_equal(got_x.numpy(), want_x)
+    np.testing.assert_array_equal(got_t.numpy(), want_t)
+    np.testing.assert_array_equal(want_x[2], images[2])
+    # NHWC images
+    hwc = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    got, _ = FastCollateMixup(seed=2, layout="NHWC", **config)(_pairs(hwc, labels))
+    np.testing.assert_array_equal(got.transpose(0, 3, 1, 2), want_x)
+
+
+def test_fast_collate_mixup_bad_input():
+    collate = FastCollateMixup(num_classes=3, seed=0)
+    img = np.zeros((1, 4, 4), np.uint8)
+    with pytest.raises(TypeError, match="uint8 images"):
+        collate([(img.astype(np.float32), 0), (img.astype(np.float32), 1)])
+    with pytest.raises(TypeError, match="integer class indices"):
+        collate([(img, 0.5), (img, 1)])
+    with pytest.raises(ValueError, match="rank 3"):
+        collate([(img[0], 0), (img[0], 1)])
+    with pytest.raises(ValueError, match="non-empty list"):
+        collate([])
+    with pytest.raises(ValueError, match="unknown mode 'half'"):
+        smoothloss.Mixup(mode="half")  # only the collate path drops half the batch
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem", "half"])
+@pytest.mark.parametrize("as_torch", [False, True], ids=["numpy-images", "torch-images"])
+def test_fast_collate_mixup_matches_installed_timm_side_by_side(mode, as_torch):
+    """Against timm's own FastCollateMixup, fed the same global-state draws."""
+    timm_mixup, version = _timm_mixup_module()
+    import torch
+
+    rule = NEW_BOXES if version >= (1, 0, 29) else OLD_BOXES
+    data = np.random.default_rng(43)
+    for name, config in CONFIGS.items():
+        for seed in range(4):
+            images, labels = _uint8_batch(data, 8)
+            state = np.random.get_state()
+            try:
+                np.random.seed(seed)
+                x_timm, t_timm = timm_mixup.FastCollateMixup(mode=mode, num_classes=K, **config)(
+                    _pairs(images, labels, as_torch)
+                )
+            finally:
+                np.random.set_state(state)
+            collate = FastCollateMixup(mode=mode, num_classes=K, box_rule=rule, **config)
+            collate.rng = LegacyDraws(seed)
+            x_ours, t_ours = collate(_pairs(images, labels, as_torch))
+            where = f"timm {version}, {name}, seed {seed}"
+            if not as_torch:
+                x_ours, t_ours = torch.from_numpy(x_ours), torch.from_numpy(t_ours)
+            if mode == "half" and version < (1, 0, 29):  # timm then padded λ with float64 ones
+                t_timm = t_timm.float()
+            assert x_ours.dtype == x_timm.dtype and t_ours.dtype == t_timm.dtype, where
+            assert torch.equal(x_ours, x_timm), where
+            torch.testing.assert_close(t_ours, t_timm, rtol=2e-6, atol=1e-7, msg=where)
+
+
+# ============================================================================ DataLoader workers
+class _TinyImages:
+    """A map-style dataset of 16 one-channel 4×4 images with their labels."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        return np.full((1, 4, 4), i, np.float32), i % 3
+
+
+class _DrawInCollate:
+    """A collate_fn that draws the mixing parameters of its batch inside the worker."""
+
+    def __init__(self, mix):
+        self.mix = mix
+
+    def __call__(self, batch):
+        import torch.utils.data
+
+        p = self.mix.sample(len(batch), (4, 4))
+        return torch.utils.data.get_worker_info().id, p.lam, p.box
+
+
+def _draws_per_worker(seed, loader_seed, epochs=2):
+    """{(epoch, worker id): [(λ, boxes) per batch]} from a DataLoader with 2 workers."""
+    import torch
+
+    mix = smoothloss.Mixup(mixup_alpha=1.0, cutmix_alpha=1.0, mode="elem", seed=seed)
+    loader = torch.utils.data.DataLoader(
+        _TinyImages(), batch_size=4, num_workers=2, collate_fn=_DrawInCollate(mix),
+        multiprocessing_context="spawn",  # no fork of a process that already runs JAX/TF threads
+        generator=torch.Generator().manual_seed(loader_seed),
+    )
+    draws = {}
+    for epoch in range(epochs):
+        for worker, lam, box in loader:
+            draws.setdefault((epoch, worker), []).append((lam, box))
+    fresh = smoothloss.Mixup(mixup_alpha=1.0, cutmix_alpha=1.0, mode="elem", seed=seed)
+    assert np.array_equal(mix.sample(4, (4, 4)).lam, fresh.sample(4, (4, 4)).lam)  # the parent's rng untouched
+    return draws
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(np.array_equal(u, v) for p, q in zip(a, b) for u, v in zip(p, q))
+
+
+def test_mixup_in_dataloader_workers_draws_a_stream_per_worker():
+    pytest.importorskip("torch")
+    first = _draws_per_worker(seed=0, loader_seed=0)
+    assert sorted(first) == [(0, 0), (0, 1), (1, 0), (1, 1)] and all(len(v) == 2 for v in first.values())
+    # each worker its own stream, and a new one in the next epoch (new workers, new base seed)
+    assert not _same(first[0, 0], first[0, 1])
+    assert not _same(first[0, 0], first[1, 0]) and not _same(first[0, 1], first[1, 1])
+    # the same seeds reproduce every draw
+    again = _draws_per_worker(seed=0, loader_seed=0)
+    assert all(_same(first[k], again[k]) for k in first)
+    # another Mixup seed, same loader: other draws
+    other = _draws_per_worker(seed=1, loader_seed=0, epochs=1)
+    assert not _same(first[0, 0], other[0, 0]) and not _same(first[0, 1], other[0, 1])
+
+
+def test_mixup_outside_workers_draws_from_its_own_rng(monkeypatch):
+    """Outside a worker (get_worker_info() is None, or torch not imported) nothing is derived."""
+    import sys
+
+    mix = smoothloss.Mixup(mode="elem", seed=3)
+    expected = np.random.default_rng(3).beta(1.0, 1.0, size=5).astype(np.float32)
+    monkeypatch.setitem(sys.modules, "torch.utils.data", None)
+    np.testing.assert_array_equal(mix.sample(5, (4, 4)).lam, expected)
 
 
 # ============================================================================ mix_images
@@ -698,6 +1036,7 @@ def _other_framework_index(framework):
         (dict(num_classes=0), "num_classes"),
         (dict(label_smoothing=2.0), "label_smoothing"),
         (dict(layout="HWC"), "unknown layout"),
+        (dict(box_rule="timm<=1.0.29"), "unknown box_rule 'timm<=1.0.29'"),
     ],
 )
 def test_bad_mixup_options(kwargs, words):
