@@ -69,7 +69,9 @@ def validate(
             "have no class index to ignore (give such positions zero weight instead)"
         )
     if integer and K is not None:  # (an unknown K is a graph: nothing to read)
-        V.check_label_values(fw, targets, K, opts.ignore_index)
+        absent = V.check_label_values(fw, targets, K, opts.ignore_index)
+        if absent and opts.ignore_index is not None:  # no label equals it: no mask to apply
+            opts = replace(opts, ignore_index=None)
     return opts
 
 

@@ -205,25 +205,31 @@ def check_options(
     )
 
 
-def check_label_values(fw: Any, labels: Any, num_classes: int, ignore_index: int | None) -> None:
+def check_label_values(fw: Any, labels: Any, num_classes: int, ignore_index: int | None) -> bool:
     """Eager-only: every label lies in [0, K) or equals ignore_index, compared as integer
     values whatever the labels' dtype (they are widened to the framework's index dtype
     first; an ``ignore_index`` that dtype cannot hold matches no label). Skipped for
     labels the framework ``fw`` cannot read without a host sync (tracers, meta and fake
-    tensors, batched tensors under vmap): the losses then give NaN at such a position."""
+    tensors, batched tensors under vmap): the losses then give NaN at such a position.
+
+    Returns True when the labels were read and none equals ``ignore_index`` (the loss
+    may then skip the ignore mask), else False."""
     if not fw.is_concrete(labels) or math.prod(labels.shape) == 0:
-        return
+        return False
     xp = fw.xp
     y = fw.index(labels)
     ignoring = ignore_index is not None and fw.holds_index(ignore_index)
     # the fast path, one fused min/max where the framework has it: every label in range
-    outside = ignoring and not 0 <= ignore_index < num_classes
-    lo, hi = fw.bounds(xp.where(y == ignore_index, 0, y) if outside else y)
-    if lo is None or (lo >= 0 and hi < num_classes):  # (None: concrete labels staged inside a jax.jit trace)
-        return
+    lo, hi = fw.bounds(y)
+    if lo is None:  # concrete labels staged inside a jax.jit trace
+        return False
+    if lo >= 0 and hi < num_classes:
+        return not ignoring or not 0 <= ignore_index < num_classes  # an ignore_index outside [0, K) is absent
     bad = (y < 0) | (y >= num_classes)
     if ignoring:
         bad = bad & (y != ignore_index)
+    if not bool(xp.any(bad)):  # only ignored positions were outside [0, K)
+        return False
     lo = int(xp.min(xp.where(bad, y, xp.max(y))))  # the smallest bad label
     hi = int(xp.max(xp.where(bad, y, xp.min(y))))  # the largest bad label
     shown = sorted({lo, hi})
