@@ -782,28 +782,32 @@ class Mixup:
             raise ValueError(
                 f"labels must have shape ({batch},) (one class index per image), got {tuple(labels.shape)}"
             )
-        p = self.sample(batch, tuple(x.shape))
         dtype = xp.float64 if x.dtype == xp.float64 else xp.float32
-        if self.mode == "batch":
-            lam: Any = p.lam
-            if lam == 1.0:
-                mixed = xp.asarray(x, copy=True)
-            elif p.cutmix:
-                mixed = mix_images(x, box=tuple(int(v) for v in p.box), layout=self.layout)
-            else:
-                mixed = mix_images(x, lam=lam, layout=self.layout)
-        else:
-            dev = fw.device(x)
-            lam = xp.asarray(p.lam, device=dev)
-            if bool(np.any(p.cutmix)):
-                mixed = mix_images(
-                    x, lam=lam, box=xp.asarray(p.box, device=dev), cutmix=xp.asarray(p.cutmix, device=dev),
-                    layout=self.layout,
-                )
-            else:
-                mixed = mix_images(x, lam=lam, layout=self.layout)
+        mixed, lam = self._mix(fw, x, self.sample(batch, tuple(x.shape)))
         targets = mixup_target(labels, self.num_classes, lam=lam, label_smoothing=self.label_smoothing, dtype=dtype)
         return mixed, targets
+
+    def _mix(self, fw: Any, x: Any, p: MixupParams, blend: Any = None) -> tuple[Any, Any]:
+        """``(mixed images, λ)`` for the draw ``p``: λ a float in ``"batch"`` mode, else an
+        array on x's device. A mixup blend is computed in the dtype ``blend`` where given
+        (a cutmix box copies pixels, in x's own dtype)."""
+        xp = fw.xp
+
+        def blended(x: Any) -> Any:
+            return x if blend is None or x.dtype == blend else xp.astype(x, blend)
+
+        if self.mode == "batch":
+            if p.lam == 1.0:
+                return xp.asarray(x, copy=True), p.lam
+            if p.cutmix:
+                return mix_images(x, box=tuple(int(v) for v in p.box), layout=self.layout), p.lam
+            return mix_images(blended(x), lam=p.lam, layout=self.layout), p.lam
+        dev = fw.device(x)
+        lam = xp.asarray(p.lam, device=dev)
+        box = cut = None
+        if bool(np.any(p.cutmix)):
+            box, cut = xp.asarray(p.box, device=dev), xp.asarray(p.cutmix, device=dev)
+        return mix_images(blended(x), lam=lam, box=box, cutmix=cut, layout=self.layout), lam
 
     def __repr__(self) -> str:
         return (
@@ -873,20 +877,7 @@ class FastCollateMixup(Mixup):
         x = xp.stack(list(images))
         size = int(x.shape[0])
         dev = fw.device(x)
-        p = self.sample(size, tuple(x.shape))
-        if self.mode == "batch":
-            lam: Any = p.lam
-            if lam == 1.0:
-                mixed = xp.asarray(x, copy=True)
-            elif p.cutmix:
-                mixed = mix_images(x, box=tuple(int(v) for v in p.box), layout=self.layout)
-            else:
-                mixed = mix_images(xp.astype(x, xp.float32), lam=lam, layout=self.layout)
-        else:
-            lam = xp.asarray(p.lam, device=dev)
-            box = xp.asarray(p.box, device=dev) if bool(np.any(p.cutmix)) else None
-            cut = xp.asarray(p.cutmix, device=dev) if box is not None else None
-            mixed = mix_images(xp.astype(x, xp.float32), lam=lam, box=box, cutmix=cut, layout=self.layout)
+        mixed, lam = self._mix(fw, x, self.sample(size, tuple(x.shape)), blend=xp.float32)
         if mixed.dtype != xp.uint8:  # float32 blends: half to even, as timm's rint / round
             mixed = xp.astype(xp.round(mixed), xp.uint8)
         targets = mixup_target(
