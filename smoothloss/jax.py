@@ -80,7 +80,12 @@ Axis = Union[int, Sequence[int]]
 
 # ----------------------------------------------------------------------------- layout
 def _class_axes(axis: Axis | None, ndim: int) -> tuple[int, ...]:
-    """Normalised, sorted class axes; ``None`` means every axis (as in optax)."""
+    """Normalised class axes, in the order given; ``None`` means every axis (as in optax).
+
+    The order matters for integer labels: with a tuple ``axis`` a label is a row-major
+    flat index over the class axes taken in that order, so ``axis=(3, 2)`` indexes
+    ``logits.transpose(..., 3, 2)``, as in optax.
+    """
     if axis is None:
         return tuple(range(ndim))
     items = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
@@ -95,11 +100,12 @@ def _class_axes(axis: Axis | None, ndim: int) -> tuple[int, ...]:
         out.append(V.normalize_axis(a, ndim))
     if not out or len(set(out)) != len(out):
         raise ValueError(f"axis={axis!r} must name distinct axes, at least one")
-    return tuple(sorted(out))
+    return tuple(out)
 
 
 def _flatten(a: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """Move the class ``axes`` to the end and merge them into one (optax's flat index)."""
+    """Move the class ``axes`` to the end, in their given order, and merge them into one
+    (optax's flat index)."""
     batch = tuple(i for i in range(a.ndim) if i not in axes)
     a = jnp.transpose(a, batch + axes)
     k = math.prod(a.shape[len(batch):])
@@ -268,7 +274,8 @@ def softmax_cross_entropy_with_integer_labels(
     Args:
         logits: floating logits; 16-bit logits give a float32 loss.
         labels: integer class indices of the logits' shape without ``axis``; with a
-            tuple ``axis``, flat indices into those axes (row-major), as in optax.
+            tuple ``axis``, flat indices into those axes taken in the order given
+            (row-major), as in optax: ``axis=(3, 2)`` and ``axis=(2, 3)`` differ.
         axis: the class axis, or a tuple of axes.
         where: optional boolean mask of the logits' shape (masks classes) or of the
             logits' shape without ``axis`` (masks examples; their labels may be anything,

@@ -67,6 +67,14 @@ except ImportError:  # pragma: no cover - Keras versions before the helper set t
         x._keras_mask = mask
 
 
+try:  # what Keras's LossFunctionWrapper.call does to (y_true, y_pred) before its loss
+    from keras.src.losses.loss import squeeze_or_expand_to_same_rank as _same_rank
+except ImportError:  # pragma: no cover - then only equal shapes are accepted
+
+    def _same_rank(x1: Any, x2: Any) -> tuple[Any, Any]:
+        return x1, x2
+
+
 __all__ = [
     "BinaryCrossentropy",
     "CategoricalCrossentropy",
@@ -235,11 +243,23 @@ def _cross_entropy(
     )
 
 
+def _check_same_shape(y_true: Any, y_pred: Any) -> None:
+    """Keras's backend check of dense targets, with its text: the same rank, and the same
+    size on every axis whose size is known."""
+    received = f"Received: target.shape={y_true.shape}, output.shape={y_pred.shape}"
+    if len(y_true.shape) != len(y_pred.shape):
+        raise ValueError(f"Arguments `target` and `output` must have the same rank (ndim). {received}")
+    for a, b in zip(y_true.shape, y_pred.shape):
+        if a is not None and b is not None and a != b:
+            raise ValueError(f"Arguments `target` and `output` must have the same shape. {received}")
+
+
 def _categorical(y_true: Any, y_pred: Any, *, from_logits: bool, **options: Any) -> Any:
     """Per-example loss of :class:`CategoricalCrossentropy` and
     :func:`categorical_crossentropy`: ``y_pred``'s shape without ``axis``."""
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.cast(y_true, y_pred.dtype)
+    _check_same_shape(y_true, y_pred)
     if y_pred.shape[-1] == 1:  # Keras's check and text (the last axis, whatever ``axis`` is)
         _warn(
             "In loss categorical_crossentropy, expected y_pred.shape to be (batch_size, "
@@ -279,6 +299,7 @@ def _binary(y_true: Any, y_pred: Any, *, from_logits: bool, label_smoothing: flo
     the mean of the element-wise losses along ``axis``."""
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.cast(y_true, y_pred.dtype)
+    _check_same_shape(y_true, y_pred)
     loss = smoothloss.binary_cross_entropy(
         _binary_logits(y_pred, from_logits=from_logits), y_true, label_smoothing=label_smoothing, reduction="none"
     )
@@ -376,8 +397,10 @@ class CategoricalCrossentropy(_Crossentropy):
         )
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        """Per-example loss: ``y_pred``'s shape without ``axis``."""
-        return _categorical(y_true, y_pred, **self._options())
+        """Per-example loss: ``y_pred``'s shape without ``axis``. As in Keras's class, a
+        ``y_true`` or ``y_pred`` with one more trailing axis of size 1 than the other is
+        first brought to the other's rank."""
+        return _categorical(*_same_rank(y_true, y_pred), **self._options())
 
 
 @keras.saving.register_keras_serializable(package="smoothloss")
@@ -513,8 +536,10 @@ class BinaryCrossentropy(keras.losses.Loss):
         return {key: getattr(self, key) for key in _BINARY_OPTIONS}
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        """Per-example loss: the mean of the element-wise losses along ``axis``."""
-        return _binary(y_true, y_pred, **self._options())
+        """Per-example loss: the mean of the element-wise losses along ``axis``. As in
+        Keras's class, labels (N,) with predictions (N, 1), or the reverse, are first
+        brought to the same rank."""
+        return _binary(*_same_rank(y_true, y_pred), **self._options())
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()  # name, reduction

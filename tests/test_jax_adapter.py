@@ -516,3 +516,31 @@ def test_axis_and_where_positional_as_in_optax():
         slj.softmax_cross_entropy_with_integer_labels(x, y, -1, where),
         optax.softmax_cross_entropy_with_integer_labels(x, y, -1, where), rtol=1e-12,
     )
+
+
+@pytest.mark.parametrize("axis", [(2, 1), (1, 2), (-1, -2)])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_integer_labels_index_a_tuple_axis_in_the_order_given(axis, label_smoothing):
+    """With ``axis=(a, b)`` a label is the row-major flat index over (a, b) in that
+    order, as in optax: ``axis=(2, 1)`` and ``axis=(1, 2)`` name different classes.
+    The expectation is a float64 loop over the examples (logsumexp minus the picked logit)."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 3, 4)).astype(np.float64)
+    labels = np.array([5, 10])
+    a, b = (ax % 3 for ax in axis)
+    eps = label_smoothing
+    expected = []
+    for n in range(2):
+        flat = []  # row-major over (a, b): i along axis a, then j along axis b
+        for i in range(x.shape[a]):
+            for j in range(x.shape[b]):
+                at = [n, 0, 0]
+                at[a], at[b] = i, j
+                flat.append(x[tuple(at)])
+        lse = np.log(np.sum(np.exp(flat)))
+        nll = [lse - v for v in flat]
+        expected.append((1 - eps) * nll[labels[n]] + eps * np.mean(nll))
+    got = jax.jit(
+        functools.partial(slj.softmax_cross_entropy_with_integer_labels, axis=axis, label_smoothing=eps)
+    )(jnp.asarray(x), jnp.asarray(labels))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-12)

@@ -362,3 +362,34 @@ def test_compiled_with_the_function_trains_like_keras():
 
     ours, theirs = train(sk.sparse_categorical_crossentropy), train(keras.losses.sparse_categorical_crossentropy)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- shapes, as Keras checks them
+@pytest.mark.parametrize("name", ["binary_crossentropy", "categorical_crossentropy"])
+def test_dense_targets_of_another_shape_raise_keras_error(name):
+    """Keras's own check and text (its upstream ``test_shape_mismatch``): a ValueError
+    that names both shapes, from the class and from the function."""
+    y_true = np.array([[0.0], [1.0], [0.0]], dtype="float32")
+    y_pred = np.full((3, 3), 1.0 / 3.0, dtype="float32")
+    text = r"must have the same shape\. Received: target\.shape=\(3, 1\), output\.shape=\(3, 3\)"
+    with pytest.raises(ValueError, match=text):
+        CLASSES[name]()(y_true, y_pred)
+    with pytest.raises(ValueError, match=text):
+        getattr(sk, name)(y_true, y_pred)
+    with pytest.raises(ValueError, match=r"must have the same rank \(ndim\)"):
+        getattr(sk, name)(y_true[None], y_pred)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("labels_rank", [1, 2])
+def test_binary_class_aligns_a_trailing_axis_of_size_1_like_keras(from_logits, labels_rank):
+    """``BinaryCrossentropy()(labels (N,), predictions (N, 1))`` (a Dense(1) head), and the
+    reverse, are brought to one rank first, as Keras's class does. Expectation: the mean
+    of -[t·log p + (1-t)·log(1-p)], in float64."""
+    t = np.array([1.0, 0.0, 1.0, 1.0])
+    p = np.array([0.8, 0.3, 0.6, 0.05])
+    expected = float(np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p))))
+    y_pred = (np.log(p) - np.log1p(-p)) if from_logits else p
+    y_true, y_pred = (t, y_pred[:, None]) if labels_rank == 1 else (t[:, None], y_pred)
+    got = float(sk.BinaryCrossentropy(from_logits=from_logits)(y_true, y_pred.astype("float32")))
+    assert rel_err(got, expected) < 1e-6
