@@ -10,6 +10,7 @@ from smoothloss._losses import cross_entropy, cross_entropy_and_grad, linear_cro
 from smoothloss._binary import binary_cross_entropy
 from smoothloss._mixing import FastCollateMixup, Mixup, MixupParams, mix_images, mixup_cross_entropy, mixup_target
 from smoothloss._targets import one_hot, smooth_labels
+from smoothloss.backends._base import compile_mode, set_compile_mode
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "Mixup",
     "MixupParams",
     "binary_cross_entropy",
+    "compile_mode",
     "cross_entropy",
     "cross_entropy_and_grad",
     "linear_cross_entropy",
@@ -26,6 +28,7 @@ __all__ = [
     "mixup_cross_entropy",
     "mixup_target",
     "one_hot",
+    "set_compile_mode",
     "smooth_labels",
     "smoothing_coefficients",
 ]

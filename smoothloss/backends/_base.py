@@ -8,15 +8,58 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 from typing import Any, Iterator
 
 import array_api_compat
 
 from smoothloss import _core, _linear
 
-__all__ = ["Framework", "Kernels", "native_kernels", "use_native_kernels"]
+__all__ = ["COMPILE_MODES", "Framework", "Kernels", "compile_mode", "native_kernels", "set_compile_mode", "use_native_kernels"]
 
 _NATIVE = contextvars.ContextVar("smoothloss_native_kernels", default=True)
+
+COMPILE_MODES = ("auto", "always", "never")
+
+
+def _checked_mode(mode: Any, source: str) -> str:
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"{source} must be one of {', '.join(map(repr, COMPILE_MODES))}, got {mode!r}")
+    return mode
+
+
+_COMPILE = {"mode": os.environ.get("SMOOTHLOSS_COMPILE", "auto")}
+
+
+def set_compile_mode(mode: str) -> str:
+    """Choose when smoothloss hands its closed-form kernels to the framework's compiler
+    (PyTorch Inductor); returns the mode that was in force, so it can be restored.
+
+    * ``"auto"`` (the default): eager calls on inputs large enough for compiling to pay
+      (the threshold the benchmark measures) run compiled kernels; smaller ones, and
+      calls inside ``torch.func`` transforms, run the eager kernels.
+    * ``"always"``: every eager call the compiled kernels can serve runs them.
+    * ``"never"``: no compiling; the eager kernels only.
+
+    The environment variable ``SMOOTHLOSS_COMPILE`` sets the mode a process starts with.
+    Calls inside a caller's own ``torch.compile`` region are traced into the caller's
+    graph whatever the mode.
+
+    Example:
+        >>> import smoothloss
+        >>> previous = smoothloss.set_compile_mode("never")
+        >>> smoothloss.compile_mode()
+        'never'
+        >>> _ = smoothloss.set_compile_mode(previous)
+    """
+    previous = compile_mode()
+    _COMPILE["mode"] = _checked_mode(mode, "the compile mode")
+    return previous
+
+
+def compile_mode() -> str:
+    """The compile mode in force (see :func:`set_compile_mode`)."""
+    return _checked_mode(_COMPILE["mode"], "the environment variable SMOOTHLOSS_COMPILE")
 
 
 @contextlib.contextmanager

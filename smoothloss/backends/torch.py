@@ -16,14 +16,17 @@ not only when the cotangent requires grad), and so does calling them under a
 from __future__ import annotations
 
 import contextlib
+import os
 import types
+import warnings
+from dataclasses import replace
 from typing import Any
 
 import array_api_compat
 import torch
 
 from smoothloss import _core, _linear, _vocab_parallel
-from smoothloss.backends._base import Framework, Kernels, native_kernels, use_native_kernels
+from smoothloss.backends._base import Framework, Kernels, compile_mode, native_kernels, use_native_kernels
 
 __all__ = ["TorchFramework"]
 
@@ -115,6 +118,8 @@ class TorchFramework(Framework):
 
     def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
         if not _tracked(logits, targets, weight):  # inference: the forward alone
+            if _compiles(logits):
+                return COMPILED.forward(logits, targets, weight, opts)[0]
             return _core.forward(self, logits, targets, weight, opts)[0]
         if torch.compiler.is_compiling():
             return _CompiledCrossEntropyFunction.apply(logits, targets, weight, opts, self)[0]
@@ -123,7 +128,17 @@ class TorchFramework(Framework):
         # Outside torch.func, Function.apply's only extra step is binding the arguments with
         # inspect.signature, on every call (a third of a 32×10 step); all five are given
         # positionally here, so the autograd C apply is called directly.
-        return _autograd_apply(*_unwrap_dead((logits, targets, weight, opts, self)))[0]
+        fw = COMPILED if _compiles(logits) else self
+        return _autograd_apply(*_unwrap_dead((logits, targets, weight, opts, fw)))[0]
+
+    def closed_forward(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
+        """:func:`smoothloss._core.forward` with this binding (the compiled binding
+        overrides it)."""
+        return _core.forward(self, logits, targets, weight, opts)
+
+    def closed_backward(self, *args: Any) -> Any:
+        """:func:`smoothloss._core.backward` with this binding (as :meth:`closed_forward`)."""
+        return _core.backward(self, *args)
 
     def linear_cross_entropy(self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
         _refuse_torch_func("smoothloss.linear_cross_entropy", hidden, weight, bias, labels)
@@ -212,7 +227,7 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(logits: Any, targets: Any, weight: Any, opts: _core.Options, fw: TorchFramework) -> Any:
-        loss, stats, scale = _core.forward(fw, logits, targets, weight, opts)
+        loss, stats, scale = fw.closed_forward(logits, targets, weight, opts)
         if not isinstance(scale, torch.Tensor):  # torch.full keeps a symbolic float (1/N) symbolic
             scale = torch.full((), scale, dtype=stats.dtype, device=stats.device)
         return loss, stats, scale
@@ -241,7 +256,7 @@ class CrossEntropyFunction(torch.autograd.Function):
             with native_kernels(False):
                 grads = _core.backward(fw, logits, targets, weight, opts, stats, scale, loss, cotangent, needs)
         else:
-            grads = _core.backward(fw, logits, targets, weight, opts, stats, scale, loss, cotangent, needs)
+            grads = fw.closed_backward(logits, targets, weight, opts, stats, scale, loss, cotangent, needs)
         return (*grads, None, None)
 
     @staticmethod
@@ -380,6 +395,174 @@ def _namespace() -> Any:
 # Made once, when this module is imported: also when the first call to smoothloss comes
 # inside a torch.compile region, where building a namespace module cannot be traced.
 FW = TorchFramework(_namespace())
+
+
+# ---------------------------------------------------------------------- compiled kernels
+# Eager calls on at least this many logits run the compiled kernels under
+# set_compile_mode("auto"): below it, a compiled call's fixed cost (guards, launch) is
+# more than the passes it saves. Measured by ``python -m smoothloss bench`` (the
+# "compiled" rows; see docs/benchmarks.md).
+COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 1 << 17))
+
+
+class _ReferenceBinding(TorchFramework):
+    """The binding whose kernels are always the Array-API composition: the graph that
+    Inductor fuses into one or two loops over the logits."""
+
+    @property
+    def kernels(self) -> Kernels:
+        return self.reference
+
+
+_REFERENCE = _ReferenceBinding(FW.xp)
+
+# The options that are graph inputs, not constants: one compiled graph serves every
+# value (a zero and a non-zero value still make two graphs, as the terms differ).
+_FLOAT_OPTIONS = ("label_smoothing", "z_loss")
+# ignore_index=None as a value no (checked) label equals, so that it is no graph of its own
+_NO_LABEL = -(2**63)
+
+
+def _joined(shape: _core.Options, values: tuple[Any, ...]) -> _core.Options:
+    return _core.Options(
+        axis=-1, label_smoothing=values[0], convention=shape.convention, ignore_index=shape.ignore_index,
+        reduction=shape.reduction, z_loss=values[1], softcap=shape.softcap, kl=shape.kl,
+    )
+
+
+def _forward_graph(logits: Any, targets: Any, weight: Any, shape: _core.Options, values: tuple[Any, ...]) -> Any:
+    return _core.forward(_REFERENCE, logits, targets, weight, _joined(shape, values))
+
+
+def _backward_graph(
+    logits: Any, targets: Any, weight: Any, shape: _core.Options, values: tuple[Any, ...], *rest: Any
+) -> Any:
+    return _core.backward(_REFERENCE, logits, targets, weight, _joined(shape, values), *rest)
+
+
+class _Flat:
+    """A call in the compiled graphs' one layout: logits (N, K), targets (N,) or (N, K),
+    a weight always (ones where none was given: exact), an integer ``ignore_index``
+    always. So the rank, the class axis and the presence of a weight or of an
+    ignore_index make no graphs of their own. Moving a class axis that is not last
+    copies the logits; flattening the leading axes of class-last logits does not."""
+
+    def __init__(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> None:
+        self.axis = opts.axis % logits.ndim
+        self.last = self.axis == logits.ndim - 1
+        x = logits if self.last else logits.movedim(self.axis, -1)
+        self.positions, K = tuple(x.shape[:-1]), x.shape[-1]
+        self.x = x.reshape(-1, K)
+        self.integer = not targets.is_floating_point()
+        if self.integer:
+            self.t = targets.reshape(-1)
+        else:
+            self.t = (targets if self.last else targets.movedim(self.axis, -1)).reshape(-1, K)
+        self.w = torch.ones(K, dtype=logits.dtype, device=logits.device) if weight is None else weight
+        ignore = opts.ignore_index if opts.ignore_index is not None or not self.integer else _NO_LABEL
+        self.shape = replace(opts, axis=-1, ignore_index=ignore, **{k: 0.0 for k in _FLOAT_OPTIONS})
+        self.values = tuple(getattr(opts, k) for k in _FLOAT_OPTIONS)
+        self.none = opts.reduction == "none"
+
+    def rows(self, a: Any) -> Any:
+        """A per-position array (positions, ...) as (N, ...)."""
+        return a.reshape(-1, *a.shape[len(self.positions):])
+
+    def positioned(self, a: Any) -> Any:
+        """A per-row array (N, ...) back to (positions, ...)."""
+        return a.reshape(*self.positions, *a.shape[1:])
+
+    def layout(self, g: Any) -> Any:
+        """An (N, K) gradient back to the caller's layout."""
+        g = g.reshape(*self.positions, g.shape[-1])
+        return g if self.last else g.movedim(-1, self.axis)
+
+
+class CompiledBinding(TorchFramework):
+    """The dense loss's forward and closed-form backward, each compiled once by
+    ``torch.compile`` (Inductor: C++/OpenMP loops on the CPU, Triton on CUDA) from the
+    core's own Array-API composition, with dynamic shapes: every batch size and class
+    count of one dtype and option set share one graph, and the smoothing and z-loss
+    values are graph inputs. Where compiling fails (no C++ compiler, no Triton, an
+    unsupported platform) it warns once per process and the eager kernels run."""
+
+    def __init__(self, xp: Any) -> None:
+        super().__init__(xp)
+        self.graphs: dict[str, Any] = {}
+        self.broken: str | None = None
+        self.calls = 0  # compiled calls made (the tests read it to know which path ran)
+
+    def _graph(self, name: str, fn: Any) -> Any:
+        graph = self.graphs.get(name)
+        if graph is None:
+            graph = self.graphs[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+        return graph
+
+    def _run(self, name: str, fn: Any, *args: Any) -> Any:
+        """The compiled ``fn`` of ``args``, or None where compiling failed (then the
+        caller runs the eager kernels)."""
+        if self.broken is None:
+            try:  # each option set and dtype is a graph of its own: more than Dynamo's default 8
+                with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
+                    out = self._graph(name, fn)(*args)
+                self.calls += 1
+                return out
+            except Exception as e:  # noqa: BLE001 (whatever the compiler raised: fall back, once)
+                cause = getattr(e, "inner_exception", None) or e  # Dynamo wraps the backend's error
+                first = str(cause).strip().splitlines()
+                self.broken = f"{type(cause).__name__}: {first[0] if first else ''}"
+                warnings.warn(
+                    f"smoothloss could not compile its kernels with torch.compile ({self.broken}); "
+                    "the eager kernels run instead for the rest of this process. To skip compiling, "
+                    'call smoothloss.set_compile_mode("never") or set SMOOTHLOSS_COMPILE=never.',
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return None
+
+    def closed_forward(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
+        f = _Flat(logits, targets, weight, opts)
+        out = self._run("forward", _forward_graph, f.x, f.t, f.w, f.shape, f.values)
+        if out is None:
+            return FW.closed_forward(logits, targets, weight, opts)
+        loss, stats, scale = out
+        return (f.positioned(loss) if f.none else loss), f.positioned(stats), scale
+
+    forward = closed_forward
+
+    def closed_backward(
+        self, logits: Any, targets: Any, weight: Any, opts: _core.Options,
+        stats: Any, scale: Any, loss: Any, cotangent: Any, needs: tuple[bool, bool, bool] = (True, False, False),
+    ) -> Any:
+        f = _Flat(logits, targets, weight, opts)
+        rows = f.rows if f.none else (lambda a: a)
+        cot = rows(cotangent) if isinstance(cotangent, torch.Tensor) and cotangent.ndim else cotangent
+        out = self._run(
+            "backward", _backward_graph, f.x, f.t, f.w, f.shape, f.values, f.rows(stats), scale, rows(loss), cot, needs,
+        )
+        if out is None:
+            return FW.closed_backward(logits, targets, weight, opts, stats, scale, loss, cotangent, needs)
+        g_logits, g_targets, g_weight = out
+        return (
+            None if g_logits is None else f.layout(g_logits),
+            None if g_targets is None else f.layout(g_targets),
+            g_weight,
+        )
+
+
+COMPILED = CompiledBinding(FW.xp)
+
+
+def _compiles(logits: Any) -> bool:
+    """Whether an eager call (outside torch.compile and torch.func) runs the compiled kernels."""
+    mode = compile_mode()
+    if mode == "never" or COMPILED.broken is not None:
+        return False
+    if type(logits) not in (torch.Tensor, torch.nn.Parameter) or logits.device.type not in ("cpu", "cuda"):
+        return False  # meta, fake and subclass tensors: the eager path traces them
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    return mode == "always" or logits.numel() >= COMPILE_THRESHOLD
 
 
 def binding() -> TorchFramework:

@@ -1,0 +1,251 @@
+"""The compiled path: the core's closed form compiled by torch.compile (Inductor).
+
+Every option set of the conformance grid, with class indices and with probabilities,
+runs through the compiled kernels and through the eager ones; both are compared with
+each other (float64: 1e-10, float32: 1e-5 relative) and with the independent float64
+reference. The other tests pin the switch, the size threshold, the fallback when
+compiling fails, and that a graph serves every batch size and smoothing value.
+
+Graphs are shared across the module (one per dtype and option structure), which keeps
+its compile time to a few dozen graphs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import smoothloss
+from smoothloss.testing import reference_cross_entropy, rel_err, tolerance
+from smoothloss.testing.cases import OPTION_SETS, Case
+
+torch = pytest.importorskip("torch")
+binding = pytest.importorskip("smoothloss.backends.torch")
+
+
+@pytest.fixture
+def mode():
+    """Set the compile mode inside a test; the previous one comes back after it."""
+    previous = smoothloss.compile_mode()
+    yield smoothloss.set_compile_mode
+    smoothloss.set_compile_mode(previous)
+
+
+@pytest.fixture
+def device(driver_for):
+    driver = driver_for("torch")
+    if driver.device_name.startswith("cuda"):
+        pytest.importorskip("triton")
+    return driver.device_name
+
+
+def _cases() -> list[Case]:
+    # every option set, both target kinds: class indices in float64, probabilities in
+    # float32 (ignore_index sets have class indices only: those also run in float32)
+    out = []
+    for n, (name, opts) in enumerate(OPTION_SETS.items()):
+        layout = ("2d", "3d-last", "3d-axis1")[n % 3]
+        out.append(Case(10, layout, "float64", "int", name, opts))
+        out.append(Case(7, layout, "float32", "int" if opts.get("ignore") else "prob", name, opts))
+    return out
+
+
+CASES = _cases()
+
+
+def _tensors(case: Case, device: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    logits, targets, opts = case.make()
+    dtype = getattr(torch, case.dtype)
+    x = torch.tensor(logits, dtype=dtype, device=device, requires_grad=True)
+    floating = case.targets == "prob"
+    t = torch.tensor(targets, dtype=dtype if floating else torch.int64, device=device, requires_grad=floating)
+    opts = dict(opts)
+    if "weight" in opts:
+        opts["weight"] = torch.tensor(opts["weight"], dtype=dtype, device=device, requires_grad=True)
+    return x, t, opts
+
+
+def _loss_and_grads(x, t, opts):
+    loss = smoothloss.cross_entropy(x, t, **opts)
+    inputs = [a for a in (x, t, opts.get("weight")) if a is not None and a.requires_grad]
+    # a non-uniform cotangent for "none", so that each position's gradient is weighed
+    cot = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device).reshape(loss.shape)
+    grads = torch.autograd.grad(loss, inputs, cot)
+    return [loss.detach(), *grads], cot
+
+
+def _numpy(a):
+    return a.detach().cpu().double().numpy()
+
+
+def _labels(y):
+    return y.cpu().numpy()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_compiled_matches_eager_and_reference(case, mode, device):
+    x, t, opts = _tensors(case, device)
+    mode("never")
+    eager, cot = _loss_and_grads(x, t, opts)
+    mode("always")
+    calls = binding.COMPILED.calls
+    compiled, _ = _loss_and_grads(x, t, opts)
+    assert binding.COMPILED.broken is None
+    assert binding.COMPILED.calls == calls + 2  # the forward and the backward graph ran
+    tol = tolerance(case.dtype)
+    for c, e in zip(compiled, eager):
+        assert c.dtype == e.dtype and c.shape == e.shape and c.device == e.device
+        assert rel_err(_numpy(c), _numpy(e)) <= tol
+    # and the loss and the logits' gradient against the float64 reference
+    logits, targets, ref_opts = case.make()
+    ref_loss, ref_grad = reference_cross_entropy(logits, targets, **ref_opts)
+    assert rel_err(_numpy(compiled[0]), ref_loss) <= tol
+    if opts.get("reduction") != "none":
+        assert rel_err(_numpy(compiled[1]), ref_grad * float(cot)) <= tol
+
+
+def _graph_count() -> int:
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    return sum(len(_debug_get_cache_entry_list(f.__code__)) for f in (binding._forward_graph, binding._backward_graph))
+
+
+def test_one_graph_serves_every_batch_size_class_count_and_value(mode, device):
+    mode("always")
+    graphs = []
+    for B, K, eps, z in [(16, 5, 0.1, 1e-3), (33, 5, 0.3, 2e-3), (7, 12, 0.05, 1e-4), (40, 9, 0.2, 1e-2)]:
+        x = torch.randn(B, K, dtype=torch.float64, device=device, requires_grad=True)
+        y = torch.randint(0, K, (B,), device=device)
+        loss = smoothloss.cross_entropy(x, y, label_smoothing=eps, z_loss=z, reduction="sum")
+        (g,) = torch.autograd.grad(loss, x)
+        graphs.append(_graph_count())
+        ref_loss, ref_grad = reference_cross_entropy(
+            _numpy(x), _labels(y), label_smoothing=eps, z_loss=z, reduction="sum"
+        )
+        assert rel_err(_numpy(loss), ref_loss) <= 1e-10
+        assert rel_err(_numpy(g), ref_grad) <= 1e-10
+    assert graphs[1:] == graphs[:-1]  # no graph was compiled after the first call
+
+
+def test_auto_compiles_at_the_threshold_only(mode, device, monkeypatch):
+    mode("auto")
+    monkeypatch.setattr(binding, "COMPILE_THRESHOLD", 64)
+    x = torch.randn(4, 10, dtype=torch.float64, device=device, requires_grad=True)
+    y = torch.tensor([1, 2, 3, 4], device=device)
+    calls = binding.COMPILED.calls
+    smoothloss.cross_entropy(x[:3], y[:3], label_smoothing=0.1).backward()  # 30 logits: eager
+    assert binding.COMPILED.calls == calls
+    smoothloss.cross_entropy(x, y, label_smoothing=0.1).backward()  # 40 logits
+    assert binding.COMPILED.calls == calls
+    monkeypatch.setattr(binding, "COMPILE_THRESHOLD", 40)
+    smoothloss.cross_entropy(x, y, label_smoothing=0.1).backward()
+    assert binding.COMPILED.calls == calls + 2
+    mode("never")
+    smoothloss.cross_entropy(x, y, label_smoothing=0.1).backward()
+    assert binding.COMPILED.calls == calls + 2
+
+
+def test_inference_runs_the_compiled_forward(mode, device):
+    mode("always")
+    x = torch.randn(6, 4, dtype=torch.float64, device=device)
+    y = torch.tensor([0, 1, 2, 3, 0, 1], device=device)
+    calls = binding.COMPILED.calls
+    with torch.no_grad():
+        loss = smoothloss.cross_entropy(x, y, label_smoothing=0.1)
+    assert binding.COMPILED.calls == calls + 1
+    ref, _ = reference_cross_entropy(_numpy(x), _labels(y), label_smoothing=0.1)
+    assert rel_err(_numpy(loss), ref) <= 1e-10
+
+
+def test_a_failed_compile_warns_once_and_runs_eager(mode, device, monkeypatch):
+    mode("always")
+    monkeypatch.setattr(binding.COMPILED, "graphs", {})
+    monkeypatch.setattr(binding.COMPILED, "broken", None)
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    x = torch.randn(5, 3, dtype=torch.float64, device=device, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 0, 1], device=device)
+    ref_loss, ref_grad = reference_cross_entropy(_numpy(x), _labels(y), label_smoothing=0.2)
+    with pytest.warns(RuntimeWarning, match=r"could not compile.*no C\+\+ compiler found\).*SMOOTHLOSS_COMPILE=never"):
+        loss = smoothloss.cross_entropy(x, y, label_smoothing=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process: no second warning
+        (g,) = torch.autograd.grad(loss, x)
+        again = smoothloss.cross_entropy(x, y, label_smoothing=0.2)
+    assert "no C++ compiler found" in binding.COMPILED.broken
+    for value in (loss, again):
+        assert rel_err(_numpy(value), ref_loss) <= 1e-10
+    assert rel_err(_numpy(g), ref_grad) <= 1e-10
+
+
+def test_inside_a_callers_compile_region_the_loss_is_traced_inline(mode, device):
+    mode("always")
+    x = torch.randn(8, 6, dtype=torch.float64, device=device, requires_grad=True)
+    y = torch.randint(0, 6, (8,), device=device)
+
+    def step(x, y):
+        return smoothloss.cross_entropy(x * 2.0, y, label_smoothing=0.1)
+
+    calls = binding.COMPILED.calls
+    loss = torch.compile(step, backend="aot_eager", fullgraph=True)(x, y)
+    (g,) = torch.autograd.grad(loss, x)
+    assert binding.COMPILED.calls == calls  # no compiled call of smoothloss's own
+    ref_loss, ref_grad = reference_cross_entropy(_numpy(x) * 2.0, _labels(y), label_smoothing=0.1)
+    assert rel_err(_numpy(loss), ref_loss) <= 1e-10
+    assert rel_err(_numpy(g), 2.0 * ref_grad) <= 1e-10
+
+
+def test_torch_func_and_double_backward_run_eager_under_always(mode, device):
+    mode("always")
+    x = torch.randn(5, 4, dtype=torch.float64, device=device, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 0], device=device)
+    calls = binding.COMPILED.calls
+    g = torch.func.grad(lambda x: smoothloss.cross_entropy(x, y, label_smoothing=0.1))(x.detach())
+    assert binding.COMPILED.calls == calls
+    ref_loss, ref_grad = reference_cross_entropy(_numpy(x), _labels(y), label_smoothing=0.1)
+    assert rel_err(_numpy(g), ref_grad) <= 1e-10
+    # double backward: the first backward is compiled only without create_graph
+    loss = smoothloss.cross_entropy(x, y, label_smoothing=0.1)
+    (g1,) = torch.autograd.grad(loss, x, create_graph=True)
+    assert rel_err(_numpy(g1), ref_grad) <= 1e-10
+    assert torch.autograd.gradgradcheck(lambda x: smoothloss.cross_entropy(x, y, label_smoothing=0.1), (x,))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_compiled_16_bit_logits(dtype, mode, device):
+    mode("always")
+    rng = np.random.default_rng(3)
+    logits = rng.normal(scale=3.0, size=(12, 9))
+    y = torch.tensor(rng.integers(0, 9, 12), device=device)
+    x = torch.tensor(logits, dtype=getattr(torch, dtype), device=device, requires_grad=True)
+    loss = smoothloss.cross_entropy(x, y, label_smoothing=0.1)
+    (g,) = torch.autograd.grad(loss, x)
+    assert loss.dtype == torch.float32 and g.dtype == x.dtype
+    ref_loss, ref_grad = reference_cross_entropy(_numpy(x), _labels(y), label_smoothing=0.1)
+    assert rel_err(_numpy(loss), ref_loss) <= 1e-6  # sums in float32, from the rounded logits
+    assert rel_err(_numpy(g), ref_grad) <= 2e-2  # the gradient is rounded to the 16-bit dtype
+
+
+def test_switch_rejects_unknown_modes(monkeypatch):
+    with pytest.raises(ValueError, match="compile mode must be one of 'auto', 'always', 'never', got 'on'"):
+        smoothloss.set_compile_mode("on")
+    from smoothloss.backends import _base
+
+    monkeypatch.setitem(_base._COMPILE, "mode", "yes")
+    with pytest.raises(ValueError, match="SMOOTHLOSS_COMPILE must be one of"):
+        smoothloss.compile_mode()
+
+
+def test_environment_variable_sets_the_starting_mode():
+    import subprocess
+    import sys
+
+    code = "import smoothloss; print(smoothloss.compile_mode())"
+    env = {**__import__("os").environ, "SMOOTHLOSS_COMPILE": "never"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "never"
