@@ -138,6 +138,20 @@ def _spatial_axes(layout: str) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- targets
+def _dense_targets(xp: Any, targets: Any, num_classes: int, eps: float, dtype: Any) -> Any:
+    """Dense (B, K) multi-label targets smoothed towards 0.5: ``t·(1-ε) + ε/2`` (timm's
+    ``multi_label``), in ``dtype`` (default float32)."""
+    if tuple(targets.shape[1:]) != (num_classes,) or targets.ndim != 2:
+        raise ValueError(
+            f"multi-label targets must be dense, shape (batch, num_classes={num_classes}), "
+            f"got {tuple(targets.shape)}"
+        )
+    if not (V.is_floating(xp, targets.dtype) or V.is_integer(xp, targets.dtype) or xp.isdtype(targets.dtype, "bool")):
+        raise TypeError(f"multi-label targets must be real or boolean, got dtype {targets.dtype}")
+    dtype = xp.float32 if dtype is None else dtype
+    return xp.astype(targets, dtype) * (1.0 - eps) + 0.5 * eps
+
+
 def mixup_target(
     labels: Any,
     num_classes: int,
@@ -147,14 +161,21 @@ def mixup_target(
     index: Any = None,
     dtype: Any = None,
     smoothing: float | None = None,
+    multi_label: bool = False,
 ) -> Any:
     """Mixed, label-smoothed soft targets (timm's ``mixup_target``).
 
     Each label is smoothed first, ``q(y) = (1-ε)·onehot(y) + ε/K``, then mixed with its
     partner's: ``ỹ_i = λ_i·q(y_i) + (1-λ_i)·q(y_index[i])``.
 
+    With ``multi_label=True`` (timm 1.0.31's ``multi_label``) the labels are already dense
+    (B, K) targets, multi-hot or soft, of any real or boolean dtype; each entry is
+    smoothed on its own towards 0.5, ``q(t) = (1-ε)·t + ε/2`` (a per-label binary
+    target, as for :func:`~smoothloss.binary_cross_entropy`), then mixed in the same way.
+
     Args:
-        labels: integer class indices of shape (B, ...) (the batch first).
+        labels: integer class indices of shape (B, ...) (the batch first), or with
+            ``multi_label`` dense targets of shape (B, K).
         num_classes: K.
         lam: λ, a float in [0, 1] for the whole batch or an array with one entry per
             example, shape (B,) or (B, 1) (may be traced under jit).
@@ -165,31 +186,40 @@ def mixup_target(
         dtype: floating dtype of the result (default float32).
         smoothing: the former name of ``label_smoothing``; accepted with a
             ``DeprecationWarning``.
+        multi_label: the labels are dense (B, K) targets, smoothed towards 0.5.
 
     Returns:
-        Targets of shape ``labels.shape + (K,)`` on the labels' device.
+        Targets of shape ``labels.shape + (K,)`` (with ``multi_label``: (B, K)) on the
+        labels' device.
 
     Example:
         >>> import numpy as np, smoothloss
         >>> smoothloss.mixup_target(np.array([0, 2]), 3, lam=0.75).tolist()
         [[0.75, 0.0, 0.25], [0.25, 0.0, 0.75]]
+        >>> multi_hot = np.array([[1, 1, 0], [0, 0, 1]])
+        >>> t = smoothloss.mixup_target(multi_hot, 3, lam=0.75, label_smoothing=0.2, multi_label=True, dtype=np.float64)
+        >>> np.round(t, 6).tolist()  # q = 0.8·t + 0.1, then 0.75·q + 0.25·q[::-1]
+        [[0.7, 0.7, 0.3], [0.3, 0.3, 0.7]]
     """
     fw, (labels,) = bind(labels)
     xp = fw.xp
-    if not V.is_integer(xp, labels.dtype):
-        raise TypeError(
-            f"mixup_target needs integer class labels, got dtype {labels.dtype}; "
-            "mix soft targets with lam·t + (1-lam)·t[index] directly"
-        )
-    if labels.ndim == 0:
-        raise ValueError("labels must have a batch axis, got a scalar")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     eps = V.check_smoothing(V.renamed_smoothing(label_smoothing, smoothing))
+    if multi_label:
+        own = _dense_targets(xp, labels, num_classes, eps, dtype)
+    else:
+        if not V.is_integer(xp, labels.dtype):
+            raise TypeError(
+                f"mixup_target needs integer class labels, got dtype {labels.dtype}; pass multi_label=True "
+                "for dense (B, K) targets, or mix soft targets with lam·t + (1-lam)·t[index] directly"
+            )
+        if labels.ndim == 0:
+            raise ValueError("labels must have a batch axis, got a scalar")
+        own = smooth_labels(labels, num_classes, label_smoothing=eps, dtype=dtype)
     batch = int(labels.shape[0])
     lam = _lam(fw, _host_param(lam, labels), batch)
     index = _partner_index(fw, _host_param(index, labels), batch, fw.device(labels))
-    own = smooth_labels(labels, num_classes, label_smoothing=eps, dtype=dtype)
     if isinstance(lam, float) and lam == 1.0:
         return own
     partner = xp.take(own, index, axis=0)
@@ -530,7 +560,7 @@ class MixupParams:
 class Mixup:
     """Mixup and CutMix for a batch of images and integer labels, on any backend.
 
-    timm's ``Mixup`` (as of timm 1.0.31; single-label targets) with the same options
+    timm's ``Mixup`` (as of timm 1.0.31, ``multi_label`` included) with the same options
     and the same draws, in the same order, from an explicit NumPy ``Generator`` instead
     of the global state; odd batches are allowed (the middle example pairs with itself)
     and the inputs are never modified.
@@ -541,7 +571,9 @@ class Mixup:
     comes from :func:`rand_bbox` (or :func:`rand_bbox_minmax` with ``cutmix_minmax``,
     which forces ``cutmix_alpha = 1``) and λ is corrected to the pasted area when
     ``correct_lam`` (always with ``cutmix_minmax``). The targets are
-    :func:`mixup_target` with ``label_smoothing``.
+    :func:`mixup_target` with ``label_smoothing``: from class indices (B,), or with
+    ``multi_label`` from dense (B, K) targets (multi-hot or soft), each entry smoothed
+    towards 0.5 as ``t·(1-ε) + ε/2`` before mixing.
 
     Args:
         mixup_alpha: α of mixup's Beta; mixup is on when > 0.
@@ -559,6 +591,8 @@ class Mixup:
             ones) or ``"timm<=1.0.28"`` (timm's earlier ones, to reproduce older runs);
             see :func:`rand_bbox` and :func:`rand_bbox_minmax`. Both draw the same
             quantities in the same order; the boxes, and so the corrected λ, differ.
+        multi_label: the labels are dense (B, K) targets (timm 1.0.31's
+            ``multi_label``); the draws and the images are unchanged.
 
     Attributes:
         mixup_enabled: set to False to stop mixing (the targets are then only smoothed).
@@ -599,6 +633,7 @@ class Mixup:
         seed: Any = None,
         layout: str = "NCHW",
         box_rule: str = "timm>=1.0.29",
+        multi_label: bool = False,
     ) -> None:
         self.mixup_alpha = V.check_nonnegative(mixup_alpha, "mixup_alpha")
         self.cutmix_alpha = V.check_nonnegative(cutmix_alpha, "cutmix_alpha")
@@ -623,6 +658,7 @@ class Mixup:
         self.num_classes = num_classes
         self.layout = V.check_choice("layout", layout, LAYOUTS)
         self.box_rule = box_rule
+        self.multi_label = bool(multi_label)
         self.rng = np.random.default_rng(seed)
         self.mixup_enabled = True
         self._worker_rng: Any = None
@@ -764,7 +800,7 @@ class Mixup:
 
         Args:
             x: floating images (B, C, H, W) or (B, H, W, C) per ``layout``.
-            labels: integer class indices (B,).
+            labels: integer class indices (B,), or with ``multi_label`` dense targets (B, K).
 
         Returns:
             The mixed images (x's dtype) and the targets (B, K): float64 for float64
@@ -778,14 +814,22 @@ class Mixup:
                 f"x must be a batch of images of rank 4 ({self.layout}), got shape {tuple(x.shape)}"
             )
         batch = int(x.shape[0])
-        if tuple(labels.shape) != (batch,):
-            raise ValueError(
-                f"labels must have shape ({batch},) (one class index per image), got {tuple(labels.shape)}"
-            )
+        self._check_labels(labels, batch)
         dtype = xp.float64 if x.dtype == xp.float64 else xp.float32
         mixed, lam = self._mix(fw, x, self.sample(batch, tuple(x.shape)))
-        targets = mixup_target(labels, self.num_classes, lam=lam, label_smoothing=self.label_smoothing, dtype=dtype)
-        return mixed, targets
+        return mixed, self._targets(labels, lam, dtype)
+
+    def _check_labels(self, labels: Any, batch: int) -> None:
+        expected = (batch, self.num_classes) if self.multi_label else (batch,)
+        if tuple(labels.shape) != expected:
+            what = "dense targets, multi_label=True" if self.multi_label else "one class index per image"
+            raise ValueError(f"labels must have shape {expected} ({what}), got {tuple(labels.shape)}")
+
+    def _targets(self, labels: Any, lam: Any, dtype: Any) -> Any:
+        return mixup_target(
+            labels, self.num_classes, lam=lam, label_smoothing=self.label_smoothing, dtype=dtype,
+            multi_label=self.multi_label,
+        )
 
     def _mix(self, fw: Any, x: Any, p: MixupParams, blend: Any = None) -> tuple[Any, Any]:
         """``(mixed images, λ)`` for the draw ``p``: λ a float in ``"batch"`` mode, else an
@@ -814,7 +858,8 @@ class Mixup:
             f"Mixup(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
             f"cutmix_minmax={self.cutmix_minmax}, prob={self.mix_prob}, switch_prob={self.switch_prob}, "
             f"mode={self.mode!r}, correct_lam={self.correct_lam}, label_smoothing={self.label_smoothing}, "
-            f"num_classes={self.num_classes}, layout={self.layout!r}, box_rule={self.box_rule!r})"
+            f"num_classes={self.num_classes}, layout={self.layout!r}, box_rule={self.box_rule!r}"
+            + (", multi_label=True)" if self.multi_label else ")")
         )
 
 
@@ -835,8 +880,8 @@ class FastCollateMixup(Mixup):
 
     Differences from timm: the result is in the images' namespace (NumPy images give
     NumPy arrays, torch tensors give torch tensors; timm always returns torch
-    tensors); odd batches are allowed; labels must be integers (class indices); the
-    images must be uint8.
+    tensors); odd batches are allowed; labels must be integers (class indices), or
+    with ``multi_label`` dense targets of one shape (K,); the images must be uint8.
 
     Example:
         >>> import numpy as np
@@ -852,7 +897,8 @@ class FastCollateMixup(Mixup):
 
     def __call__(self, batch: Any, _: Any = None) -> tuple[Any, Any]:
         """Collate and mix ``batch``, a sequence of ``(image, label)``: images (C, H, W)
-        or (H, W, C) per ``layout``, uint8; labels integer class indices.
+        or (H, W, C) per ``layout``, uint8; labels integer class indices, or with
+        ``multi_label`` dense targets (K,) (arrays, tensors or sequences).
 
         Returns:
             ``(images, targets)``: uint8 images (B, C, H, W) or (B, H, W, C) and float32
@@ -870,24 +916,29 @@ class FastCollateMixup(Mixup):
                 raise TypeError(f"FastCollateMixup mixes uint8 images, got dtype {image.dtype}")
             if image.ndim != 3:
                 raise ValueError(f"each image must have rank 3 ({self.layout[1:]}), got shape {tuple(image.shape)}")
-        try:
-            labels = np.asarray([operator.index(item[1]) for item in batch], dtype=np.int64)
-        except TypeError as e:
-            raise TypeError(f"labels must be integer class indices: {e}") from None
+        labels = self._collate_labels([item[1] for item in batch])
         x = xp.stack(list(images))
         size = int(x.shape[0])
         dev = fw.device(x)
+        labels = xp.asarray(labels, device=dev)
+        self._check_labels(labels, size)
         mixed, lam = self._mix(fw, x, self.sample(size, tuple(x.shape)), blend=xp.float32)
         if mixed.dtype != xp.uint8:  # float32 blends: half to even, as timm's rint / round
             mixed = xp.astype(xp.round(mixed), xp.uint8)
-        targets = mixup_target(
-            xp.asarray(labels, device=dev), self.num_classes, lam=lam, label_smoothing=self.label_smoothing,
-            dtype=xp.float32,
-        )
+        targets = self._targets(labels, lam, xp.float32)
         if self.mode == "half":
             keep = size // 2
             mixed, targets = mixed[:keep, ...], targets[:keep, ...]
         return mixed, targets
+
+    def _collate_labels(self, labels: list[Any]) -> np.ndarray:
+        """The batch's labels as one NumPy array: int64 (B,), or (B, K) with ``multi_label``."""
+        if self.multi_label:
+            return np.stack([np.asarray(label) for label in labels])
+        try:
+            return np.asarray([operator.index(label) for label in labels], dtype=np.int64)
+        except TypeError as e:
+            raise TypeError(f"labels must be integer class indices: {e}") from None
 
 
 # ----------------------------------------------------------------------------- loss

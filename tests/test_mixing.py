@@ -655,6 +655,197 @@ def test_fast_collate_mixup_matches_installed_timm_side_by_side(mode, as_torch):
             torch.testing.assert_close(t_ours, t_timm, rtol=2e-6, atol=1e-7, msg=where)
 
 
+# ============================================================================ multi_label (timm 1.0.31)
+def _multi_hot(data, size, soft=False):
+    """Dense (size, K) targets: multi-hot 0/1 rows, or soft rows in [0, 1]."""
+    if soft:
+        return data.uniform(size=(size, K))
+    return (data.random((size, K)) < 0.4).astype(np.float64)
+
+
+def test_multi_label_targets_closed_form_float64(backend):
+    """q = (1-ε)·t + ε/2 per entry, then λ·q + (1-λ)·q[partner]: written out in float64."""
+    data = np.random.default_rng(51)
+    t = _multi_hot(data, 5)
+    t[2] = data.uniform(size=K)  # a soft row among the multi-hot ones
+    eps, lam = 0.2, np.array([0.25, 1.0, 0.5, 0.0, 0.75])
+    q = t * 0.8 + 0.1
+    for index in (None, np.array([1, 0, 2, 4, 3])):
+        partner = q[::-1] if index is None else q[index]
+        want = lam[:, None] * q + (1.0 - lam[:, None]) * partner
+        got = smoothloss.mixup_target(
+            backend.asarray(t, "float64"), K, lam=backend.asarray(lam, "float64"), label_smoothing=eps,
+            index=None if index is None else backend.asarray(index), multi_label=True, dtype=backend.dtype("float64"),
+        )
+        np.testing.assert_allclose(backend.to_numpy(got), want, rtol=1e-14, atol=1e-15)
+    # integer / boolean multi-hot targets give the same; the default dtype is float32
+    got = smoothloss.mixup_target(backend.asarray(t[:2].astype(np.int64)), K, lam=0.5, multi_label=True)
+    assert backend.dtype_name(got) == "float32"
+    np.testing.assert_allclose(backend.to_numpy(got), 0.5 * (t[:2] + t[:2][::-1]), rtol=1e-7)
+
+
+def test_multi_label_mixup_only_smooths_when_nothing_mixes():
+    t = _multi_hot(np.random.default_rng(52), 4)
+    x = np.random.default_rng(53).normal(size=(4, C, H, W))
+    mixed, got = smoothloss.Mixup(prob=0.0, label_smoothing=0.3, num_classes=K, multi_label=True, seed=0)(x, t)
+    np.testing.assert_array_equal(mixed, x)
+    assert got.dtype == np.float64  # float64 images give float64 targets
+    np.testing.assert_allclose(got, t * 0.7 + 0.15, rtol=1e-15, atol=1e-16)
+    assert "multi_label=True" in repr(smoothloss.Mixup(num_classes=K, multi_label=True))
+
+
+def test_multi_label_bad_targets():
+    mix = smoothloss.Mixup(num_classes=K, multi_label=True, seed=0)
+    x = np.zeros((4, C, H, W), np.float32)
+    with pytest.raises(ValueError, match=r"shape \(4, 5\)"):
+        mix(x, np.zeros((4, K + 1)))
+    with pytest.raises(ValueError, match=r"shape \(4, 5\)"):
+        mix(x, np.array([0, 1, 2, 3]))  # class indices need multi_label=False
+    with pytest.raises(ValueError, match="multi-label targets must be dense"):
+        smoothloss.mixup_target(np.zeros((4, K, 1)), K, multi_label=True)
+    with pytest.raises(TypeError, match="pass multi_label=True"):
+        smoothloss.mixup_target(np.zeros((4, K)), K)
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+@pytest.mark.parametrize("soft", [False, True], ids=["multi-hot", "soft"])
+def test_multi_label_mixup_matches_installed_timm_side_by_side(mode, soft):
+    """timm's Mixup(multi_label=True), its own file, against smoothloss.Mixup and the
+    torch drop-in, fed the same global-state draws."""
+    timm_mixup, version = _timm_mixup_module()
+    if version < (1, 0, 31):
+        pytest.skip(f"timm {version} has no multi_label (added in 1.0.31)")
+    import torch
+
+    from smoothloss.torch import Mixup as TimmMixup
+
+    data = np.random.default_rng(59)
+    for name, config in CONFIGS.items():
+        for seed in range(3):
+            x = torch.from_numpy(data.normal(size=(6, C, H, W)).astype(np.float32))
+            t = torch.from_numpy(_multi_hot(data, 6, soft).astype(np.float32))
+            state = np.random.get_state()
+            try:
+                np.random.seed(seed)
+                x_timm, t_timm = timm_mixup.Mixup(
+                    mode=mode, num_classes=K, multi_label=True, label_smoothing=0.2, **config
+                )(x.clone(), t)
+            finally:
+                np.random.set_state(state)
+            for mix in (
+                smoothloss.Mixup(mode=mode, num_classes=K, multi_label=True, label_smoothing=0.2, **config),
+                TimmMixup(mode=mode, num_classes=K, multi_label=True, label_smoothing=0.2, **config),
+            ):
+                mix.rng = LegacyDraws(seed)
+                mixed, targets = mix(x, t)
+                where = f"{type(mix).__module__}, {name}, seed {seed}"
+                assert targets.dtype == t_timm.dtype, where
+                torch.testing.assert_close(mixed, x_timm, rtol=2e-6, atol=2e-6, msg=where)
+                torch.testing.assert_close(targets, t_timm, rtol=2e-6, atol=1e-7, msg=where)
+
+
+def test_timm_drop_in_mixup_multi_label_and_box_rule_arguments():
+    torch = pytest.importorskip("torch")
+    from smoothloss.torch import Mixup as TimmMixup
+
+    # timm's positional order: ..., num_classes, multi_label; then seed; box_rule keyword-only
+    fn = TimmMixup(1.0, 0.0, None, 1.0, 0.5, "batch", True, 0.1, K, True, 3)
+    assert fn.multi_label and fn.num_classes == K
+    with pytest.raises(TypeError, match="pass multi_label=True"):
+        TimmMixup(num_classes=K, seed=0)(torch.zeros(2, C, H, W), torch.zeros(2, K))
+    old = TimmMixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="elem", num_classes=K, seed=2, box_rule=OLD_BOXES)
+    assert old.box_rule == OLD_BOXES and "box_rule='timm<=1.0.28'" in repr(old)
+    want = smoothloss.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="elem", num_classes=K, seed=2, box_rule=OLD_BOXES)
+    np.testing.assert_array_equal(old.sample(6, (H, W)).box, want.sample(6, (H, W)).box)
+    new = TimmMixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="elem", num_classes=K, seed=2)
+    assert new.box_rule == NEW_BOXES
+    x = torch.from_numpy(np.random.default_rng(61).normal(size=(6, C, H, W)).astype(np.float32))
+    y = torch.arange(6) % K
+    got_x, got_t = TimmMixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="elem", num_classes=K, seed=2,
+                             box_rule=OLD_BOXES)(x, y)
+    want_x, want_t = smoothloss.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="elem", num_classes=K, seed=2,
+                                      box_rule=OLD_BOXES)(x, y)
+    assert torch.equal(got_x, want_x) and torch.equal(got_t, want_t)
+    with pytest.raises(ValueError, match="unknown box_rule"):
+        TimmMixup(box_rule="old")
+    with pytest.raises(TypeError):
+        TimmMixup(1.0, 0.0, None, 1.0, 0.5, "batch", True, 0.1, K, False, 0, OLD_BOXES)  # box_rule is keyword-only
+
+
+# ============================================================================ smoothloss.torch.FastCollateMixup
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem", "half"])
+@pytest.mark.parametrize("as_torch", [False, True], ids=["numpy-images", "torch-images"])
+@pytest.mark.parametrize("multi_label", [False, True], ids=["indices", "multi-label"])
+def test_torch_fast_collate_mixup_matches_installed_timm_side_by_side(mode, as_torch, multi_label):
+    """The torch drop-in against timm's own FastCollateMixup, same draws: torch tensors
+    out, the same uint8 images and targets; the batch handed in is left unchanged."""
+    timm_mixup, version = _timm_mixup_module()
+    if multi_label and version < (1, 0, 31):
+        pytest.skip(f"timm {version} has no multi_label (added in 1.0.31)")
+    import torch
+
+    from smoothloss.torch import FastCollateMixup as TorchFastCollateMixup
+
+    rule = NEW_BOXES if version >= (1, 0, 29) else OLD_BOXES
+    data = np.random.default_rng(67)
+    extra = dict(multi_label=True) if multi_label else {}
+    for name, config in CONFIGS.items():
+        for seed in range(3):
+            images, labels = _uint8_batch(data, 8)
+            if multi_label:
+                labels = _multi_hot(data, 8).astype(np.float32)
+            pairs = _pairs(images, labels, as_torch) if not multi_label else [
+                (torch.from_numpy(img.copy()) if as_torch else img.copy(), torch.from_numpy(t.copy()))
+                for img, t in zip(images, labels)
+            ]
+            state = np.random.get_state()
+            try:
+                np.random.seed(seed)
+                x_timm, t_timm = timm_mixup.FastCollateMixup(mode=mode, num_classes=K, **extra, **config)(
+                    [(img.clone() if as_torch else img.copy(), t) for img, t in pairs]
+                )
+            finally:
+                np.random.set_state(state)
+            collate = TorchFastCollateMixup(mode=mode, num_classes=K, box_rule=rule, **extra, **config)
+            collate.rng = LegacyDraws(seed)
+            x_ours, t_ours = collate(pairs)
+            where = f"timm {version}, {name}, seed {seed}"
+            assert isinstance(x_ours, torch.Tensor) and isinstance(t_ours, torch.Tensor), where
+            if mode == "half" and version < (1, 0, 29):  # timm then padded λ with float64 ones
+                t_timm = t_timm.float()
+            assert x_ours.dtype == x_timm.dtype == torch.uint8 and t_ours.dtype == t_timm.dtype, where
+            assert torch.equal(x_ours, x_timm), where
+            torch.testing.assert_close(t_ours, t_timm, rtol=2e-6, atol=1e-7, msg=where)
+            for (img, _), original in zip(pairs, images):  # the batch is left as it was
+                np.testing.assert_array_equal(np.asarray(img), original, err_msg=where)
+
+
+def test_torch_fast_collate_mixup_labels_and_loader():
+    torch = pytest.importorskip("torch")
+    from smoothloss.torch import FastCollateMixup as TorchFastCollateMixup
+
+    data = np.random.default_rng(71)
+    images, labels = _uint8_batch(data, 4)
+    as_ints = [(img, int(y)) for img, y in zip(images, labels)]
+    as_tensors = [(torch.from_numpy(img), torch.tensor(y)) for img, y in zip(images, labels)]
+    a = TorchFastCollateMixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=K, seed=4)(as_ints)
+    b = TorchFastCollateMixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=K, seed=4)(as_tensors)
+    core = FastCollateMixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", num_classes=K, seed=4)(as_ints)
+    for got in (a, b):
+        np.testing.assert_array_equal(got[0].numpy(), core[0])
+        np.testing.assert_array_equal(got[1].numpy(), core[1])
+    collate = TorchFastCollateMixup(num_classes=K, seed=0)
+    with pytest.raises(TypeError, match="integer class indices"):
+        collate([(images[0], torch.tensor(0.5)), (images[1], 1)])
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        collate([(images[0].tolist(), 0), (images[1].tolist(), 1)])
+    with pytest.raises(ValueError, match=r"shape \(2, 5\)"):
+        TorchFastCollateMixup(num_classes=K, multi_label=True, seed=0)([(images[0], 0), (images[1], 1)])
+    loader = torch.utils.data.DataLoader(as_ints, batch_size=4, collate_fn=TorchFastCollateMixup(num_classes=K, seed=0))
+    x, t = next(iter(loader))
+    assert x.dtype == torch.uint8 and x.shape == (4, C, H, W) and t.shape == (4, K)
+
+
 # ============================================================================ DataLoader workers
 class _TinyImages:
     """A map-style dataset of 16 one-channel 4×4 images with their labels."""

@@ -658,17 +658,24 @@ def test_mixup_keeps_device_and_dtype_and_odd_middle(mode, dtype):
     assert torch.allclose(target[2].double(), torch.tensor([0.025, 0.025, 0.925, 0.025], dtype=F64), atol=1e-6)
 
 
-def test_mixup_is_timm_constructor_plus_seed():
+@pytest.mark.parametrize("cls", ["Mixup", "FastCollateMixup"])
+def test_mixup_is_timm_constructor_plus_seed(cls):
+    """timm 1.0.31's positional parameters in timm's order (multi_label included), then
+    ``seed``, then the keyword-only ``box_rule``."""
     import inspect
 
-    params = list(inspect.signature(st.Mixup).parameters.items())
+    params = list(inspect.signature(getattr(st, cls)).parameters.items())
     names = [name for name, _ in params]
     assert names == [
         "mixup_alpha", "cutmix_alpha", "cutmix_minmax", "prob", "switch_prob", "mode", "correct_lam",
-        "label_smoothing", "num_classes", "seed",
+        "label_smoothing", "num_classes", "multi_label", "seed", "box_rule",
     ]
+    assert params[-1][1].kind is inspect.Parameter.KEYWORD_ONLY
     defaults = {name: p.default for name, p in params}
     assert defaults["label_smoothing"] == 0.1 and defaults["num_classes"] == 1000 and defaults["mode"] == "batch"
+    assert defaults["multi_label"] is False and defaults["box_rule"] == "timm>=1.0.29"
+    if cls != "Mixup":
+        return
     mixup_fn = st.Mixup(cutmix_minmax=(0.2, 0.8), num_classes=3, seed=0)
     assert mixup_fn.cutmix_alpha == 1.0 and mixup_fn.mixup_enabled  # as timm
     mixup_fn.mixup_enabled = False  # timm's switch for the end of training: targets only smoothed
