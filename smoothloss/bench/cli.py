@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from smoothloss.bench import dense, linear
-from smoothloss.bench.common import FRAMEWORKS, PACKAGE_DIR, apply_threads, log, size_name, write_json
+from smoothloss.bench.common import (
+    FRAMEWORKS, LOAD_LIMIT_START, PACKAGE_DIR, apply_threads, load_warning, loadavg, log, size_name, threads_text,
+    write_json,
+)
 
 SCHEMA = 1
 
@@ -105,8 +108,7 @@ def machine_info() -> dict[str, Any]:
         "smoothloss_git": _git_revision(),
         "smoothloss_source_sha256": _source_digest(),
     }
-    with contextlib.suppress(OSError, AttributeError):
-        info["loadavg_start"] = [round(v, 2) for v in os.getloadavg()]
+    info["loadavg_start"] = loadavg()
     return info
 
 
@@ -126,9 +128,10 @@ def worker_entry(argv: list[str]) -> int:
 
 
 def markdown_tables(report: dict[str, Any]) -> str:
-    """The results as Markdown: timings with memory, ratios and targets, dispatch; then the
-    chunked linear cross-entropy's table if it was measured (``--linear``)."""
-    parts = [dense.markdown(report)] if report["frameworks"] else []
+    """The results as Markdown: the load warnings if any, timings with memory, ratios and targets,
+    dispatch; then the chunked linear cross-entropy's table if it was measured (``--linear``)."""
+    parts = [f"**Warning:** {w}.\n" for w in report.get("load_warnings", [])]
+    parts += [dense.markdown(report)] if report["frameworks"] else []
     if report.get("linear"):
         parts.append(linear.markdown(report["linear"]))
     return "\n".join(parts)
@@ -140,27 +143,23 @@ def _machine_line(m: dict[str, Any]) -> str:
     load = ""
     if m.get("loadavg_start") and m.get("loadavg_end"):
         load = f"; load average (1/5/15 min) {m['loadavg_start']} at start, {m['loadavg_end']} at end"
-    git = f"; smoothloss at git {m['smoothloss_git']}" if m.get("smoothloss_git") else ""
-    if m.get("smoothloss_source_sha256"):
-        git += f" (sources sha256 {m['smoothloss_source_sha256']})"
     return (f"{m['cpu_model']}, {m['cpus_usable']} usable CPUs of {m['cpu_count']}, "
-            f"{m['memory_gib']} GiB RAM, {m['platform']}, Python {m['python']}; {vers}{git}{load}")
+            f"{m['memory_gib']} GiB RAM, {m['platform']}, Python {m['python']}; {_smoothloss_text(m)}{vers}{load}")
+
+
+def _smoothloss_text(m: dict[str, Any]) -> str:
+    """'smoothloss 0.3.0 (git 5e841eebb3af), ': the revision only from a clean tree (the JSON keeps it
+    always, with the digest of the sources measured)."""
+    version = m["versions"].get("smoothloss")
+    rev = m.get("smoothloss_git")
+    git = f" (git {rev})" if rev and not rev.endswith("-dirty") else ""
+    return f"smoothloss {version}{git}, " if version else (f"smoothloss{git}, " if git else "")
 
 
 def _threads_line(report: dict[str, Any]) -> str:
-    parts = []
-    for fw, res in report["frameworks"].items():
-        info = res.get("info", {})
-        if "torch_threads" in info:
-            n = info["torch_threads"]
-            parts.append(f"torch: {n} intra-op thread{'' if n == 1 else 's'}")
-        if "tf_intra_op_threads" in info:
-            n = info["tf_intra_op_threads"]
-            parts.append(f"TensorFlow: {n or 'automatic'} intra-op thread{'' if n == 1 else 's'}")
-        if fw == "jax" and "error" not in res:
-            threads = report["settings"].get("threads")
-            parts.append("XLA:CPU: " + ("multi-threaded Eigen off" if threads == 1 else "default threading"))
     requested = report["settings"].get("threads")
+    parts = [threads_text(fw, res.get("info", {}), requested)
+             for fw, res in report["frameworks"].items() if "error" not in res]
     head = f"--threads {requested}" if requested else "each framework's default threading"
     return f"{head} ({', '.join(parts)})" if parts else head
 
@@ -199,7 +198,20 @@ def docs_page(report: dict[str, Any], png_name: str | None, command: str) -> str
         "",
         "How it is measured: each framework runs in its own subprocess; within a size the implementations "
         "are warmed up and then sampled in turn (A, B, C, B, C, A, …), each sample averaging enough steps to "
-        "last a few milliseconds. Memory: each framework × implementation × size runs in a fresh process; "
+        "last a few milliseconds. Besides smoothloss and the framework's own losses, each framework has a "
+        "floor row: its own softmax of the logits (torch `torch.softmax(x, -1)` without autograd, "
+        "`jax.jit(jax.nn.softmax)`, `tf.function(tf.nn.softmax)`), which reads the logits twice and writes a "
+        "result as large once, the least a loss and its gradient can cost; \"÷ floor\" divides by it. On torch, "
+        "`smoothloss.cross_entropy` is measured in the default compile mode, which runs kernels compiled by "
+        "`torch.compile` from a threshold of logits up, and with `set_compile_mode(\"never\")` (eager kernels); "
+        "the ratios and targets use the default. The first call of each implementation at each size is "
+        "reported: it includes tracing and compiling, which torch pays once per process per dtype and option "
+        "set (every batch size reuses the compiled kernels), while `jax.jit` and `tf.function` compile again "
+        "for each new shape. A ladder of sizes, compiled against eager kernels, shows from which size "
+        "compiling pays. Threads: the threading each framework used is printed at its start and given above; "
+        "the 1-minute load average is read before the first measurement and after the last, and a warning "
+        "is printed and written into this page when it shows another process competing for the CPUs. Memory: "
+        "each framework × implementation × size runs in a fresh process; "
         "after a warm-up on a small batch and one full-size step (compilation), the resident-set high-water "
         "mark is reset and one more step is run; the peak minus the resident set before it is the step's extra "
         "memory (the smaller of two such steps). Memory runs use a fixed glibc mmap threshold "
@@ -244,6 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="intra-op threads for torch and TensorFlow (jax: only 1 is honoured, through XLA_FLAGS); "
                    "default: each framework's own choice")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed to each subprocess")
+    p.add_argument("--device", default="cpu",
+                   help="where the frameworks' losses run: cpu (default), cuda, cuda:1, ...; a device that no "
+                   "framework has here is refused (the linear benchmark runs on the CPU)")
+    g = p.add_argument_group(
+        "compiled vs eager kernels (torch)",
+        "smoothloss with set_compile_mode('always') against 'never' at a ladder of sizes, and the smallest size "
+        "from which the compiled kernels win; part of the full run, off in --quick mode",
+    )
+    g.add_argument("--crossover", action="store_true", help="run it in --quick mode too")
+    g.add_argument("--no-crossover", action="store_true", help="skip it")
+    g.add_argument("--crossover-sizes", default=None, metavar="BxK[,BxK...]",
+                   help="its sizes (default: " + ",".join("x".join(map(str, s)) for s in dense.CROSSOVER_SIZES)
+                   + "); giving them runs it")
     g = p.add_argument_group(
         "chunked linear cross-entropy",
         "linear_cross_entropy(hidden, weight, labels) against cross_entropy(hidden @ weight.T, labels), "
@@ -262,6 +287,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only the linear benchmark: skip the frameworks' losses (--sizes, --frameworks, "
                    "memory and tiny-batch timings); needs --linear or --quick")
     return p
+
+
+def frameworks_on(device: str, frameworks: list[str]) -> tuple[str, list[str], str]:
+    """``device`` spelled as ``python -m smoothloss check`` spells it ('GPU:1' -> 'cuda:1'), the
+    frameworks of ``frameworks`` that have it here (each is imported and asked through its
+    conformance driver, as ``check`` asks), and the line naming what each has, for a refusal."""
+    from smoothloss.backends.drivers import DRIVERS, get_driver
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    kind, _, index = device.partition(":")
+    device = ("cuda" if kind == "gpu" else kind) + (f":{index}" if index else "")
+    have, found = [], {}
+    for f in frameworks:
+        found[f] = DRIVERS[f]("cpu").devices()
+        try:
+            get_driver(f, device).require_device()
+        except RuntimeError:
+            log(f"{f}: no {device} device (has {', '.join(found[f])}), skipped")
+        else:
+            have.append(f)
+    line = f"no {device} device: " + "; ".join(f"{f} has {', '.join(found[f])}" for f in frameworks)
+    return device, have, line
+
+
+def warn(report: dict[str, Any], warning: str | None) -> None:
+    """A load warning: on stderr now, and in the Markdown (``report["load_warnings"]``)."""
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+        report["load_warnings"].append(warning)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,6 +361,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--smoothing must lie in [0, 1]")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
+    if args.crossover_sizes is not None and args.no_crossover:
+        parser.error("--crossover-sizes and --no-crossover contradict each other")
+    try:
+        crossover = dense.parse_sizes(args.crossover_sizes) if args.crossover_sizes else list(dense.CROSSOVER_SIZES)
+    except ValueError as exc:
+        parser.error(f"--crossover-sizes: {exc}")
+    if args.no_crossover or (args.quick and not args.crossover and args.crossover_sizes is None):
+        crossover = []
+    device = args.device.strip().lower()
+    if device.partition(":")[0] == "cpu":  # one CPU device per process in every framework
+        device = "cpu"
+    if not device:
+        parser.error("--device must name a device (cpu, cuda, cuda:1, ...)")
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 10)
     if repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -314,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     skipped = [f for f in wanted if f not in frameworks]
     for f in skipped:
         log(f"{f}: not installed, skipped")
+    if device != "cpu" and frameworks:
+        device, frameworks, missing = frameworks_on(device, frameworks)
+        if not frameworks:
+            print(missing, file=sys.stderr, flush=True)
+            return 1
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -323,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         "min_sample_s": 0.002 if args.quick else 0.02, "tiny_min_sample_s": 0.005 if args.quick else 0.05,
         "quick": args.quick, "memory": not args.no_memory, "tiny": not args.no_tiny, "threads": args.threads,
         "memory_mode": "in-process (quick)" if args.quick else "fresh subprocess per framework×implementation×size",
-        "only_linear": args.only_linear,
+        "only_linear": args.only_linear, "device": device,
+        "crossover_sizes": [list(s) for s in crossover] if "torch" in frameworks else [],
     }
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -335,6 +408,12 @@ def main(argv: list[str] | None = None) -> int:
         "frameworks": {},
         "linear": None,
     }
+    threads_used = args.threads or report["machine"]["cpus_usable"]
+    report["load_warnings"] = []
+    start_load = report["machine"]["loadavg_start"]
+    warn(report, load_warning("the start", start_load[0] if start_load else None, LOAD_LIMIT_START))
+    log(f"device {device}; threads: {'--threads ' + str(args.threads) if args.threads else 'each framework default'}"
+        f" on {report['machine']['cpus_usable']} usable CPUs; load average (1/5/15 min) {start_load}")
     t_start = time.perf_counter()
     report["frameworks"] = dense.run(settings, args.timeout)
 
@@ -346,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         failed |= linear.failed(report["linear"])
 
-    with contextlib.suppress(OSError, AttributeError):
-        report["machine"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    end_load = report["machine"]["loadavg_end"] = loadavg()
+    warn(report, load_warning("the end", end_load[0] if end_load else None, threads_used + 0.5, threads_used))
     report["elapsed_s"] = time.perf_counter() - t_start
     report["summary"] = dense.summarise(report["frameworks"])
     report["markdown"] = markdown_tables(report)

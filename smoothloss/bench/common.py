@@ -155,7 +155,43 @@ def framework_info(framework: str) -> dict[str, Any]:
     return info
 
 
-def child_env(framework: str, memory: bool = False, threads: int | None = None) -> dict[str, str]:
+def threads_text(framework: str, info: dict[str, Any], requested: int | None) -> str:
+    """'torch: 2 intra-op threads' from a worker's :func:`framework_info` (XLA:CPU has no count)."""
+    if framework == "torch" and "torch_threads" in info:
+        n = info["torch_threads"]
+        return f"torch: {n} intra-op thread{'' if n == 1 else 's'}"
+    if framework == "tensorflow" and "tf_intra_op_threads" in info:
+        n = info["tf_intra_op_threads"]
+        return f"TensorFlow: {n or 'automatic'} intra-op thread{'' if n == 1 else 's'}"
+    if framework == "jax":
+        return "XLA:CPU: " + ("multi-threaded Eigen off" if requested == 1 else "default threading")
+    return f"{framework}: threads unknown"
+
+
+LOAD_LIMIT_START = 0.5  # 1-minute load average above which another process is competing before we start
+
+
+def load_warning(when: str, load1: float | None, limit: float, threads: int | None = None) -> str | None:
+    """The warning for a 1-minute load average above ``limit`` at ``when`` ("the start", "the
+    end"), or None. ``threads``: how many threads this run used (said at the end, where our own
+    workers count in the average)."""
+    if load1 is None or load1 <= limit:
+        return None
+    ours = f" (this run used {threads} thread{'' if threads == 1 else 's'})" if threads else ""
+    return (f"load average {load1:.1f} at {when}{ours}: another process is using the CPUs; "
+            "these timings are not reliable")
+
+
+def loadavg() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages, or None where the platform has none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def child_env(framework: str, memory: bool = False, threads: int | None = None,
+              device: str = "cpu") -> dict[str, str]:
     env = dict(os.environ)
     root = str(PACKAGE_DIR.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -173,7 +209,10 @@ def child_env(framework: str, memory: bool = False, threads: int | None = None) 
             # a step's allocations from the resident set; the system allocator does not.
             env["TF_ONEDNN_USE_SYSTEM_ALLOCATOR"] = "1"
     if framework == "jax":
-        env.setdefault("JAX_PLATFORMS", "cpu")
+        if device == "cpu":
+            env.setdefault("JAX_PLATFORMS", "cpu")
+        else:  # 'cuda' (JAX's platform name for NVIDIA GPUs), 'rocm', 'tpu'
+            env["JAX_PLATFORMS"] = device.partition(":")[0]
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
         env["TF_NUM_INTRAOP_THREADS"] = str(threads)
@@ -204,7 +243,7 @@ def run_worker(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         spec = {**spec, "out": str(out_path)}
         env = child_env(spec["framework"],
                         spec["task"] in ("memory", "linear") or bool(spec.get("memory_in_process")),
-                        spec.get("threads"))
+                        spec.get("threads"), spec.get("device", "cpu"))
         tail: list[str] = []
         with subprocess.Popen(
             [sys.executable, "-m", WORKER_MODULE, "--worker", json.dumps(spec)],
