@@ -18,6 +18,9 @@ from smoothloss import bench
 from smoothloss.bench import cli, common, dense, linear
 from smoothloss.bench.common import FRAMEWORKS, size_name
 
+# pytest -n auto (README): the quick benchmark runs once, in one worker
+pytestmark = pytest.mark.xdist_group("bench")
+
 INSTALLED = [f for f in FRAMEWORKS if dense.installed(f)]
 CROSSOVER = "16x10,64x100"  # the quick run's compiled-vs-eager ladder: tiny, the graphs are compiled already
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None

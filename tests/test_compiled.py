@@ -19,10 +19,13 @@ import pytest
 
 import smoothloss
 from smoothloss.testing import reference_cross_entropy, rel_err, tolerance
-from smoothloss.testing.cases import OPTION_SETS, Case
+from smoothloss.testing.cases import Case, compiled_cases
 
 torch = pytest.importorskip("torch")
 binding = pytest.importorskip("smoothloss.backends.torch")
+
+# pytest -n auto (README): compiled graphs are cached per process: one worker compiles each once
+pytestmark = pytest.mark.xdist_group("compiled")
 
 
 @pytest.fixture
@@ -41,22 +44,7 @@ def device(driver_for):
     return driver.device_name
 
 
-def _cases() -> list[Case]:
-    # every option set with class indices in float64, and with probabilities in float32;
-    # ignore_index sets have class indices only: two of them (the common training setup
-    # and everything at once) also run in float32
-    out = []
-    for n, (name, opts) in enumerate(OPTION_SETS.items()):
-        layout = ("2d", "3d-last", "3d-axis1")[n % 3]
-        out.append(Case(10, layout, "float64", "int", name, opts))
-        if not opts.get("ignore"):
-            out.append(Case(7, layout, "float32", "prob", name, opts))
-        elif name in ("ls-weight-ignore", "everything"):
-            out.append(Case(7, layout, "float32", "int", name, opts))
-    return out
-
-
-CASES = _cases()
+CASES = compiled_cases()
 
 
 def _tensors(case: Case, device: str) -> tuple[torch.Tensor, torch.Tensor, dict]:

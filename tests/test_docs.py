@@ -33,6 +33,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+# pytest -n auto (README): the site is built once, in one worker
+pytestmark = pytest.mark.xdist_group("docs")
+
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 MARKER = "<!-- runnable -->"

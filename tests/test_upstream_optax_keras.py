@@ -47,6 +47,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+# pytest -n auto (README): the module's subprocess runs start once, in one worker
+pytestmark = pytest.mark.xdist_group("upstream")
+
 REPO = Path(__file__).resolve().parents[1]
 OPTAX_NAMES = ("softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels", "smooth_labels")
 KERAS_NAMES = (
@@ -349,7 +352,8 @@ def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     """Starts the subprocesses of every suite this session's selected tests need."""
     needed = set()
     for item in request.session.items:
-        if item.module is sys.modules[__name__] and hasattr(item, "callspec"):
+        # (getattr: doctest items have no module)
+        if getattr(item, "module", None) is sys.modules[__name__] and hasattr(item, "callspec"):
             value = next(iter(item.callspec.params.values()))
             suite = str(value).split("::")[0]
             if suite in SUITES and suite not in UNAVAILABLE:

@@ -15,7 +15,10 @@ import array_api_compat
 
 from smoothloss import _core, _linear
 
-__all__ = ["COMPILE_MODES", "Framework", "Kernels", "compile_mode", "native_kernels", "set_compile_mode", "use_native_kernels"]
+__all__ = [
+    "COMPILE_MODES", "Framework", "Kernels", "compile_mode", "compile_wanted", "native_kernels", "set_compile_mode",
+    "use_native_kernels",
+]
 
 _NATIVE = contextvars.ContextVar("smoothloss_native_kernels", default=True)
 
@@ -60,6 +63,15 @@ def set_compile_mode(mode: str) -> str:
 def compile_mode() -> str:
     """The compile mode in force (see :func:`set_compile_mode`)."""
     return _checked_mode(_COMPILE["mode"], "the environment variable SMOOTHLOSS_COMPILE")
+
+
+def compile_wanted(numel: int | None, threshold: int) -> bool:
+    """Whether the mode in force compiles a call on ``numel`` logits (None: not known
+    while tracing), given the framework's measured ``threshold``."""
+    mode = compile_mode()
+    if mode == "never":
+        return False
+    return mode == "always" or (numel is not None and numel >= threshold)
 
 
 @contextlib.contextmanager

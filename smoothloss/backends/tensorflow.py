@@ -10,6 +10,8 @@ supports first derivatives.
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any
 
 import tensorflow as tf
@@ -17,7 +19,7 @@ import tensorflow as tf
 from smoothloss import _core, _linear
 from smoothloss._formulas import compute_dtype
 from smoothloss.backends import tensorflow_namespace
-from smoothloss.backends._base import Framework, Kernels, _affine, native_kernels
+from smoothloss.backends._base import Framework, Kernels, _affine, compile_wanted, native_kernels
 
 __all__ = ["TensorflowFramework"]
 
@@ -64,11 +66,13 @@ class TensorflowFramework(Framework):
     def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
         fw = self
         floating = targets.dtype.is_floating
+        xla = _xla_wanted(logits)
 
         @tf.custom_gradient
         def loss_fn(logits: Any, targets: Any, *maybe_weight: Any) -> Any:
             w = maybe_weight[0] if maybe_weight else None
-            loss, stats, scale = _core.forward(fw, logits, targets, w, opts)
+            forward = _XLA.forward if xla else fw.closed_forward
+            loss, stats, scale = forward(logits, targets, w, opts)
 
             def grad(cotangent: Any) -> Any:
                 needs = (True, floating, w is not None)
@@ -77,12 +81,19 @@ class TensorflowFramework(Framework):
                         l2, stats2, scale2 = _core.forward(fw, logits, targets, w, opts)
                         g = _core.backward(fw, logits, targets, w, opts, stats2, scale2, l2, cotangent, needs)
                 else:
-                    g = _core.backward(fw, logits, targets, w, opts, stats, scale, loss, cotangent, needs)
+                    backward = _XLA.backward if xla else fw.closed_backward
+                    g = backward(logits, targets, w, opts, stats, scale, loss, cotangent, needs)
                 return (g[0], g[1]) + ((g[2],) if w is not None else ())
 
             return loss, grad
 
         return loss_fn(logits, targets) if weight is None else loss_fn(logits, targets, weight)
+
+    def closed_forward(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
+        return _core.forward(self, logits, targets, weight, opts)
+
+    def closed_backward(self, *args: Any) -> Any:
+        return _core.backward(self, *args)
 
     def linear_cross_entropy(self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
         fw = self
@@ -115,6 +126,88 @@ FW = TensorflowFramework(tensorflow_namespace)
 
 def binding() -> TensorflowFramework:
     return FW
+
+
+# ---------------------------------------------------------------------- compiled kernels
+# Calls on at least this many logits run the XLA-compiled kernels under
+# set_compile_mode("auto") (see smoothloss.backends.torch for the measurement).
+COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 1 << 17))
+
+
+class _ReferenceBinding(TensorflowFramework):
+    """The binding whose kernels are always the Array-API composition: what XLA fuses."""
+
+    @property
+    def kernels(self) -> Kernels:
+        return self.reference
+
+
+_REFERENCE = _ReferenceBinding(tensorflow_namespace)
+
+
+class _Compiled:
+    """The dense loss's forward and closed-form backward as ``tf.function``\ s with
+    ``jit_compile=True``: XLA fuses each into a loop or two over the logits and keeps no
+    B×K temporary besides the gradient. Traced once per dtype and option set
+    (``reduce_retracing``: a new batch size does not retrace), compiled by XLA per shape.
+    Inside a caller's graph they are nested XLA clusters. An eager compile that fails
+    warns once per process; the eager kernels run from then on."""
+
+    def __init__(self) -> None:
+        self.broken: str | None = None
+        self.calls = 0  # eager compiled calls made (the tests read it)
+        self._forward = tf.function(_xla_forward, jit_compile=True, autograph=False, reduce_retracing=True)
+        self._backward = tf.function(_xla_backward, jit_compile=True, autograph=False, reduce_retracing=True)
+
+    def _run(self, fn: Any, eager: Any, *args: Any) -> Any:
+        if not tf.executing_eagerly():  # in a graph: nothing runs (or can fail) until the graph runs
+            return fn(*args)
+        if self.broken is None:
+            try:
+                out = fn(*args)
+                self.calls += 1
+                return out
+            except Exception as e:  # noqa: BLE001 (whatever XLA raised: fall back, once)
+                first = str(e).strip().splitlines()
+                self.broken = f"{type(e).__name__}: {first[0] if first else ''}"
+                warnings.warn(
+                    f"smoothloss could not compile its kernels with XLA ({self.broken}); the eager kernels "
+                    "run instead for the rest of this process. To skip compiling, call "
+                    'smoothloss.set_compile_mode("never") or set SMOOTHLOSS_COMPILE=never.',
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return eager(*args)
+
+    def forward(self, *args: Any) -> Any:
+        return self._run(self._forward, FW.closed_forward, *args)
+
+    def backward(self, *args: Any) -> Any:
+        return self._run(self._backward, FW.closed_backward, *args)
+
+
+def _xla_forward(logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
+    loss, stats, scale = _core.forward(_REFERENCE, logits, targets, weight, opts)
+    # a function returns tensors: the reduction's scale in the statistics' dtype, not float32
+    return loss, stats, scale if tf.is_tensor(scale) else tf.constant(scale, stats.dtype)
+
+
+def _xla_backward(logits: Any, targets: Any, weight: Any, opts: _core.Options, *rest: Any) -> Any:
+    return _core.backward(_REFERENCE, logits, targets, weight, opts, *rest)
+
+
+_XLA = _Compiled()
+
+
+def _xla_wanted(logits: Any) -> bool:
+    """Whether this call runs the XLA kernels: by the compile mode and the number of
+    logits where it is known (an unknown dimension in a graph counts as below the
+    threshold: under "auto" such calls are left to the caller's own compiler)."""
+    if _XLA.broken is not None:
+        return False
+    shape = logits.shape
+    numel = None if None in tuple(shape) else int(shape.num_elements())
+    return compile_wanted(numel, COMPILE_THRESHOLD)
 
 
 def _recording() -> bool:

@@ -26,7 +26,7 @@ import array_api_compat
 import torch
 
 from smoothloss import _core, _linear, _vocab_parallel
-from smoothloss.backends._base import Framework, Kernels, compile_mode, native_kernels, use_native_kernels
+from smoothloss.backends._base import Framework, Kernels, compile_wanted, native_kernels, use_native_kernels
 
 __all__ = ["TorchFramework"]
 
@@ -555,14 +555,11 @@ COMPILED = CompiledBinding(FW.xp)
 
 def _compiles(logits: Any) -> bool:
     """Whether an eager call (outside torch.compile and torch.func) runs the compiled kernels."""
-    mode = compile_mode()
-    if mode == "never" or COMPILED.broken is not None:
+    if COMPILED.broken is not None or not compile_wanted(logits.numel(), COMPILE_THRESHOLD):
         return False
     if type(logits) not in (torch.Tensor, torch.nn.Parameter) or logits.device.type not in ("cpu", "cuda"):
         return False  # meta, fake and subclass tensors: the eager path traces them
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return False
-    return mode == "always" or logits.numel() >= COMPILE_THRESHOLD
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
 def binding() -> TorchFramework:

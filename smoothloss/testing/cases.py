@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Case", "OPTION_SETS", "LAYOUTS", "conformance_cases", "IGNORE"]
+__all__ = ["Case", "OPTION_SETS", "LAYOUTS", "compiled_cases", "conformance_cases", "IGNORE"]
 
 IGNORE = -100
 
@@ -127,4 +127,20 @@ def conformance_cases(
                 continue
             out.append(Case(K, layouts[n % len(layouts)], dtype, kind, name, opts))
             n += 1
+    return out
+
+
+def compiled_cases() -> list[Case]:
+    """The cases the compiled kernels are checked on (few graphs to compile): every
+    option set with class indices in float64 and with probabilities in float32. The
+    ignore_index sets have class indices only; two of them (the common training setup
+    and everything at once) also run in float32."""
+    out = []
+    for n, (name, opts) in enumerate(OPTION_SETS.items()):
+        layout = ("2d", "3d-last", "3d-axis1")[n % 3]
+        out.append(Case(10, layout, "float64", "int", name, opts))
+        if not opts.get("ignore"):
+            out.append(Case(7, layout, "float32", "prob", name, opts))
+        elif name in ("ls-weight-ignore", "everything"):
+            out.append(Case(7, layout, "float32", "int", name, opts))
     return out

@@ -1,0 +1,141 @@
+"""The compiled path on TensorFlow: the core's closed form compiled by XLA
+(``tf.function(jit_compile=True)``), eagerly and nested in a caller's ``tf.function``.
+
+Every case of tests/test_compiled.py runs through the XLA kernels and through the
+eager ones; both are compared with each other (float64: 1e-10, float32: 1e-5 relative)
+and with the independent float64 reference.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import smoothloss
+from smoothloss.testing import reference_cross_entropy, rel_err, tolerance
+
+from smoothloss.testing.cases import compiled_cases
+
+tf = pytest.importorskip("tensorflow")
+tf_binding = pytest.importorskip("smoothloss.backends.tensorflow")
+
+CASES = compiled_cases()
+
+# pytest -n auto (README): XLA's compiled kernels are cached per process
+pytestmark = pytest.mark.xdist_group("compiled-tensorflow")
+
+
+@pytest.fixture
+def mode():
+    """Set the compile mode inside a test; the previous one comes back after it."""
+    previous = smoothloss.compile_mode()
+    yield smoothloss.set_compile_mode
+    smoothloss.set_compile_mode(previous)
+
+
+def _tf_loss_and_grads(x, t, opts, graph=False):
+    def run(x, t, w):
+        o = dict(opts, **({"weight": w} if w is not None else {}))
+        with tf.GradientTape() as tape:
+            tape.watch([x, t] + ([w] if w is not None else []))
+            loss = smoothloss.cross_entropy(x, t, **o)
+            n = tf.size(loss)
+            cot = tf.reshape(tf.linspace(tf.constant(0.5, loss.dtype), 1.5, n), tf.shape(loss))
+            total = tf.reduce_sum(loss * cot)
+        sources = [x] + ([t] if t.dtype.is_floating else []) + ([w] if w is not None else [])
+        return [loss, *tape.gradient(total, sources)], cot
+
+    fn = tf.function(run) if graph else run
+    return fn(x, t, opts.get("weight"))
+
+
+# every case eagerly; a few inside a caller's tf.function (nested XLA clusters)
+_TF_CASES = [pytest.param(c, False, id=f"{c.id}-eager") for c in CASES] + [
+    pytest.param(c, True, id=f"{c.id}-tf.function")
+    for c in CASES if c.option_set in ("ls-weight-ignore", "everything-uniform-none") or c.id.startswith("kl-prob")
+]
+
+
+@pytest.mark.parametrize("case, graph", _TF_CASES)
+def test_xla_matches_eager_and_reference_tensorflow(case, graph, mode, driver_for):
+    driver = driver_for("tensorflow")
+    logits, targets, opts = case.make()
+    x = driver.asarray(logits, case.dtype)
+    t = driver.asarray(targets, None if case.targets == "int" else case.dtype)
+    opts = dict(opts)
+    opts.pop("weight", None)
+    w = None if "weight" not in case.make()[2] else driver.asarray(case.make()[2]["weight"], case.dtype)
+    if w is not None:
+        opts["weight"] = w
+    mode("never")
+    eager, cot = _tf_loss_and_grads(x, t, opts, graph)
+    mode("always")
+    calls = tf_binding._XLA.calls
+    compiled, _ = _tf_loss_and_grads(x, t, opts, graph)
+    assert tf_binding._XLA.broken is None
+    if not graph:
+        assert tf_binding._XLA.calls == calls + 2  # the forward and the backward ran compiled
+    tol = tolerance(case.dtype)
+    for c, e in zip(compiled, eager):
+        assert c.dtype == e.dtype and c.shape == e.shape
+        assert rel_err(np.asarray(c, np.float64), np.asarray(e, np.float64)) <= tol
+    ref_loss, ref_grad = reference_cross_entropy(logits, targets, **case.make()[2])
+    assert rel_err(np.asarray(compiled[0], np.float64), ref_loss) <= tol
+    if opts.get("reduction") != "none":
+        assert rel_err(np.asarray(compiled[1], np.float64), ref_grad * float(cot)) <= tol
+
+
+def test_xla_in_a_graph_follows_the_mode_and_the_known_size(mode, monkeypatch):
+    seen = []
+    monkeypatch.setattr(tf_binding, "COMPILE_THRESHOLD", 40)
+    real = tf_binding._XLA._forward
+
+    def spy(*args):
+        seen.append(args[0].shape.as_list())
+        return real(*args)
+
+    monkeypatch.setattr(tf_binding._XLA, "_forward", spy)
+    mode("auto")
+
+    def loss(x, y):
+        return smoothloss.cross_entropy(x, y, label_smoothing=0.1)
+
+    y = tf.constant([0, 1, 2, 3])
+    for signature in ([4, 10], [4, 9], [None, 10]):  # 40 logits, 36, and an unknown batch
+        specs = [tf.TensorSpec(signature, tf.float64), tf.TensorSpec(signature[:1], tf.int32)]
+        f = tf.function(loss, input_signature=specs)
+        x = tf.constant(np.random.default_rng(0).normal(size=(4, signature[1])))
+        value = f(x, y)
+        ref, _ = reference_cross_entropy(x.numpy(), y.numpy(), label_smoothing=0.1)
+        assert rel_err(value.numpy(), ref) <= 1e-10
+    assert seen == [[4, 10]]  # only the call known to hold at least 40 logits
+    mode("always")
+    f = tf.function(loss, input_signature=[tf.TensorSpec([None, 10], tf.float64), tf.TensorSpec([None], tf.int32)])
+    f(tf.zeros((4, 10), tf.float64), y)
+    assert seen[-1] == [None, 10]
+
+
+def test_xla_failure_warns_once_and_runs_eager(mode, monkeypatch):
+    mode("always")
+    monkeypatch.setattr(tf_binding._XLA, "broken", None)
+
+    def no_xla(*args):
+        raise tf.errors.UnimplementedError(None, None, "XLA is not available here\nmore")
+
+    monkeypatch.setattr(tf_binding._XLA, "_forward", no_xla)
+    x = tf.constant(np.random.default_rng(1).normal(size=(5, 3)))
+    y = tf.constant([0, 1, 2, 0, 1])
+    ref_loss, ref_grad = reference_cross_entropy(x.numpy(), y.numpy(), label_smoothing=0.2)
+    with pytest.warns(RuntimeWarning, match=r"could not compile its kernels with XLA \(UnimplementedError: XLA is not"):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = smoothloss.cross_entropy(x, y, label_smoothing=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = tape.gradient(loss, x)
+        again = smoothloss.cross_entropy(x, y, label_smoothing=0.2)
+    for value in (loss, again):
+        assert rel_err(value.numpy(), ref_loss) <= 1e-10
+    assert rel_err(g.numpy(), ref_grad) <= 1e-10
