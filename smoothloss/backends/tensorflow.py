@@ -146,7 +146,7 @@ _REFERENCE = _ReferenceBinding(tensorflow_namespace)
 
 
 class _Compiled:
-    """The dense loss's forward and closed-form backward as ``tf.function``\ s with
+    """The dense loss's forward and closed-form backward as ``tf.function`` functions with
     ``jit_compile=True``: XLA fuses each into a loop or two over the logits and keeps no
     B×K temporary besides the gradient. Traced once per dtype and option set
     (``reduce_retracing``: a new batch size does not retrace), compiled by XLA per shape.
