@@ -105,6 +105,12 @@ def _graph_count() -> int:
 
 
 def test_one_graph_serves_every_batch_size_class_count_and_value(mode, device):
+    from torch._dynamo.symbolic_convert import TensorifyState
+
+    # Dynamo remembers, for the whole process, the symbolic floats some earlier graph had
+    # to specialise (by name, e.g. the first float input) and specialises them in every
+    # later graph: other tests' graphs in this process must not decide this one's
+    TensorifyState.clear()
     mode("always")
     graphs = []
     for B, K, eps, z in [(16, 5, 0.1, 1e-3), (33, 5, 0.3, 2e-3), (7, 12, 0.05, 1e-4), (40, 9, 0.2, 1e-2)]:

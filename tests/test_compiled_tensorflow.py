@@ -117,6 +117,31 @@ def test_xla_in_a_graph_follows_the_mode_and_the_known_size(mode, monkeypatch):
     assert seen[-1] == [None, 10]
 
 
+@pytest.mark.parametrize("options", [{"label_smoothing": 0.1}, {"label_smoothing": 0.2, "ignore_index": 3}])
+def test_xla_with_unknown_class_count_and_new_sizes(options, mode):
+    """A graph traced with an unknown batch and class axis, and the XLA functions
+    retraced with relaxed shapes when a second size comes (reduce_retracing)."""
+    mode("always")
+    spec = [tf.TensorSpec([None, None], tf.float64), tf.TensorSpec([None], tf.int64)]
+
+    @tf.function(input_signature=spec)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = smoothloss.cross_entropy(x, y, **options)
+        return loss, tape.gradient(loss, x)
+
+    rng = np.random.default_rng(5)
+    for B, K in [(6, 4), (9, 13), (3, 7)]:
+        x = rng.normal(size=(B, K))
+        y = rng.integers(0, K, B)
+        y[0] = options.get("ignore_index", 0)
+        loss, g = step(tf.constant(x), tf.constant(y))
+        ref_loss, ref_grad = reference_cross_entropy(x, y, **options)
+        assert rel_err(loss.numpy(), ref_loss) <= 1e-10
+        assert rel_err(g.numpy(), ref_grad) <= 1e-10
+
+
 def test_xla_failure_warns_once_and_runs_eager(mode, monkeypatch):
     mode("always")
     monkeypatch.setattr(tf_binding._XLA, "broken", None)

@@ -130,7 +130,8 @@ class Kernels:
 
     def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
         xp = self.xp
-        classes = xp.arange(g.shape[-1], dtype=labels.dtype, device=self.fw.device(labels))
+        # (the run-time class count where a graph was traced with an unknown class axis)
+        classes = xp.arange(self.fw.dynamic_shape(g)[-1], dtype=labels.dtype, device=self.fw.device(labels))
         hit = xp.expand_dims(labels, axis=-1) == classes
         v = xp.expand_dims(values, axis=-1) if not isinstance(values, float) and values.ndim else values
         return xp.where(hit, g + v, g)

@@ -400,9 +400,10 @@ FW = TorchFramework(_namespace())
 # ---------------------------------------------------------------------- compiled kernels
 # Eager calls on at least this many logits run the compiled kernels under
 # set_compile_mode("auto"): below it, a compiled call's fixed cost (guards, launch) is
-# more than the passes it saves. Measured by ``python -m smoothloss bench`` (the
-# "compiled" rows; see docs/benchmarks.md).
-COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 1 << 17))
+# more than the passes it saves. Measured by ``python -m smoothloss bench`` (its
+# compiled-vs-eager table; see docs/benchmarks.md): on 2 CPU threads, compiled ÷ eager
+# was 1.14 at 256×1000 and 0.83 at 1024×1000.
+COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 1 << 19))
 
 
 class _ReferenceBinding(TorchFramework):
@@ -424,9 +425,13 @@ _NO_LABEL = -(2**63)
 
 
 def _joined(shape: _core.Options, values: tuple[Any, ...]) -> _core.Options:
+    """The options of a call from its graph constants and its graph-input values (None:
+    the constant holds the value)."""
+    eps, z = (shape_value if value is None else value for shape_value, value in zip(
+        (shape.label_smoothing, shape.z_loss), values))
     return _core.Options(
-        axis=-1, label_smoothing=values[0], convention=shape.convention, ignore_index=shape.ignore_index,
-        reduction=shape.reduction, z_loss=values[1], softcap=shape.softcap, kl=shape.kl,
+        axis=-1, label_smoothing=eps, convention=shape.convention, ignore_index=shape.ignore_index,
+        reduction=shape.reduction, z_loss=z, softcap=shape.softcap, kl=shape.kl,
     )
 
 
@@ -460,8 +465,12 @@ class _Flat:
             self.t = (targets if self.last else targets.movedim(self.axis, -1)).reshape(-1, K)
         self.w = torch.ones(K, dtype=logits.dtype, device=logits.device) if weight is None else weight
         ignore = opts.ignore_index if opts.ignore_index is not None or not self.integer else _NO_LABEL
-        self.shape = replace(opts, axis=-1, ignore_index=ignore, **{k: 0.0 for k in _FLOAT_OPTIONS})
-        self.values = tuple(getattr(opts, k) for k in _FLOAT_OPTIONS)
+        # kl takes x·log x of the smoothed probabilities in Python: a graph input there would
+        # be specialised anyway, and Dynamo would then specialise that input (by its
+        # symbolic name, for the rest of the process) in every later graph too
+        inputs = ("z_loss",) if opts.kl else _FLOAT_OPTIONS
+        self.shape = replace(opts, axis=-1, ignore_index=ignore, **{k: 0.0 for k in inputs})
+        self.values = tuple(getattr(opts, k) if k in inputs else None for k in _FLOAT_OPTIONS)
         self.none = opts.reduction == "none"
 
     def rows(self, a: Any) -> Any:
