@@ -402,7 +402,7 @@ FW = TorchFramework(_namespace())
 # set_compile_mode("auto"): below it, a compiled call's fixed cost (guards, launch) is
 # more than the passes it saves. Measured by ``python -m smoothloss bench`` (its
 # compiled-vs-eager table; see docs/benchmarks.md): on 2 CPU threads, compiled ÷ eager
-# was 1.14 at 256×1000 and 0.83 at 1024×1000.
+# was 1.17 at 256×1000 and 0.77 at 1024×1000.
 COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 1 << 19))
 
 
