@@ -83,3 +83,14 @@ def framework(request: pytest.FixtureRequest):
 def driver_for(request: pytest.FixtureRequest):
     """Make a driver by name inside a test (for pairwise comparisons)."""
     return lambda name: _driver(request, name)
+
+
+@pytest.fixture
+def mode():
+    """Set smoothloss's compile mode inside a test (``mode("always")``); the mode in force
+    before the test comes back after it."""
+    import smoothloss
+
+    previous = smoothloss.compile_mode()
+    yield smoothloss.set_compile_mode
+    smoothloss.set_compile_mode(previous)

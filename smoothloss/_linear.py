@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from smoothloss import _validation as V
-from smoothloss._core import Options, backward, forward, validate
+from smoothloss._core import Options, validate
 from smoothloss._formulas import compute_dtype, mean_scale
 
 __all__ = ["CHUNK_BYTES", "chunk_step", "chunked_backward", "chunked_forward", "prepare", "python_loop"]
@@ -104,10 +104,10 @@ def chunk_step(
     z = _logits(xp, h, weight, bias)
     loss_c = dh_c = None
     if stats_c is None:
-        loss_c, stats_c, _ = forward(fw, z, y, None, row_opts)
+        loss_c, stats_c, _ = fw.closed_forward(z, y, None, row_opts)
     if not any(needs):
         return loss_c, stats_c, dh_c, d_weight, d_bias
-    g, _, _ = backward(fw, z, y, None, row_opts, stats_c, scale, None, cot, (True, False, False))
+    g, _, _ = fw.closed_backward(z, y, None, row_opts, stats_c, scale, None, cot, (True, False, False))
     del z
     if needs[0]:
         dh_c = xp.matmul(g, weight)

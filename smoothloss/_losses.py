@@ -222,6 +222,7 @@ def linear_cross_entropy_and_grad(
     fw, (hidden, weight, labels, bias) = bind(hidden, weight, labels, bias)
     hidden2, weight, labels1, bias, opts, chunk = prepare(fw, hidden, weight, labels, bias, chunk_size, options)
     xp = fw.xp
+    fw = fw.fused(hidden2, chunk * int(weight.shape[0]))  # the binding that runs each chunk's closed form
     loss, stats, scale, grads = chunked_forward(fw, hidden2, weight, bias, labels1, opts, chunk, (True, True, True))
     if grads is None:  # reduction="none": a second pass, at cotangent 1 per row
         grads = chunked_backward(fw, hidden2, weight, bias, labels1, opts, chunk, stats, scale, 1.0)

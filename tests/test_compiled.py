@@ -29,14 +29,6 @@ pytestmark = pytest.mark.xdist_group("compiled")
 
 
 @pytest.fixture
-def mode():
-    """Set the compile mode inside a test; the previous one comes back after it."""
-    previous = smoothloss.compile_mode()
-    yield smoothloss.set_compile_mode
-    smoothloss.set_compile_mode(previous)
-
-
-@pytest.fixture
 def device(driver_for):
     driver = driver_for("torch")
     if driver.device_name.startswith("cuda"):
@@ -247,3 +239,87 @@ def test_environment_variable_sets_the_starting_mode():
     env = {**__import__("os").environ, "SMOOTHLOSS_COMPILE": "never"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "never"
+
+
+# The chunked linear loss and the mixup loss run the same compiled kernels on each chunk
+# and on each target: the chunk step's graphs are the dense loss's with reduction="none".
+LINEAR_OPTIONS = {
+    "ls-mean": dict(label_smoothing=0.1),
+    "ls-ignore-z-sum": dict(label_smoothing=0.2, ignore_index=2, z_loss=1e-3, reduction="sum"),
+    "softcap-kl-none": dict(label_smoothing=0.1, softcap=5.0, kl=True, reduction="none"),
+}
+
+
+def _linear_reference(h, W, b, y, options):
+    """(loss, d_hidden, d_weight, d_bias) in float64 from the dense reference (the
+    gradients of the sum of the row losses for "none")."""
+    loss, G = reference_cross_entropy(h @ W.T + b, y, **options)
+    return loss, G @ W, G.T @ h, G.sum(0)
+
+
+@pytest.mark.parametrize("name", list(LINEAR_OPTIONS))
+def test_linear_chunks_run_the_compiled_kernels(name, mode, device):
+    options = LINEAR_OPTIONS[name]
+    rng = np.random.default_rng(11)
+    N, H, V = 11, 6, 9
+    h_np, W_np, b_np = rng.normal(size=(N, H)), rng.normal(size=(V, H)), rng.normal(size=V)
+    y_np = rng.integers(0, V, N)
+    y_np[[1, 4]] = 2  # rows that ignore_index=2 leaves out
+    y = torch.tensor(y_np, device=device)
+    results = {}
+    for m in ("never", "always"):
+        mode(m)
+        h, W, b = (torch.tensor(a, device=device, requires_grad=True) for a in (h_np, W_np, b_np))
+        calls = binding.COMPILED.calls
+        loss = smoothloss.linear_cross_entropy(h, W, y, bias=b, chunk_size=4, **options)
+        (loss.sum() if loss.ndim else loss).backward()
+        # 3 chunks: each runs the forward and the backward graph once (in the forward pass
+        # for "mean"/"sum", in the backward pass for "none")
+        assert binding.COMPILED.calls - calls == (6 if m == "always" else 0)
+        results[m] = [_numpy(a) for a in (loss, h.grad, W.grad, b.grad)]
+    assert binding.COMPILED.broken is None
+    for c, e, r in zip(results["always"], results["never"], _linear_reference(h_np, W_np, b_np, y_np, options)):
+        assert rel_err(c, e) <= 1e-10
+        assert rel_err(c, r) <= 1e-10
+
+
+def test_linear_and_grad_and_the_closed_form_pair_run_compiled(mode, device):
+    mode("always")
+    rng = np.random.default_rng(12)
+    h_np, W_np, y_np = rng.normal(size=(7, 5)), rng.normal(size=(8, 5)), rng.integers(0, 8, 7)
+    h, W, y = (torch.tensor(a, device=device) for a in (h_np, W_np, y_np))
+    calls = binding.COMPILED.calls
+    loss, (dh, dW, db) = smoothloss.linear_cross_entropy_and_grad(h, W, y, chunk_size=3, label_smoothing=0.1)
+    assert binding.COMPILED.calls - calls == 6 and db is None
+    ref = _linear_reference(h_np, W_np, np.zeros(8), y_np, dict(label_smoothing=0.1))
+    for c, r in zip((loss, dh, dW), ref):
+        assert rel_err(_numpy(c), r) <= 1e-10
+    calls = binding.COMPILED.calls
+    x_np = rng.normal(size=(6, 4))
+    loss, g = smoothloss.cross_entropy_and_grad(torch.tensor(x_np, device=device), torch.tensor(y_np[:6] % 4,
+                                                device=device), label_smoothing=0.1)
+    assert binding.COMPILED.calls - calls == 2
+    ref_loss, ref_grad = reference_cross_entropy(x_np, y_np[:6] % 4, label_smoothing=0.1)
+    assert rel_err(_numpy(loss), ref_loss) <= 1e-10 and rel_err(_numpy(g), ref_grad) <= 1e-10
+
+
+def test_mixup_cross_entropy_runs_the_compiled_kernels(mode, device):
+    rng = np.random.default_rng(13)
+    x_np, y_np = rng.normal(size=(6, 5)), rng.integers(0, 5, 6)
+    y = torch.tensor(y_np, device=device)
+    results = {}
+    for m in ("never", "always"):
+        mode(m)
+        x = torch.tensor(x_np, device=device, requires_grad=True)
+        calls = binding.COMPILED.calls
+        loss = smoothloss.mixup_cross_entropy(x, y, lam=0.7, label_smoothing=0.1)
+        loss.backward()
+        assert binding.COMPILED.calls - calls == (4 if m == "always" else 0)  # own and partner: forward + backward
+        results[m] = (_numpy(loss), _numpy(x.grad))
+    # the mixed target's loss, from the float64 reference on the dense mixed target
+    partner = y_np[::-1]  # the batch's flipped order, as timm pairs it
+    eye = np.eye(5)
+    target = 0.7 * eye[y_np] + 0.3 * eye[partner]
+    ref_loss, ref_grad = reference_cross_entropy(x_np, target, label_smoothing=0.1)
+    for c, e, r in zip(results["always"], results["never"], (ref_loss, ref_grad)):
+        assert rel_err(c, e) <= 1e-10 and rel_err(c, r) <= 1e-10

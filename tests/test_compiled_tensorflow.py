@@ -27,14 +27,6 @@ CASES = compiled_cases()
 pytestmark = pytest.mark.xdist_group("compiled-tensorflow")
 
 
-@pytest.fixture
-def mode():
-    """Set the compile mode inside a test; the previous one comes back after it."""
-    previous = smoothloss.compile_mode()
-    yield smoothloss.set_compile_mode
-    smoothloss.set_compile_mode(previous)
-
-
 def _tf_loss_and_grads(x, t, opts, graph=False):
     def run(x, t, w):
         o = dict(opts, **({"weight": w} if w is not None else {}))
@@ -164,3 +156,44 @@ def test_xla_failure_warns_once_and_runs_eager(mode, monkeypatch):
     for value in (loss, again):
         assert rel_err(value.numpy(), ref_loss) <= 1e-10
     assert rel_err(g.numpy(), ref_grad) <= 1e-10
+
+
+LINEAR_OPTIONS = {
+    "ls-mean": dict(label_smoothing=0.1),
+    "ls-ignore-z-sum": dict(label_smoothing=0.2, ignore_index=2, z_loss=1e-3, reduction="sum"),
+    "softcap-kl-none": dict(label_smoothing=0.1, softcap=5.0, kl=True, reduction="none"),
+}
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
+@pytest.mark.parametrize("name", list(LINEAR_OPTIONS))
+def test_linear_chunks_run_the_xla_kernels(name, graph, mode):
+    """Each chunk of the linear loss runs the XLA kernels, eagerly and inside a caller's
+    tf.function (in its while loop), and equals the eager kernels and the reference."""
+    options = LINEAR_OPTIONS[name]
+    rng = np.random.default_rng(11)
+    N, H, V = 11, 6, 9
+    h_np, W_np, b_np = rng.normal(size=(N, H)), rng.normal(size=(V, H)), rng.normal(size=V)
+    y_np = rng.integers(0, V, N)
+    y_np[[1, 4]] = 2  # rows that ignore_index=2 leaves out
+
+    def step(h, W, b, y):
+        with tf.GradientTape() as tape:
+            tape.watch([h, W, b])
+            loss = smoothloss.linear_cross_entropy(h, W, y, bias=b, chunk_size=4, **options)
+            total = tf.reduce_sum(loss)
+        return (loss, *tape.gradient(total, [h, W, b]))
+
+    results = {}
+    for m in ("never", "always"):
+        mode(m)
+        run = tf.function(step) if graph else step  # (a function keeps the mode it was traced under)
+        calls = tf_binding._XLA.calls
+        results[m] = [np.asarray(a, np.float64) for a in run(*map(tf.constant, (h_np, W_np, b_np, y_np)))]
+        if not graph:  # 3 chunks, each through the forward and the backward kernel
+            assert tf_binding._XLA.calls - calls == (6 if m == "always" else 0)
+    assert tf_binding._XLA.broken is None
+    loss, G = reference_cross_entropy(h_np @ W_np.T + b_np, y_np, **options)
+    for c, e, r in zip(results["always"], results["never"], (loss, G @ W_np, G.T @ h_np, G.sum(0))):
+        assert rel_err(c, e) <= 1e-10
+        assert rel_err(c, r) <= 1e-10

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
+import warnings
 from typing import Any, Iterator
 
 import array_api_compat
@@ -16,7 +18,7 @@ import array_api_compat
 from smoothloss import _core, _linear
 
 __all__ = [
-    "COMPILE_MODES", "Framework", "Kernels", "compile_mode", "compile_wanted", "native_kernels", "set_compile_mode",
+    "COMPILE_MODES", "Framework", "Kernels", "compile_failed", "compile_mode", "compile_wanted", "native_kernels", "set_compile_mode",
     "use_native_kernels",
 ]
 
@@ -72,6 +74,21 @@ def compile_wanted(numel: int | None, threshold: int) -> bool:
     if mode == "never":
         return False
     return mode == "always" or (numel is not None and numel >= threshold)
+
+
+def compile_failed(compiler: str, error: BaseException) -> str:
+    """Warn (once per process and compiler: the caller keeps the text returned and stops
+    compiling) that ``compiler`` failed with ``error``; returns a one-line description."""
+    first = str(error).strip().splitlines()
+    broken = f"{type(error).__name__}: {first[0] if first else ''}"
+    warnings.warn(
+        f"smoothloss could not compile its kernels with {compiler} ({broken}); the eager kernels run "
+        "instead for the rest of this process. To skip compiling, call "
+        'smoothloss.set_compile_mode("never") or set SMOOTHLOSS_COMPILE=never.',
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return broken
 
 
 @contextlib.contextmanager
@@ -142,6 +159,13 @@ class Kernels:
             return xp.matmul(a, b)
         ab = xp.matmul(a, b)
         return acc + (ab if ab.dtype == acc.dtype else xp.astype(ab, acc.dtype))
+
+
+def _numel(x: Any) -> Any:
+    """The number of elements of ``x`` (symbolic while torch traces); None where a
+    dimension is unknown (a TensorFlow graph)."""
+    shape = tuple(x.shape)
+    return None if None in shape else math.prod(shape)
 
 
 def _affine(g: Any, scale: Any, shift: Any) -> Any:
@@ -224,6 +248,21 @@ class Framework:
         return y
 
     # ------------------------------------------------------------------ losses
+    def closed_forward(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
+        """:func:`smoothloss._core.forward` with this binding; a compiled binding (torch
+        Inductor, TensorFlow XLA) runs it as its compiled kernel."""
+        return _core.forward(self, logits, targets, weight, opts)
+
+    def closed_backward(self, *args: Any) -> Any:
+        """:func:`smoothloss._core.backward` with this binding (as :meth:`closed_forward`)."""
+        return _core.backward(self, *args)
+
+    def fused(self, like: Any, numel: int | None) -> "Framework":
+        """The binding that runs the closed form on ``numel`` logits of ``like``'s kind: a
+        compiled one where the framework has one and the compile mode and its measured
+        threshold want it, else this one."""
+        return self
+
     def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
         """The dense loss, its gradient registered where the framework has autodiff."""
         return _core.forward(self, logits, targets, weight, opts)[0]
@@ -231,15 +270,16 @@ class Framework:
     def cross_entropy_and_grad(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> tuple[Any, Any]:
         """``(loss, d loss/d logits)`` of the dense loss from the closed form (the gradient
         of the sum of the per-position losses for ``"none"``), without autodiff."""
-        loss, stats, scale = _core.forward(self, logits, targets, weight, opts)
-        grad = _core.backward(self, logits, targets, weight, opts, stats, scale, loss, 1.0)[0]
+        fw = self.fused(logits, _numel(logits))
+        loss, stats, scale = fw.closed_forward(logits, targets, weight, opts)
+        grad = fw.closed_backward(logits, targets, weight, opts, stats, scale, loss, 1.0)[0]
         return loss, grad
 
     def linear_cross_entropy(
         self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: _core.Options, chunk: int
     ) -> Any:
         """The chunked linear loss, its gradient registered where the framework has autodiff."""
-        return _linear.chunked_forward(self, hidden, weight, bias, labels, opts, chunk)[0]
+        return _linear.chunked_forward(self.fused(hidden, chunk * int(weight.shape[0])), hidden, weight, bias, labels, opts, chunk)[0]
 
     def chunk_loop(self, *args: Any) -> Any:
         """The loop over row chunks of the linear loss (a Python loop here)."""

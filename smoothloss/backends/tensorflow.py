@@ -11,7 +11,6 @@ supports first derivatives.
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 import tensorflow as tf
@@ -19,7 +18,7 @@ import tensorflow as tf
 from smoothloss import _core, _linear
 from smoothloss._formulas import compute_dtype
 from smoothloss.backends import tensorflow_namespace
-from smoothloss.backends._base import Framework, Kernels, _affine, compile_wanted, native_kernels
+from smoothloss.backends._base import Framework, Kernels, _affine, _numel, compile_failed, compile_wanted, native_kernels
 
 __all__ = ["TensorflowFramework"]
 
@@ -66,13 +65,12 @@ class TensorflowFramework(Framework):
     def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
         fw = self
         floating = targets.dtype.is_floating
-        xla = _xla_wanted(logits)
+        kernels = self.fused(logits, _numel(logits))  # XLA-compiled where it pays
 
         @tf.custom_gradient
         def loss_fn(logits: Any, targets: Any, *maybe_weight: Any) -> Any:
             w = maybe_weight[0] if maybe_weight else None
-            forward = _XLA.forward if xla else fw.closed_forward
-            loss, stats, scale = forward(logits, targets, w, opts)
+            loss, stats, scale = kernels.closed_forward(logits, targets, w, opts)
 
             def grad(cotangent: Any) -> Any:
                 needs = (True, floating, w is not None)
@@ -81,22 +79,18 @@ class TensorflowFramework(Framework):
                         l2, stats2, scale2 = _core.forward(fw, logits, targets, w, opts)
                         g = _core.backward(fw, logits, targets, w, opts, stats2, scale2, l2, cotangent, needs)
                 else:
-                    backward = _XLA.backward if xla else fw.closed_backward
-                    g = backward(logits, targets, w, opts, stats, scale, loss, cotangent, needs)
+                    g = kernels.closed_backward(logits, targets, w, opts, stats, scale, loss, cotangent, needs)
                 return (g[0], g[1]) + ((g[2],) if w is not None else ())
 
             return loss, grad
 
         return loss_fn(logits, targets) if weight is None else loss_fn(logits, targets, weight)
 
-    def closed_forward(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
-        return _core.forward(self, logits, targets, weight, opts)
-
-    def closed_backward(self, *args: Any) -> Any:
-        return _core.backward(self, *args)
+    def fused(self, like: Any, numel: Any) -> Any:
+        return _XLA if _xla_wanted(numel) else self
 
     def linear_cross_entropy(self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
-        fw = self
+        fw = self.fused(hidden, chunk * int(weight.shape[0]))  # each chunk's closed form, XLA-compiled where it pays
         needs = (True, True, True) if _recording() else (False, False, False)
 
         @tf.custom_gradient
@@ -147,8 +141,8 @@ class _ReferenceBinding(TensorflowFramework):
 _REFERENCE = _ReferenceBinding(tensorflow_namespace)
 
 
-class _Compiled:
-    """The dense loss's forward and closed-form backward as ``tf.function`` functions with
+class _Compiled(TensorflowFramework):
+    """The binding whose closed forward and backward are ``tf.function`` functions with
     ``jit_compile=True``: XLA fuses each into a loop or two over the logits and keeps no
     B×K temporary besides the gradient. Traced once per dtype and option set
     (``reduce_retracing``: a new batch size does not retrace), compiled by XLA per shape.
@@ -156,6 +150,7 @@ class _Compiled:
     warns once per process; the eager kernels run from then on."""
 
     def __init__(self) -> None:
+        super().__init__(tensorflow_namespace)
         self.broken: str | None = None
         self.calls = 0  # eager compiled calls made (the tests read it)
         self._forward = tf.function(_xla_forward, jit_compile=True, autograph=False, reduce_retracing=True)
@@ -170,22 +165,23 @@ class _Compiled:
                 self.calls += 1
                 return out
             except Exception as e:  # noqa: BLE001 (whatever XLA raised: fall back, once)
-                first = str(e).strip().splitlines()
-                self.broken = f"{type(e).__name__}: {first[0] if first else ''}"
-                warnings.warn(
-                    f"smoothloss could not compile its kernels with XLA ({self.broken}); the eager kernels "
-                    "run instead for the rest of this process. To skip compiling, call "
-                    'smoothloss.set_compile_mode("never") or set SMOOTHLOSS_COMPILE=never.',
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                self.broken = compile_failed("XLA", e)
         return eager(*args)
 
-    def forward(self, *args: Any) -> Any:
+    def closed_forward(self, *args: Any) -> Any:
         return self._run(self._forward, FW.closed_forward, *args)
 
-    def backward(self, *args: Any) -> Any:
-        return self._run(self._backward, FW.closed_backward, *args)
+    def closed_backward(self, logits: Any, targets: Any, weight: Any, opts: _core.Options, stats: Any, scale: Any,
+                        loss: Any, cotangent: Any, needs: tuple[bool, bool, bool] = (True, False, False)) -> Any:
+        # Python floats (the chunked loss's scale and cotangent) as tensors: a function
+        # traces again for every new Python value it is given
+        scale, cotangent = (tf.constant(v, stats.dtype) if isinstance(v, float) else v for v in (scale, cotangent))
+        return self._run(
+            self._backward, FW.closed_backward, logits, targets, weight, opts, stats, scale, loss, cotangent, needs
+        )
+
+    def fused(self, like: Any, numel: Any) -> Any:
+        return self
 
 
 def _xla_forward(logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
@@ -201,15 +197,11 @@ def _xla_backward(logits: Any, targets: Any, weight: Any, opts: _core.Options, *
 _XLA = _Compiled()
 
 
-def _xla_wanted(logits: Any) -> bool:
-    """Whether this call runs the XLA kernels: by the compile mode and the number of
-    logits where it is known (an unknown dimension in a graph counts as below the
-    threshold: under "auto" such calls are left to the caller's own compiler)."""
-    if _XLA.broken is not None:
-        return False
-    shape = logits.shape
-    numel = None if None in tuple(shape) else int(shape.num_elements())
-    return compile_wanted(numel, COMPILE_THRESHOLD)
+def _xla_wanted(numel: int | None) -> bool:
+    """Whether a call on ``numel`` logits runs the XLA kernels: by the compile mode and the
+    number of logits where it is known (None, an unknown dimension in a graph, counts as
+    below the threshold: under "auto" such calls are left to the caller's own compiler)."""
+    return _XLA.broken is None and compile_wanted(numel, COMPILE_THRESHOLD)
 
 
 def _recording() -> bool:

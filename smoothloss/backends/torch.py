@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import types
-import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -26,7 +25,7 @@ import array_api_compat
 import torch
 
 from smoothloss import _core, _linear, _vocab_parallel
-from smoothloss.backends._base import Framework, Kernels, compile_wanted, native_kernels, use_native_kernels
+from smoothloss.backends._base import Framework, Kernels, compile_failed, compile_wanted, native_kernels, use_native_kernels
 
 __all__ = ["TorchFramework"]
 
@@ -118,7 +117,7 @@ class TorchFramework(Framework):
 
     def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
         if not _tracked(logits, targets, weight):  # inference: the forward alone
-            if _compiles(logits):
+            if _compiles(logits, logits.numel()):
                 return COMPILED.forward(logits, targets, weight, opts)[0]
             return _core.forward(self, logits, targets, weight, opts)[0]
         if torch.compiler.is_compiling():
@@ -128,23 +127,18 @@ class TorchFramework(Framework):
         # Outside torch.func, Function.apply's only extra step is binding the arguments with
         # inspect.signature, on every call (a third of a 32×10 step); all five are given
         # positionally here, so the autograd C apply is called directly.
-        fw = COMPILED if _compiles(logits) else self
+        fw = self.fused(logits, logits.numel())
         return _autograd_apply(*_unwrap_dead((logits, targets, weight, opts, fw)))[0]
 
-    def closed_forward(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
-        """:func:`smoothloss._core.forward` with this binding (the compiled binding
-        overrides it)."""
-        return _core.forward(self, logits, targets, weight, opts)
-
-    def closed_backward(self, *args: Any) -> Any:
-        """:func:`smoothloss._core.backward` with this binding (as :meth:`closed_forward`)."""
-        return _core.backward(self, *args)
+    def fused(self, like: Any, numel: Any) -> Any:
+        return COMPILED if _compiles(like, numel) else self
 
     def linear_cross_entropy(self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
         _refuse_torch_func("smoothloss.linear_cross_entropy", hidden, weight, bias, labels)
+        fw = self.fused(hidden, chunk * weight.shape[0])  # each chunk's closed form, compiled where it pays
         if not _tracked(hidden, weight, bias):
-            return _linear.chunked_forward(self, hidden, weight, bias, labels, opts, chunk)[0]
-        return LinearCrossEntropyFunction.apply(hidden, weight, bias, labels, opts, chunk, self)
+            return _linear.chunked_forward(fw, hidden, weight, bias, labels, opts, chunk)[0]
+        return LinearCrossEntropyFunction.apply(hidden, weight, bias, labels, opts, chunk, fw)
 
     def vocab_parallel(self, local_logits: Any, labels: Any, offset: int, num_classes: int, opts: Any, group: Any) -> Any:
         """The vocab-parallel loss over ``torch.distributed`` ``group`` (two all-reduces)."""
@@ -517,16 +511,8 @@ class CompiledBinding(TorchFramework):
                 self.calls += 1
                 return out
             except Exception as e:  # noqa: BLE001 (whatever the compiler raised: fall back, once)
-                cause = getattr(e, "inner_exception", None) or e  # Dynamo wraps the backend's error
-                first = str(cause).strip().splitlines()
-                self.broken = f"{type(cause).__name__}: {first[0] if first else ''}"
-                warnings.warn(
-                    f"smoothloss could not compile its kernels with torch.compile ({self.broken}); "
-                    "the eager kernels run instead for the rest of this process. To skip compiling, "
-                    'call smoothloss.set_compile_mode("never") or set SMOOTHLOSS_COMPILE=never.',
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                # (Dynamo wraps the backend's error)
+                self.broken = compile_failed("torch.compile", getattr(e, "inner_exception", None) or e)
         return None
 
     def closed_forward(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
@@ -546,8 +532,9 @@ class CompiledBinding(TorchFramework):
         f = _Flat(logits, targets, weight, opts)
         rows = f.rows if f.none else (lambda a: a)
         cot = rows(cotangent) if isinstance(cotangent, torch.Tensor) and cotangent.ndim else cotangent
+        loss = None if loss is None else rows(loss)  # (the chunked linear loss's step has none)
         out = self._run(
-            "backward", _backward_graph, f.x, f.t, f.w, f.shape, f.values, f.rows(stats), scale, rows(loss), cot, needs,
+            "backward", _backward_graph, f.x, f.t, f.w, f.shape, f.values, f.rows(stats), scale, loss, cot, needs,
         )
         if out is None:
             return FW.closed_backward(logits, targets, weight, opts, stats, scale, loss, cotangent, needs)
@@ -562,11 +549,14 @@ class CompiledBinding(TorchFramework):
 COMPILED = CompiledBinding(FW.xp)
 
 
-def _compiles(logits: Any) -> bool:
-    """Whether an eager call (outside torch.compile and torch.func) runs the compiled kernels."""
-    if COMPILED.broken is not None or not compile_wanted(logits.numel(), COMPILE_THRESHOLD):
+def _compiles(like: Any, numel: Any) -> bool:
+    """Whether an eager call on ``numel`` logits of ``like``'s kind (outside torch.compile)
+    runs the compiled kernels."""
+    if COMPILED.broken is not None or torch.compiler.is_compiling():
+        return False  # in a caller's compiled region: traced inline into the caller's graph
+    if not compile_wanted(numel, COMPILE_THRESHOLD):
         return False
-    if type(logits) not in (torch.Tensor, torch.nn.Parameter) or logits.device.type not in ("cpu", "cuda"):
+    if type(like) not in (torch.Tensor, torch.nn.Parameter) or like.device.type not in ("cpu", "cuda"):
         return False  # meta, fake and subclass tensors: the eager path traces them
     return not (torch.jit.is_tracing() or torch.jit.is_scripting())
 
