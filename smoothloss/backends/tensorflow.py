@@ -24,9 +24,21 @@ __all__ = ["TensorflowFramework"]
 
 
 class TensorflowKernels(Kernels):
-    """``tf.nn.softmax`` and ``tf.tensor_scatter_nd_add``; the row statistics are the
-    Array-API composition (measured faster in a graph than reading them off
-    ``tf.nn.log_softmax``)."""
+    """``tf.nn.log_softmax``, ``tf.nn.softmax`` and ``tf.tensor_scatter_nd_add``."""
+
+    def log_softmax_stats(self, x: Any, weight: Any = None, sum_w: Any = None) -> tuple[Any, Any, Any]:
+        # TensorFlow's fused kernel forms (x - max) - log Σ exp(x - max) with one B×K
+        # result: lse_rel is read off it at each row's maximum, and the weighted sum of
+        # -log p off the same result. (The composition holds x - m and exp(x - m) at once,
+        # in TensorFlow's executor and in XLA:CPU, whose reductions take their operand
+        # materialised.)
+        log_p = tf.nn.log_softmax(x, axis=-1)
+        at = tf.argmax(x, axis=-1, output_type=tf.int32)
+        lse_rel = -tf.gather(log_p, at, axis=-1, batch_dims=len(x.shape) - 1)
+        sum_nll = None
+        if sum_w is not None:
+            sum_nll = -(tf.reduce_sum(log_p, axis=-1) if weight is None else tf.linalg.matvec(log_p, weight))
+        return tf.reduce_max(x, axis=-1), lse_rel, sum_nll
 
     def softmax_affine(self, x: Any, stats: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
         if not row_lse:
@@ -142,18 +154,18 @@ _REFERENCE = _ReferenceBinding(tensorflow_namespace)
 
 
 class _Compiled(TensorflowFramework):
-    """The binding whose closed forward and backward are ``tf.function`` functions with
-    ``jit_compile=True``: XLA fuses each into a loop or two over the logits and keeps no
-    B×K temporary besides the gradient. Traced once per dtype and option set
-    (``reduce_retracing``: a new batch size does not retrace), compiled by XLA per shape.
-    Inside a caller's graph they are nested XLA clusters. An eager compile that fails
-    warns once per process; the eager kernels run from then on."""
+    """The binding whose closed-form backward is a ``tf.function`` with
+    ``jit_compile=True``: XLA fuses it into one loop that reads the logits and writes the
+    gradient, with no other B×K temporary. Traced once per dtype and option set
+    (``reduce_retracing``: a new batch size does not retrace), compiled by XLA per shape;
+    inside a caller's graph it is a nested XLA cluster. The forward runs TensorFlow's
+    fused log_softmax (see :meth:`closed_forward`). An eager compile that fails warns
+    once per process; the eager kernels run from then on."""
 
     def __init__(self) -> None:
         super().__init__(tensorflow_namespace)
         self.broken: str | None = None
         self.calls = 0  # eager compiled calls made (the tests read it)
-        self._forward = tf.function(_xla_forward, jit_compile=True, autograph=False, reduce_retracing=True)
         self._backward = tf.function(_xla_backward, jit_compile=True, autograph=False, reduce_retracing=True)
 
     def _run(self, fn: Any, eager: Any, *args: Any) -> Any:
@@ -169,7 +181,10 @@ class _Compiled(TensorflowFramework):
         return eager(*args)
 
     def closed_forward(self, *args: Any) -> Any:
-        return self._run(self._forward, FW.closed_forward, *args)
+        # TensorFlow's own kernels, not XLA: XLA:CPU materialises the operand of each row
+        # reduction (x - m and exp(x - m), two B×K temporaries at 1024×32000, measured),
+        # TensorFlow's fused log_softmax one, freed before the backward
+        return FW.closed_forward(*args)
 
     def closed_backward(self, logits: Any, targets: Any, weight: Any, opts: _core.Options, stats: Any, scale: Any,
                         loss: Any, cotangent: Any, needs: tuple[bool, bool, bool] = (True, False, False)) -> Any:
@@ -182,12 +197,6 @@ class _Compiled(TensorflowFramework):
 
     def fused(self, like: Any, numel: Any) -> Any:
         return self
-
-
-def _xla_forward(logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
-    loss, stats, scale = _core.forward(_REFERENCE, logits, targets, weight, opts)
-    # a function returns tensors: the reduction's scale in the statistics' dtype, not float32
-    return loss, stats, scale if tf.is_tensor(scale) else tf.constant(scale, stats.dtype)
 
 
 def _xla_backward(logits: Any, targets: Any, weight: Any, opts: _core.Options, *rest: Any) -> Any:
