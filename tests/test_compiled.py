@@ -323,3 +323,17 @@ def test_mixup_cross_entropy_runs_the_compiled_kernels(mode, device):
     ref_loss, ref_grad = reference_cross_entropy(x_np, target, label_smoothing=0.1)
     for c, e, r in zip(results["always"], results["never"], (ref_loss, ref_grad)):
         assert rel_err(c, e) <= 1e-10 and rel_err(c, r) <= 1e-10
+
+
+def test_out_of_memory_is_raised_not_taken_for_a_compile_failure(mode, device, monkeypatch):
+    mode("always")
+    monkeypatch.setattr(binding.COMPILED, "broken", None)
+
+    def full(*args, **kwargs):
+        raise torch.OutOfMemoryError("out of memory")
+
+    monkeypatch.setattr(binding.COMPILED, "_graph", lambda name, fn: full)
+    x = torch.randn(5, 3, dtype=torch.float64, device=device)
+    with pytest.raises(torch.OutOfMemoryError):
+        smoothloss.cross_entropy(x, torch.tensor([0, 1, 2, 0, 1], device=device))
+    assert binding.COMPILED.broken is None  # compiling stays on

@@ -203,3 +203,20 @@ def test_linear_chunks_run_the_xla_kernels(name, graph, mode):
     for c, e, r in zip(results["always"], results["never"], (loss, G @ W_np, G.T @ h_np, G.sum(0))):
         assert rel_err(c, e) <= 1e-10
         assert rel_err(c, r) <= 1e-10
+
+
+def test_out_of_memory_is_raised_not_taken_for_an_xla_failure(mode, monkeypatch):
+    mode("always")
+    monkeypatch.setattr(tf_binding._XLA, "broken", None)
+
+    def full(*args):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    monkeypatch.setattr(tf_binding._XLA, "_backward", full)
+    x = tf.constant(np.random.default_rng(1).normal(size=(5, 3)))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = smoothloss.cross_entropy(x, tf.constant([0, 1, 2, 0, 1]), label_smoothing=0.1)
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        tape.gradient(loss, x)
+    assert tf_binding._XLA.broken is None  # compiling stays on

@@ -176,6 +176,8 @@ class _Compiled(TensorflowFramework):
                 out = fn(*args)
                 self.calls += 1
                 return out
+            except tf.errors.ResourceExhaustedError:
+                raise  # out of memory: not a compiler failure, and eager kernels need no less
             except Exception as e:  # noqa: BLE001 (whatever XLA raised: fall back, once)
                 self.broken = compile_failed("XLA", e)
         return eager(*args)

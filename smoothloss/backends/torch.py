@@ -78,12 +78,15 @@ def _functorch_wrapped(x: Any) -> bool:
     it traces are its own proxies, never functorch wrappers."""
     if torch.compiler.is_compiling():
         return False
-    functorch = torch._C._functorch
-    for name in ("is_functorch_wrapped_tensor", "is_legacy_batchedtensor"):
-        check = getattr(functorch, name, None)
-        if check is not None and check(x):
-            return True
-    return False
+    return any(check(x) for check in _FUNCTORCH_CHECKS)
+
+
+# (looked up once: this runs several times per call)
+_FUNCTORCH_CHECKS = tuple(
+    check for check in (getattr(torch._C._functorch, name, None)
+                        for name in ("is_functorch_wrapped_tensor", "is_legacy_batchedtensor"))
+    if check is not None
+)
 
 
 # Dynamo cannot trace ContextVar.get: while compiling, the kernels switch is read once,
@@ -361,7 +364,7 @@ def _concat(arrays: Any, /, *, axis: int | None = 0) -> Any:
 def _take_along_axis(compat: Any) -> Any:
     def take_along_axis(x: Any, indices: Any, /, *, axis: int = -1) -> Any:
         dim = axis % x.ndim
-        if indices.ndim == x.ndim and all(a == b for i, (a, b) in enumerate(zip(x.shape, indices.shape)) if i != dim):
+        if indices.ndim == x.ndim and x.shape[:dim] == indices.shape[:dim] and x.shape[dim + 1:] == indices.shape[dim + 1:]:
             return torch.gather(x, dim, torch.where(indices < 0, indices + x.shape[dim], indices))
         return compat.take_along_axis(x, indices, axis=axis)  # broadcasting indices
 
@@ -510,6 +513,8 @@ class CompiledBinding(TorchFramework):
                     out = self._graph(name, fn)(*args)
                 self.calls += 1
                 return out
+            except torch.OutOfMemoryError:
+                raise  # the device is full: not a compiler failure, and eager kernels need no less
             except Exception as e:  # noqa: BLE001 (whatever the compiler raised: fall back, once)
                 # (Dynamo wraps the backend's error)
                 self.broken = compile_failed("torch.compile", getattr(e, "inner_exception", None) or e)
