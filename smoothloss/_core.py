@@ -165,13 +165,13 @@ def forward(fw: Any, logits: Any, targets: Any, weight: Any, opts: Options) -> t
     P = _Prepared(fw, logits, targets, weight, opts)
     xp, x, w = P.xp, P.x, P.w
     # Σ_c w_c (lse - x_c) for the smoothing term, from the same pass where the kernel has one
-    m, lse_rel, sum_nll = fw.kernels.log_softmax_stats(x, w, P.sum_w if P.integer and P.smoothed else None)
+    # and lse - x_y at each label, off the same pass where the kernel has one
+    m, lse_rel, sum_nll, nll_y = fw.kernels.log_softmax_stats(
+        x, w, P.sum_w if P.integer and P.smoothed else None, P.y if P.integer else None
+    )
 
     if P.integer:
-        x_y = xp.take_along_axis(x, xp.expand_dims(P.y, axis=-1), axis=-1)[..., 0]
-        loss = integer_loss(
-            shifted_nll(m, lse_rel, x_y), sum_nll, on=P.on, off=P.off, w_y=P.w_y, sum_w=P.sum_w, kl=opts.kl
-        )
+        loss = integer_loss(nll_y, sum_nll, on=P.on, off=P.off, w_y=P.w_y, sum_w=P.sum_w, kl=opts.kl)
     else:
         q = P.soft_q()
         mass = q if w is None else q * w

@@ -729,3 +729,55 @@ def test_first_call_inside_a_fullgraph_compile():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------- the eager kernels' two forms
+@pytest.mark.parametrize("shape", [(32, 10), (600, 10), (3, 50, 70), (8, 1500)],
+                         ids=["tiny-fused", "short-rows-composed", "3d-composed", "long-rows-fused"])
+def test_native_row_kernels_match_the_composition(shape):
+    """TorchKernels' statistics and softmax, in both forms (torch's fused softmax kernels
+    and the in-place composition, chosen by shape on the CPU), against the Array-API
+    composition in float64, with a large common offset."""
+    from smoothloss.backends.torch import FW, _row_kernels
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64) * 3 + 1e4
+    K = shape[-1]
+    w = torch.rand(K, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, K, shape[:-1], generator=gen)
+    assert _row_kernels(x) == (shape in [(32, 10), (8, 1500)])
+    for weight, sum_w in ((None, float(K)), (w, w.sum())):
+        native = FW.native.log_softmax_stats(x, weight, sum_w, y)
+        ref = FW.reference.log_softmax_stats(x, weight, sum_w, y)
+        for a, b in zip(native, ref):
+            assert rel_err(a.numpy(), b.numpy()) <= 1e-12
+    m, lse_rel = native[:2]
+    g = FW.native.softmax_affine(x, (m, lse_rel), 0.5, 0.25)
+    assert rel_err(g.numpy(), FW.reference.softmax_affine(x, (m, lse_rel), 0.5, 0.25).numpy()) <= 1e-12
+
+
+def test_small_eager_calls_make_the_gradient_in_the_forward():
+    """A small eager call with a scalar loss runs the function that makes the gradient in
+    the forward: the backward scales it by the cotangent, a retained graph gives it twice,
+    and create_graph still differentiates again."""
+    from smoothloss.backends import torch as binding
+    from smoothloss.testing import reference_cross_entropy
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    loss = smoothloss.cross_entropy(x, y, label_smoothing=0.1, reduction="sum")
+    assert type(loss.grad_fn).__name__ == "_SmallCrossEntropyFunctionBackward"
+    ref_loss, ref_grad = reference_cross_entropy(x.detach().numpy(), y.numpy(), label_smoothing=0.1, reduction="sum")
+    (g3,) = torch.autograd.grad(3.0 * loss, x, retain_graph=True)
+    (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
+    assert rel_err(loss.detach().numpy(), ref_loss) <= 1e-12
+    assert rel_err(g3.numpy(), 3.0 * ref_grad) <= 1e-12 and rel_err(g1.numpy(), ref_grad) <= 1e-12
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    assert g.requires_grad and rel_err(g.detach().numpy(), ref_grad) <= 1e-12
+    assert torch.autograd.gradgradcheck(lambda x: smoothloss.cross_entropy(x, y, label_smoothing=0.1), (x,))
+    # "none", a differentiable weight, and large inputs take the general function
+    assert type(smoothloss.cross_entropy(x, y, reduction="none").grad_fn).__name__ == "CrossEntropyFunctionBackward"
+    w = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    assert type(smoothloss.cross_entropy(x, y, weight=w).grad_fn).__name__ == "CrossEntropyFunctionBackward"
+    assert binding.COMPILE_THRESHOLD > x.numel()

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import array_api_compat
 
 from smoothloss import _core, _linear
+from smoothloss._formulas import shifted_nll
 
 __all__ = [
     "COMPILE_MODES", "Framework", "Kernels", "compile_failed", "compile_mode", "compile_wanted", "native_kernels", "set_compile_mode",
@@ -111,11 +112,13 @@ def use_native_kernels() -> bool:
 class Kernels:
     """The core's hot-path kernels as Array-API compositions (the reference).
 
-    * ``log_softmax_stats(x, weight, sum_w)``: ``(m, lse_rel, sum_nll)`` over the last
-      axis: each row's maximum m, ``lse_rel = log Σ_c exp(x_c - m)`` (so the log-sum-exp is
-      m + lse_rel, never formed: its rounding at a large offset would be the loss's error),
-      and, given ``sum_w = Σ_c w_c`` (K without a weight), ``sum_nll = Σ_c w_c (lse - x_c)``
-      (w = 1 without a weight; None when ``sum_w`` is None).
+    * ``log_softmax_stats(x, weight, sum_w, labels)``: ``(m, lse_rel, sum_nll, nll_y)``
+      over the last axis: each row's maximum m, ``lse_rel = log Σ_c exp(x_c - m)`` (so the
+      log-sum-exp is m + lse_rel, never formed: its rounding at a large offset would be
+      the loss's error); given ``sum_w = Σ_c w_c`` (K without a weight),
+      ``sum_nll = Σ_c w_c (lse - x_c)`` (w = 1 without a weight; None when ``sum_w`` is
+      None); given integer ``labels`` in [0, K), ``nll_y = lse - x_y`` at each row's label
+      as ``lse_rel + (m - x_y)`` (None without labels).
     * ``softmax_affine(x, stats, scale, shift, row_lse=True)``: scale·softmax(x) - shift
       with ``softmax = exp((x - m) - lse_rel)``, ``stats = (m, lse_rel)`` per position (the
       row's own unless ``row_lse=False``: then they may be a whole sharded row's),
@@ -129,15 +132,21 @@ class Kernels:
         self.fw = fw
         self.xp = fw.xp
 
-    def log_softmax_stats(self, x: Any, weight: Any = None, sum_w: Any = None) -> tuple[Any, Any, Any]:
+    def log_softmax_stats(
+        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None
+    ) -> tuple[Any, Any, Any, Any]:
         xp = self.xp
         m = xp.max(x, axis=-1, keepdims=True)
         z = x - m  # <= 0: the sums below add terms of one sign, with no cancellation
         lse_rel = xp.log(xp.sum(xp.exp(z), axis=-1))
-        sum_nll = None
+        sum_nll = nll_y = None
         if sum_w is not None:
             sum_nll = lse_rel * sum_w - xp.sum(z if weight is None else z * weight, axis=-1)
-        return m[..., 0], lse_rel, sum_nll
+        m = m[..., 0]
+        if labels is not None:
+            x_y = xp.take_along_axis(x, xp.expand_dims(labels, axis=-1), axis=-1)[..., 0]
+            nll_y = shifted_nll(m, lse_rel, x_y)
+        return m, lse_rel, sum_nll, nll_y
 
     def softmax_affine(self, x: Any, stats: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
         xp = self.xp

@@ -26,19 +26,23 @@ __all__ = ["TensorflowFramework"]
 class TensorflowKernels(Kernels):
     """``tf.nn.log_softmax``, ``tf.nn.softmax`` and ``tf.tensor_scatter_nd_add``."""
 
-    def log_softmax_stats(self, x: Any, weight: Any = None, sum_w: Any = None) -> tuple[Any, Any, Any]:
+    def log_softmax_stats(
+        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None
+    ) -> tuple[Any, Any, Any, Any]:
         # TensorFlow's fused kernel forms (x - max) - log Σ exp(x - max) with one B×K
         # result: lse_rel is read off it at each row's maximum, and the weighted sum of
         # -log p off the same result. (The composition holds x - m and exp(x - m) at once,
         # in TensorFlow's executor and in XLA:CPU, whose reductions take their operand
         # materialised.)
         log_p = tf.nn.log_softmax(x, axis=-1)
-        at = tf.argmax(x, axis=-1, output_type=tf.int32)
-        lse_rel = -tf.gather(log_p, at, axis=-1, batch_dims=len(x.shape) - 1)
-        sum_nll = None
+        rows = len(x.shape) - 1
+        lse_rel = -tf.gather(log_p, tf.argmax(x, axis=-1, output_type=tf.int32), axis=-1, batch_dims=rows)
+        sum_nll = nll_y = None
         if sum_w is not None:
             sum_nll = -(tf.reduce_sum(log_p, axis=-1) if weight is None else tf.linalg.matvec(log_p, weight))
-        return tf.reduce_max(x, axis=-1), lse_rel, sum_nll
+        if labels is not None:  # -log p at each label: the roundings of lse_rel + (m - x_y)
+            nll_y = -tf.gather(log_p, labels, axis=-1, batch_dims=rows)
+        return tf.reduce_max(x, axis=-1), lse_rel, sum_nll, nll_y
 
     def softmax_affine(self, x: Any, stats: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
         if not row_lse:

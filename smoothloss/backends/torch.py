@@ -38,25 +38,55 @@ def _scaled(g: torch.Tensor, scale: Any, shift: Any) -> torch.Tensor:
     return g
 
 
+def _row_kernels(x: Any) -> bool:
+    """Whether torch's fused softmax kernels serve rows of ``x``'s length (else: the
+    elementwise composition). On the CPU they are slow on many short rows whose length is
+    no multiple of the vector width (measured, 2 threads: softmax of 4096×10 takes 502 µs,
+    of 4096×16 52 µs; the composition of 4096×10 75 µs), and no faster up to rows of about
+    a thousand classes; on tiny inputs, where each op's call costs more than its loop,
+    fewer ops win."""
+    if x.device.type != "cpu":
+        return True
+    K = x.shape[-1]
+    return K >= 1024 or x.numel() <= 4096
+
+
 class TorchKernels(Kernels):
     """Fused and in-place kernels: fewer B×K passes and allocations than the composition."""
 
-    def log_softmax_stats(self, x: Any, weight: Any = None, sum_w: Any = None) -> tuple[Any, Any, Any]:
-        # torch's fused log_softmax kernel is several times faster on the CPU than
-        # torch.logsumexp, and computes (x - max) - log Σ exp(x - max): read lse_rel off it
-        # at each row's maximum, and the weighted sum of -log p off the same temporary.
-        m, at = torch.max(x, dim=-1, keepdim=True)
-        log_p = torch.log_softmax(x, dim=-1)
-        lse_rel = log_p.gather(-1, at).squeeze(-1).neg_()
-        sum_nll = None
-        if sum_w is not None:
-            sum_nll = (log_p.sum(-1) if weight is None else torch.matmul(log_p, weight)).neg_()
-        return m.squeeze(-1), lse_rel, sum_nll
+    def log_softmax_stats(
+        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None
+    ) -> tuple[Any, Any, Any, Any]:
+        m = x.amax(-1)  # (torch.max with indices is many times slower on the CPU)
+        y = None if labels is None else labels.unsqueeze(-1)
+        if _row_kernels(x):
+            # torch's fused log_softmax computes (x - max) - log Σ exp(x - max): lse_rel is
+            # minus its row maximum (exactly: at the row's maximum it is 0 - lse_rel, and
+            # nowhere more), -log p at each label has the roundings of lse_rel + (m - x_y),
+            # and the weighted sum of -log p comes off the same temporary
+            log_p = torch.log_softmax(x, dim=-1)
+            lse_rel = log_p.amax(-1).neg()  # (out of place: amax's own gradient reads its result)
+            sum_nll = None if sum_w is None else (log_p.sum(-1) if weight is None else log_p @ weight).neg_()
+            nll_y = None if y is None else log_p.gather(-1, y).squeeze(-1).neg_()
+            return m, lse_rel, sum_nll, nll_y
+        # the composition, in one temporary: z = x - m, its sums, then exp in place. (No
+        # result here is changed in place after an op whose gradient reads it: a traced
+        # program, such as torch.export's, differentiates these kernels.)
+        z = x - m.unsqueeze(-1)
+        sum_z = None if sum_w is None else (z.sum(-1) if weight is None else z @ weight)
+        z_y = None if y is None else z.gather(-1, y).squeeze(-1)
+        e = z.exp() if z.requires_grad else z.exp_()  # (in place only where autograd does not record)
+        lse_rel = e.sum(-1).log()  # (out of place: log's gradient reads its input)
+        sum_nll = None if sum_w is None else lse_rel * sum_w - sum_z
+        return m, lse_rel, sum_nll, None if y is None else lse_rel - z_y
 
     def softmax_affine(self, x: Any, stats: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
-        if not row_lse:  # a shard's global statistics: the fused softmax would normalise locally
-            return super().softmax_affine(x, stats, scale, shift, row_lse=False)
-        return _scaled(torch.softmax(x, dim=-1), scale, shift)
+        if not row_lse or not _row_kernels(x):  # (row_lse=False: a shard's global statistics)
+            m, lse_rel = stats
+            g = torch.sub(x, m.unsqueeze(-1)).sub_(lse_rel.unsqueeze(-1)).exp_()
+        else:
+            g = torch.softmax(x, dim=-1)
+        return _scaled(g, scale, shift)
 
     def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
         v = values if isinstance(values, torch.Tensor) else torch.full_like(labels, values, dtype=g.dtype)
@@ -130,8 +160,13 @@ class TorchFramework(Framework):
         # Outside torch.func, Function.apply's only extra step is binding the arguments with
         # inspect.signature, on every call (a third of a 32×10 step); all five are given
         # positionally here, so the autograd C apply is called directly.
-        fw = self.fused(logits, logits.numel())
-        return _autograd_apply(*_unwrap_dead((logits, targets, weight, opts, fw)))[0]
+        numel = logits.numel()
+        fw = self.fused(logits, numel)
+        args = _unwrap_dead((logits, targets, weight, opts, fw))
+        if (fw is self and numel < COMPILE_THRESHOLD and opts.reduction != "none" and not targets.requires_grad
+                and (weight is None or not weight.requires_grad)):
+            return _small_apply(*args)
+        return _autograd_apply(*args)[0]
 
     def fused(self, like: Any, numel: Any) -> Any:
         return COMPILED if _compiles(like, numel) else self
@@ -244,9 +279,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         needs = tuple(ctx.needs_input_grad[:3])
         fw, opts = ctx.fw, ctx.opts
         if torch.is_grad_enabled():  # create_graph: every statistic as a function of the inputs
-            with native_kernels(False):
-                loss, stats, scale = _core.forward(fw, logits, targets, weight, opts)
-                grads = _core.backward(fw, logits, targets, weight, opts, stats, scale, loss, cotangent, needs)
+            grads = _recomputed_grads(fw, logits, targets, weight, opts, cotangent, needs)
         elif any(_functorch_wrapped(t) for t in (cotangent, logits, targets, weight) if t is not None):
             # under vmap (batched gradients, jacrev): the native kernels write in place,
             # which vmap refuses where a batched operand meets an unbatched result
@@ -264,7 +297,49 @@ class CrossEntropyFunction(torch.autograd.Function):
         return tangent, None, None
 
 
+class _SmallCrossEntropyFunction(torch.autograd.Function):
+    """The dense loss for small eager calls with a scalar loss whose only differentiable
+    input is the logits: the forward also makes the logits' gradient at cotangent 1,
+    while the row statistics are at hand, and the backward scales it by the cotangent.
+    Below the compile threshold a call's cost is mostly per-op and per-call work, which
+    this cuts for the backward (one output, three saved tensors, no second pass of the
+    core); the gradient (as large as the logits, which are small here) is kept from the
+    forward to the backward. Double backward, batched gradients and forward mode run
+    :class:`CrossEntropyFunction`'s rules on the saved inputs."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Any, targets: Any, weight: Any, opts: _core.Options, fw: TorchFramework) -> Any:
+        loss, stats, scale = fw.closed_forward(logits, targets, weight, opts)
+        # not saved tensors: made here, never handed out, so never modified in place
+        ctx.grad = fw.closed_backward(logits, targets, weight, opts, stats, scale, loss, 1.0)[0]
+        ctx.opts, ctx.fw = opts, fw
+        ctx.save_for_backward(logits, targets, weight)
+        ctx.save_for_forward(logits, targets, weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, cotangent: Any) -> Any:
+        if torch.is_grad_enabled() or _functorch_wrapped(cotangent):
+            grads = _recomputed_grads(ctx.fw, *ctx.saved_tensors, ctx.opts, cotangent, (True, False, False))
+            return (*grads, None, None)
+        return ctx.grad * cotangent, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Any:
+        return CrossEntropyFunction.jvp(ctx, *tangents)[0]  # the loss's tangent (its one output)
+
+
+def _recomputed_grads(fw: Any, logits: Any, targets: Any, weight: Any, opts: _core.Options, cotangent: Any,
+                      needs: tuple[bool, ...]) -> Any:
+    """The gradients with every statistic recomputed from the inputs by out-of-place
+    kernels: differentiable again under ``create_graph``, and batchable by vmap."""
+    with native_kernels(False):
+        loss, stats, scale = _core.forward(fw, logits, targets, weight, opts)
+        return _core.backward(fw, logits, targets, weight, opts, stats, scale, loss, cotangent, needs)
+
+
 _autograd_apply = super(torch.autograd.Function, CrossEntropyFunction).apply
+_small_apply = super(torch.autograd.Function, _SmallCrossEntropyFunction).apply  # (old-style: no binding step)
 _unwrap_dead = torch._functorch.utils.unwrap_dead_wrappers
 
 
