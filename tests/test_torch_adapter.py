@@ -780,4 +780,6 @@ def test_small_eager_calls_make_the_gradient_in_the_forward():
     assert type(smoothloss.cross_entropy(x, y, reduction="none").grad_fn).__name__ == "CrossEntropyFunctionBackward"
     w = torch.ones(4, dtype=torch.float64, requires_grad=True)
     assert type(smoothloss.cross_entropy(x, y, weight=w).grad_fn).__name__ == "CrossEntropyFunctionBackward"
-    assert binding.COMPILE_THRESHOLD > x.numel()
+    assert binding.SMALL_CALL >= x.numel()
+    big = torch.randn(binding.SMALL_CALL // 2 + 1, 2, dtype=torch.float64, requires_grad=True)
+    assert type(smoothloss.cross_entropy(big, torch.zeros(big.shape[0], dtype=torch.int64)).grad_fn).__name__ == "CrossEntropyFunctionBackward"

@@ -163,7 +163,7 @@ class TorchFramework(Framework):
         numel = logits.numel()
         fw = self.fused(logits, numel)
         args = _unwrap_dead((logits, targets, weight, opts, fw))
-        if (fw is self and numel < COMPILE_THRESHOLD and opts.reduction != "none" and not targets.requires_grad
+        if (fw is self and numel <= SMALL_CALL and opts.reduction != "none" and not targets.requires_grad
                 and (weight is None or not weight.requires_grad)):
             return _small_apply(*args)
         return _autograd_apply(*args)[0]
@@ -298,8 +298,8 @@ class CrossEntropyFunction(torch.autograd.Function):
 
 
 class _SmallCrossEntropyFunction(torch.autograd.Function):
-    """The dense loss for small eager calls with a scalar loss whose only differentiable
-    input is the logits: the forward also makes the logits' gradient at cotangent 1,
+    """The dense loss for small eager calls (at most ``SMALL_CALL`` logits) with a scalar
+    loss whose only differentiable input is the logits: the forward also makes the logits' gradient at cotangent 1,
     while the row statistics are at hand, and the backward scales it by the cotangent.
     Below the compile threshold a call's cost is mostly per-op and per-call work, which
     this cuts for the backward (one output, three saved tensors, no second pass of the
@@ -474,8 +474,15 @@ FW = TorchFramework(_namespace())
 # set_compile_mode("auto"): below it, a compiled call's fixed cost (guards, launch) is
 # more than the passes it saves. Measured by ``python -m smoothloss bench`` (its
 # compiled-vs-eager table; see docs/benchmarks.md): on 2 CPU threads, compiled ÷ eager
-# was 1.17 at 256×1000 and 0.77 at 1024×1000.
-COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 1 << 19))
+# was 1.24 at 1024×1000 and 0.84 at 4096×1000 (with the eager kernels' composition for
+# short rows; it was 0.77 at 1024×1000 against the fused softmax kernels).
+COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 1 << 21))
+
+# Eager calls on at most this many logits make the gradient in the forward
+# (:class:`_SmallCrossEntropyFunction`): where the per-call work outweighs the passes, and
+# keeping a gradient-sized array from the forward to the backward costs at most 256 KiB
+# in float32.
+SMALL_CALL = 1 << 16
 
 
 class _ReferenceBinding(TorchFramework):
