@@ -19,7 +19,8 @@ from smoothloss import _core, _linear
 from smoothloss._formulas import shifted_nll
 
 __all__ = [
-    "COMPILE_MODES", "Framework", "Kernels", "compile_failed", "compile_mode", "compile_wanted", "native_kernels", "set_compile_mode",
+    "COMPILE_MODES", "Framework", "Kernels", "compile_failed", "compile_mode", "compile_wanted", "native_kernels",
+    "set_compile_mode",
     "use_native_kernels",
 ]
 
@@ -288,7 +289,8 @@ class Framework:
         self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: _core.Options, chunk: int
     ) -> Any:
         """The chunked linear loss, its gradient registered where the framework has autodiff."""
-        return _linear.chunked_forward(self.fused(hidden, chunk * int(weight.shape[0])), hidden, weight, bias, labels, opts, chunk)[0]
+        fw = self.fused(hidden, chunk * int(weight.shape[0]))  # the binding of each chunk's closed form
+        return _linear.chunked_forward(fw, hidden, weight, bias, labels, opts, chunk)[0]
 
     def chunk_loop(self, *args: Any) -> Any:
         """The loop over row chunks of the linear loss (a Python loop here)."""

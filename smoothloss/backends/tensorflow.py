@@ -18,7 +18,9 @@ import tensorflow as tf
 from smoothloss import _core, _linear
 from smoothloss._formulas import compute_dtype
 from smoothloss.backends import tensorflow_namespace
-from smoothloss.backends._base import Framework, Kernels, _affine, _numel, compile_failed, compile_wanted, native_kernels
+from smoothloss.backends._base import (
+    Framework, Kernels, _affine, _numel, compile_failed, compile_wanted, native_kernels,
+)
 
 __all__ = ["TensorflowFramework"]
 

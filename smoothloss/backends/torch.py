@@ -25,7 +25,9 @@ import array_api_compat
 import torch
 
 from smoothloss import _core, _linear, _vocab_parallel
-from smoothloss.backends._base import Framework, Kernels, compile_failed, compile_wanted, native_kernels, use_native_kernels
+from smoothloss.backends._base import (
+    Framework, Kernels, compile_failed, compile_wanted, native_kernels, use_native_kernels,
+)
 
 __all__ = ["TorchFramework"]
 
@@ -299,10 +301,10 @@ class CrossEntropyFunction(torch.autograd.Function):
 
 class _SmallCrossEntropyFunction(torch.autograd.Function):
     """The dense loss for small eager calls (at most ``SMALL_CALL`` logits) with a scalar
-    loss whose only differentiable input is the logits: the forward also makes the logits' gradient at cotangent 1,
-    while the row statistics are at hand, and the backward scales it by the cotangent.
-    Below the compile threshold a call's cost is mostly per-op and per-call work, which
-    this cuts for the backward (one output, three saved tensors, no second pass of the
+    loss whose only differentiable input is the logits: the forward also makes the
+    logits' gradient at cotangent 1, while the row statistics are at hand, and the
+    backward scales it by the cotangent. At these sizes a call's cost is mostly per-op
+    and per-call work, which this cuts for the backward (one output, three saved tensors, no second pass of the
     core); the gradient (as large as the logits, which are small here) is kept from the
     forward to the backward. Double backward, batched gradients and forward mode run
     :class:`CrossEntropyFunction`'s rules on the saved inputs."""
@@ -439,7 +441,8 @@ def _concat(arrays: Any, /, *, axis: int | None = 0) -> Any:
 def _take_along_axis(compat: Any) -> Any:
     def take_along_axis(x: Any, indices: Any, /, *, axis: int = -1) -> Any:
         dim = axis % x.ndim
-        if indices.ndim == x.ndim and x.shape[:dim] == indices.shape[:dim] and x.shape[dim + 1:] == indices.shape[dim + 1:]:
+        same_off_axis = x.shape[:dim] == indices.shape[:dim] and x.shape[dim + 1:] == indices.shape[dim + 1:]
+        if indices.ndim == x.ndim and same_off_axis:
             return torch.gather(x, dim, torch.where(indices < 0, indices + x.shape[dim], indices))
         return compat.take_along_axis(x, indices, axis=axis)  # broadcasting indices
 
@@ -619,9 +622,9 @@ class CompiledBinding(TorchFramework):
         f = _Flat(logits, targets, weight, opts)
         rows = f.rows if f.none else (lambda a: a)
         cot = rows(cotangent) if isinstance(cotangent, torch.Tensor) and cotangent.ndim else cotangent
-        loss = None if loss is None else rows(loss)  # (the chunked linear loss's step has none)
+        flat_loss = None if loss is None else rows(loss)  # (the chunked linear loss's step has none)
         out = self._run(
-            "backward", _backward_graph, f.x, f.t, f.w, f.shape, f.values, f.rows(stats), scale, loss, cot, needs,
+            "backward", _backward_graph, f.x, f.t, f.w, f.shape, f.values, f.rows(stats), scale, flat_loss, cot, needs,
         )
         if out is None:
             return FW.closed_backward(logits, targets, weight, opts, stats, scale, loss, cotangent, needs)
