@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import smoothloss
-from smoothloss.testing import reference_cross_entropy, rel_err, tolerance
-from smoothloss.testing.cases import Case, compiled_cases
+from smoothloss.testing import reference_cross_entropy, reference_linear_cross_entropy, rel_err, tolerance
+from smoothloss.testing.cases import LINEAR_COMPILED_OPTIONS, Case, compiled_cases, linear_compiled_problem
 
 torch = pytest.importorskip("torch")
 binding = pytest.importorskip("smoothloss.backends.torch")
@@ -243,28 +243,10 @@ def test_environment_variable_sets_the_starting_mode():
 
 # The chunked linear loss and the mixup loss run the same compiled kernels on each chunk
 # and on each target: the chunk step's graphs are the dense loss's with reduction="none".
-LINEAR_OPTIONS = {
-    "ls-mean": dict(label_smoothing=0.1),
-    "ls-ignore-z-sum": dict(label_smoothing=0.2, ignore_index=2, z_loss=1e-3, reduction="sum"),
-    "softcap-kl-none": dict(label_smoothing=0.1, softcap=5.0, kl=True, reduction="none"),
-}
-
-
-def _linear_reference(h, W, b, y, options):
-    """(loss, d_hidden, d_weight, d_bias) in float64 from the dense reference (the
-    gradients of the sum of the row losses for "none")."""
-    loss, G = reference_cross_entropy(h @ W.T + b, y, **options)
-    return loss, G @ W, G.T @ h, G.sum(0)
-
-
-@pytest.mark.parametrize("name", list(LINEAR_OPTIONS))
+@pytest.mark.parametrize("name", list(LINEAR_COMPILED_OPTIONS))
 def test_linear_chunks_run_the_compiled_kernels(name, mode, device):
-    options = LINEAR_OPTIONS[name]
-    rng = np.random.default_rng(11)
-    N, H, V = 11, 6, 9
-    h_np, W_np, b_np = rng.normal(size=(N, H)), rng.normal(size=(V, H)), rng.normal(size=V)
-    y_np = rng.integers(0, V, N)
-    y_np[[1, 4]] = 2  # rows that ignore_index=2 leaves out
+    options = LINEAR_COMPILED_OPTIONS[name]
+    h_np, W_np, b_np, y_np = linear_compiled_problem()
     y = torch.tensor(y_np, device=device)
     results = {}
     for m in ("never", "always"):
@@ -278,7 +260,7 @@ def test_linear_chunks_run_the_compiled_kernels(name, mode, device):
         assert binding.COMPILED.calls - calls == (6 if m == "always" else 0)
         results[m] = [_numpy(a) for a in (loss, h.grad, W.grad, b.grad)]
     assert binding.COMPILED.broken is None
-    for c, e, r in zip(results["always"], results["never"], _linear_reference(h_np, W_np, b_np, y_np, options)):
+    for c, e, r in zip(results["always"], results["never"], reference_linear_cross_entropy(h_np, W_np, b_np, y_np, **options)):
         assert rel_err(c, e) <= 1e-10
         assert rel_err(c, r) <= 1e-10
 
@@ -291,7 +273,7 @@ def test_linear_and_grad_and_the_closed_form_pair_run_compiled(mode, device):
     calls = binding.COMPILED.calls
     loss, (dh, dW, db) = smoothloss.linear_cross_entropy_and_grad(h, W, y, chunk_size=3, label_smoothing=0.1)
     assert binding.COMPILED.calls - calls == 6 and db is None
-    ref = _linear_reference(h_np, W_np, np.zeros(8), y_np, dict(label_smoothing=0.1))
+    ref = reference_linear_cross_entropy(h_np, W_np, np.zeros(8), y_np, label_smoothing=0.1)
     for c, r in zip((loss, dh, dW), ref):
         assert rel_err(_numpy(c), r) <= 1e-10
     calls = binding.COMPILED.calls

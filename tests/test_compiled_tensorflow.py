@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 import smoothloss
-from smoothloss.testing import reference_cross_entropy, rel_err, tolerance
-
-from smoothloss.testing.cases import compiled_cases
+from smoothloss.testing import reference_cross_entropy, reference_linear_cross_entropy, rel_err, tolerance
+from smoothloss.testing.cases import LINEAR_COMPILED_OPTIONS, compiled_cases, linear_compiled_problem
 
 tf = pytest.importorskip("tensorflow")
 tf_binding = pytest.importorskip("smoothloss.backends.tensorflow")
@@ -139,14 +138,19 @@ def test_xla_with_unknown_class_count_and_new_sizes(options, mode):
         assert rel_err(g.numpy(), ref_grad) <= 1e-10
 
 
-def test_xla_failure_warns_once_and_runs_eager(mode, monkeypatch):
+def _failing_xla(mode, monkeypatch, error):
+    """Compiling on, the XLA binding not yet broken, and its backward raising ``error``."""
     mode("always")
     monkeypatch.setattr(tf_binding._XLA, "broken", None)
 
-    def no_xla(*args):
-        raise tf.errors.UnimplementedError(None, None, "XLA is not available here\nmore")
+    def fail(*args):
+        raise error
 
-    monkeypatch.setattr(tf_binding._XLA, "_backward", no_xla)
+    monkeypatch.setattr(tf_binding._XLA, "_backward", fail)
+
+
+def test_xla_failure_warns_once_and_runs_eager(mode, monkeypatch):
+    _failing_xla(mode, monkeypatch, tf.errors.UnimplementedError(None, None, "XLA is not available here\nmore"))
     x = tf.constant(np.random.default_rng(1).normal(size=(5, 3)))
     y = tf.constant([0, 1, 2, 0, 1])
     ref_loss, ref_grad = reference_cross_entropy(x.numpy(), y.numpy(), label_smoothing=0.2)
@@ -164,24 +168,13 @@ def test_xla_failure_warns_once_and_runs_eager(mode, monkeypatch):
         assert rel_err(value.numpy(), ref_grad) <= 1e-10
 
 
-LINEAR_OPTIONS = {
-    "ls-mean": dict(label_smoothing=0.1),
-    "ls-ignore-z-sum": dict(label_smoothing=0.2, ignore_index=2, z_loss=1e-3, reduction="sum"),
-    "softcap-kl-none": dict(label_smoothing=0.1, softcap=5.0, kl=True, reduction="none"),
-}
-
-
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
-@pytest.mark.parametrize("name", list(LINEAR_OPTIONS))
+@pytest.mark.parametrize("name", list(LINEAR_COMPILED_OPTIONS))
 def test_linear_chunks_run_the_xla_kernels(name, graph, mode):
     """Each chunk of the linear loss runs the XLA kernels, eagerly and inside a caller's
     tf.function (in its while loop), and equals the eager kernels and the reference."""
-    options = LINEAR_OPTIONS[name]
-    rng = np.random.default_rng(11)
-    N, H, V = 11, 6, 9
-    h_np, W_np, b_np = rng.normal(size=(N, H)), rng.normal(size=(V, H)), rng.normal(size=V)
-    y_np = rng.integers(0, V, N)
-    y_np[[1, 4]] = 2  # rows that ignore_index=2 leaves out
+    options = LINEAR_COMPILED_OPTIONS[name]
+    h_np, W_np, b_np, y_np = linear_compiled_problem()
 
     def step(h, W, b, y):
         with tf.GradientTape() as tape:
@@ -199,20 +192,14 @@ def test_linear_chunks_run_the_xla_kernels(name, graph, mode):
         if not graph:  # 3 chunks, each through the backward kernel
             assert tf_binding._XLA.calls - calls == (3 if m == "always" else 0)
     assert tf_binding._XLA.broken is None
-    loss, G = reference_cross_entropy(h_np @ W_np.T + b_np, y_np, **options)
-    for c, e, r in zip(results["always"], results["never"], (loss, G @ W_np, G.T @ h_np, G.sum(0))):
+    ref = reference_linear_cross_entropy(h_np, W_np, b_np, y_np, **options)
+    for c, e, r in zip(results["always"], results["never"], ref):
         assert rel_err(c, e) <= 1e-10
         assert rel_err(c, r) <= 1e-10
 
 
 def test_out_of_memory_is_raised_not_taken_for_an_xla_failure(mode, monkeypatch):
-    mode("always")
-    monkeypatch.setattr(tf_binding._XLA, "broken", None)
-
-    def full(*args):
-        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
-
-    monkeypatch.setattr(tf_binding._XLA, "_backward", full)
+    _failing_xla(mode, monkeypatch, tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor"))
     x = tf.constant(np.random.default_rng(1).normal(size=(5, 3)))
     with tf.GradientTape() as tape:
         tape.watch(x)

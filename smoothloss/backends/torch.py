@@ -152,9 +152,7 @@ class TorchFramework(Framework):
 
     def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
         if not _tracked(logits, targets, weight):  # inference: the forward alone
-            if _compiles(logits, logits.numel()):
-                return COMPILED.forward(logits, targets, weight, opts)[0]
-            return _core.forward(self, logits, targets, weight, opts)[0]
+            return self.fused(logits, logits.numel()).closed_forward(logits, targets, weight, opts)[0]
         if torch.compiler.is_compiling():
             return _CompiledCrossEntropyFunction.apply(logits, targets, weight, opts, self)[0]
         if torch._C._are_functorch_transforms_active():
@@ -612,8 +610,6 @@ class CompiledBinding(TorchFramework):
             return FW.closed_forward(logits, targets, weight, opts)
         loss, stats, scale = out
         return (f.positioned(loss) if f.none else loss), f.positioned(stats), scale
-
-    forward = closed_forward
 
     def closed_backward(
         self, logits: Any, targets: Any, weight: Any, opts: _core.Options,

@@ -12,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["composed_cross_entropy", "finite_difference_grad", "reference_cross_entropy", "rel_err", "tolerance"]
+__all__ = [
+    "composed_cross_entropy", "finite_difference_grad", "reference_cross_entropy", "reference_linear_cross_entropy",
+    "rel_err", "tolerance",
+]
 
 # Relative tolerances by the dtype of the logits (SPEC; issue 2).
 _TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
@@ -117,6 +120,17 @@ def reference_cross_entropy(
     else:
         raise ValueError(reduction)
     return np.asarray(loss, dtype=np.float64), np.moveaxis(grad, -1, axis)
+
+
+def reference_linear_cross_entropy(
+    hidden: Any, weight: Any, bias: Any, labels: Any, **options: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(loss, d_hidden, d_weight, d_bias)`` of ``cross_entropy(hidden @ weight.T + bias,
+    labels)`` for 2-D ``hidden``, from :func:`reference_cross_entropy` on the logits (the
+    gradients of the sum of the row losses for ``"none"``)."""
+    hidden, weight, bias = (np.asarray(a, dtype=np.float64) for a in (hidden, weight, bias))
+    loss, G = reference_cross_entropy(hidden @ weight.T + bias, labels, **options)
+    return loss, G @ weight, G.T @ hidden, G.sum(0)
 
 
 def finite_difference_grad(

@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Case", "OPTION_SETS", "LAYOUTS", "compiled_cases", "conformance_cases", "IGNORE"]
+__all__ = [
+    "Case", "OPTION_SETS", "LAYOUTS", "LINEAR_COMPILED_OPTIONS", "compiled_cases", "conformance_cases",
+    "linear_compiled_problem", "IGNORE",
+]
 
 IGNORE = -100
 
@@ -144,3 +147,24 @@ def compiled_cases() -> list[Case]:
         elif name in ("ls-weight-ignore", "everything"):
             out.append(Case(7, layout, "float32", "int", name, opts))
     return out
+
+
+# The chunked linear loss through the compiled kernels (tests/test_compiled*.py): each
+# set is a graph of the dense loss with reduction="none" (the chunk step's).
+LINEAR_COMPILED_OPTIONS: dict[str, dict[str, Any]] = {
+    "ls-mean": {"label_smoothing": 0.1},
+    "ls-ignore-z-sum": {"label_smoothing": 0.2, "ignore_index": 2, "z_loss": 1e-3, "reduction": "sum"},
+    "softcap-kl-none": {"label_smoothing": 0.1, "softcap": 5.0, "kl": True, "reduction": "none"},
+}
+
+
+def linear_compiled_problem() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(hidden (11, 6), weight (9, 6), bias (9,), labels (11,))`` in float64 for
+    :data:`LINEAR_COMPILED_OPTIONS`: rows 1 and 4 have label 2, which ignore_index=2
+    leaves out; chunks of 4 rows make three chunks, the last one short."""
+    rng = np.random.default_rng(11)
+    N, H, V = 11, 6, 9
+    hidden, weight, bias = rng.normal(size=(N, H)), rng.normal(size=(V, H)), rng.normal(size=V)
+    labels = rng.integers(0, V, N)
+    labels[[1, 4]] = 2
+    return hidden, weight, bias, labels
