@@ -24,7 +24,7 @@ from smoothloss._formulas import (
     smoothing_coefficients, soft_cap, soft_cap_grad,
 )
 
-__all__ = ["Options", "backward", "forward", "jvp", "split_stats", "validate"]
+__all__ = ["Options", "backward", "forward", "forward_and_grad", "jvp", "split_stats", "validate"]
 
 
 def split_stats(stats: Any) -> tuple[Any, Any]:
@@ -100,6 +100,7 @@ class _Prepared:
         self.smoothed = not is_zero(self.off)
         self.hard = self.on - self.off
         self.w = None if weight is None else xp.astype(weight, cdtype)
+        self.targets_dtype, self.weight_dtype = targets.dtype, None if weight is None else weight.dtype
         self.integer = bool(xp.isdtype(targets.dtype, "integral"))
         self.valid = None
         self.w_y: Any = 1.0
@@ -163,7 +164,22 @@ def forward(fw: Any, logits: Any, targets: Any, weight: Any, opts: Options) -> t
     O(positions), and d(loss)/d(per-position loss) of the reduction (a float or a 0-d
     array). The last two are what :func:`backward` needs besides the inputs."""
     P = _Prepared(fw, logits, targets, weight, opts)
-    xp, x, w = P.xp, P.x, P.w
+    reduced, m, lse_rel, scale = _forward(P, opts)
+    return reduced, P.xp.stack([m, lse_rel], axis=-1), scale
+
+
+def forward_and_grad(fw: Any, logits: Any, targets: Any, weight: Any, opts: Options) -> tuple[Any, Any]:
+    """``(loss, d loss/d logits)``: :func:`forward`, then :func:`backward` at cotangent 1
+    for the logits, on one preparation of the inputs (the sum of the per-position
+    losses' gradient for ``"none"``)."""
+    P = _Prepared(fw, logits, targets, weight, opts)
+    reduced, m, lse_rel, scale = _forward(P, opts)
+    return reduced, _backward(P, opts, m, lse_rel, scale, reduced, 1.0, (True, False, False))[0]
+
+
+def _forward(P: _Prepared, opts: Options) -> tuple[Any, Any, Any, Any]:
+    """:func:`forward` on prepared inputs, with the statistics as ``(m, lse_rel)``."""
+    fw, xp, x, w = P.fw, P.xp, P.x, P.w
     # Σ_c w_c (lse - x_c) for the smoothing term, from the same pass where the kernel has one
     # and lse - x_y at each label, off the same pass where the kernel has one
     m, lse_rel, sum_nll, nll_y = fw.kernels.log_softmax_stats(
@@ -190,7 +206,7 @@ def forward(fw: Any, logits: Any, targets: Any, weight: Any, opts: Options) -> t
     if P.valid is not None:
         loss = xp.where(P.valid, loss, 0.0)
     reduced, scale = reduce(xp, loss, opts.reduction, P.denominator(loss) if opts.reduction == "mean" else None)
-    return reduced, xp.stack([m, lse_rel], axis=-1), scale
+    return reduced, m, lse_rel, scale
 
 
 def backward(
@@ -220,9 +236,16 @@ def backward(
     A position with an unchecked (traced) label outside [0, K) gets a NaN row.
     """
     P = _Prepared(fw, logits, targets, weight, opts)
+    return _backward(P, opts, *split_stats(stats), scale, loss, cotangent, needs)
+
+
+def _backward(
+    P: _Prepared, opts: Options, m: Any, lse_rel: Any, scale: Any, loss: Any, cotangent: Any,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Any, Any, Any]:
+    """:func:`backward` on prepared inputs, with the statistics as ``(m, lse_rel)``."""
     xp, x, w, K = P.xp, P.x, P.w, P.K
-    kernels = fw.kernels
-    m, lse_rel = split_stats(stats)
+    kernels = P.fw.kernels
     lse = m + lse_rel if opts.z_loss else None
     s = cotangent * scale
     if P.valid is not None:
@@ -268,7 +291,7 @@ def backward(
         d = d * (P.hard * s_k)
         if w is not None:
             d = d * w
-        g_targets = P.to_layout(d, targets.dtype)
+        g_targets = P.to_layout(d, P.targets_dtype)
 
     if needs[2] and w is not None:
         q = P.soft_q() if not P.integer else xp.astype(hit, P.cdtype) * P.hard + P.off
@@ -283,7 +306,7 @@ def backward(
                 counted = counted * xp.expand_dims(xp.astype(P.valid, P.cdtype), axis=-1)
             counts = xp.sum(xp.reshape(counted, (-1, K)), axis=0)
             g_w = g_w - counts * (cotangent * loss * scale)
-        g_weight = g_w if g_w.dtype == weight.dtype else xp.astype(g_w, weight.dtype)
+        g_weight = g_w if g_w.dtype == P.weight_dtype else xp.astype(g_w, P.weight_dtype)
     return g_logits, g_targets, g_weight
 
 

@@ -193,6 +193,7 @@ class Framework:
 
     name = "array-api"
     native_kernel_class = Kernels
+    compiled = False  # whether closed_forward and closed_backward are compiled kernels of their own
 
     def __init__(self, xp: Any, name: str | None = None) -> None:
         self.xp = xp
@@ -267,6 +268,14 @@ class Framework:
         """:func:`smoothloss._core.backward` with this binding (as :meth:`closed_forward`)."""
         return _core.backward(self, *args)
 
+    def closed_forward_and_grad(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
+        """``(loss, d loss/d logits)`` at cotangent 1: :func:`smoothloss._core.forward_and_grad`
+        with this binding; a compiled binding runs its two compiled kernels."""
+        if self.compiled:
+            loss, stats, scale = self.closed_forward(logits, targets, weight, opts)
+            return loss, self.closed_backward(logits, targets, weight, opts, stats, scale, loss, 1.0)[0]
+        return _core.forward_and_grad(self, logits, targets, weight, opts)
+
     def fused(self, like: Any, numel: int | None) -> "Framework":
         """The binding that runs the closed form on ``numel`` logits of ``like``'s kind: a
         compiled one where the framework has one and the compile mode and its measured
@@ -280,10 +289,7 @@ class Framework:
     def cross_entropy_and_grad(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> tuple[Any, Any]:
         """``(loss, d loss/d logits)`` of the dense loss from the closed form (the gradient
         of the sum of the per-position losses for ``"none"``), without autodiff."""
-        fw = self.fused(logits, _numel(logits))
-        loss, stats, scale = fw.closed_forward(logits, targets, weight, opts)
-        grad = fw.closed_backward(logits, targets, weight, opts, stats, scale, loss, 1.0)[0]
-        return loss, grad
+        return self.fused(logits, _numel(logits)).closed_forward_and_grad(logits, targets, weight, opts)
 
     def linear_cross_entropy(
         self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: _core.Options, chunk: int

@@ -168,6 +168,8 @@ class _Compiled(TensorflowFramework):
     fused log_softmax (see :meth:`closed_forward`). An eager compile that fails warns
     once per process; the eager kernels run from then on."""
 
+    compiled = True
+
     def __init__(self) -> None:
         super().__init__(tensorflow_namespace)
         self.broken: str | None = None

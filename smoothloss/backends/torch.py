@@ -309,9 +309,8 @@ class _SmallCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logits: Any, targets: Any, weight: Any, opts: _core.Options, fw: TorchFramework) -> Any:
-        loss, stats, scale = fw.closed_forward(logits, targets, weight, opts)
-        # not saved tensors: made here, never handed out, so never modified in place
-        ctx.grad = fw.closed_backward(logits, targets, weight, opts, stats, scale, loss, 1.0)[0]
+        # the gradient: not a saved tensor (made here, never handed out, so never modified in place)
+        loss, ctx.grad = fw.closed_forward_and_grad(logits, targets, weight, opts)
         ctx.opts, ctx.fw = opts, fw
         ctx.save_for_backward(logits, targets, weight)
         ctx.save_for_forward(logits, targets, weight)
@@ -574,6 +573,8 @@ class CompiledBinding(TorchFramework):
     count of one dtype and option set share one graph, and the smoothing and z-loss
     values are graph inputs. Where compiling fails (no C++ compiler, no Triton, an
     unsupported platform) it warns once per process and the eager kernels run."""
+
+    compiled = True
 
     def __init__(self, xp: Any) -> None:
         super().__init__(xp)
