@@ -64,11 +64,13 @@ def test_xla_matches_eager_and_reference_tensorflow(case, graph, mode, driver_fo
     mode("never")
     eager, cot = _tf_loss_and_grads(x, t, opts, graph)
     mode("always")
-    calls = tf_binding._XLA.calls
+    calls = dict(tf_binding._XLA.calls)
     compiled, _ = _tf_loss_and_grads(x, t, opts, graph)
     assert tf_binding._XLA.broken is None
     if not graph:
-        assert tf_binding._XLA.calls == calls + 1  # the backward ran compiled
+        assert tf_binding._XLA.calls["backward"] == calls["backward"] + 1  # the backward ran compiled
+        summed = case.targets == "int" and opts.get("label_smoothing", 0.0) > 0  # the forward's sums over x - m
+        assert tf_binding._XLA.calls["sums"] == calls["sums"] + summed
     tol = tolerance(case.dtype)
     for c, e in zip(compiled, eager):
         assert c.dtype == e.dtype and c.shape == e.shape
@@ -82,13 +84,13 @@ def test_xla_matches_eager_and_reference_tensorflow(case, graph, mode, driver_fo
 def test_xla_in_a_graph_follows_the_mode_and_the_known_size(mode, monkeypatch):
     seen = []
     monkeypatch.setattr(tf_binding, "COMPILE_THRESHOLD", 40)
-    real = tf_binding._XLA._backward
+    real = tf_binding._XLA._kernels["backward"][0]
 
     def spy(*args):
         seen.append(args[0].shape.as_list())
         return real(*args)
 
-    monkeypatch.setattr(tf_binding._XLA, "_backward", spy)
+    _replace_kernel(monkeypatch, "backward", spy)
     mode("auto")
 
     def loss(x, y):
@@ -138,15 +140,20 @@ def test_xla_with_unknown_class_count_and_new_sizes(options, mode):
         assert rel_err(g.numpy(), ref_grad) <= 1e-10
 
 
-def _failing_xla(mode, monkeypatch, error):
-    """Compiling on, the XLA binding not yet broken, and its backward raising ``error``."""
+def _replace_kernel(monkeypatch, name, compiled):
+    """The XLA binding's compiled kernel ``name`` ("sums", "backward") replaced by ``compiled``."""
+    monkeypatch.setitem(tf_binding._XLA._kernels, name, (compiled, tf_binding._XLA._kernels[name][1]))
+
+
+def _failing_xla(mode, monkeypatch, error, name="backward"):
+    """Compiling on, the XLA binding not yet broken, and its kernel ``name`` raising ``error``."""
     mode("always")
     monkeypatch.setattr(tf_binding._XLA, "broken", None)
 
     def fail(*args):
         raise error
 
-    monkeypatch.setattr(tf_binding._XLA, "_backward", fail)
+    _replace_kernel(monkeypatch, name, fail)
 
 
 def test_xla_failure_warns_once_and_runs_eager(mode, monkeypatch):
@@ -187,15 +194,31 @@ def test_linear_chunks_run_the_xla_kernels(name, graph, mode):
     for m in ("never", "always"):
         mode(m)
         run = tf.function(step) if graph else step  # (a function keeps the mode it was traced under)
-        calls = tf_binding._XLA.calls
+        calls = tf_binding._XLA.calls["backward"]
         results[m] = [np.asarray(a, np.float64) for a in run(*map(tf.constant, (h_np, W_np, b_np, y_np)))]
         if not graph:  # 3 chunks, each through the backward kernel
-            assert tf_binding._XLA.calls - calls == (3 if m == "always" else 0)
+            assert tf_binding._XLA.calls["backward"] - calls == (3 if m == "always" else 0)
     assert tf_binding._XLA.broken is None
     ref = reference_linear_cross_entropy(h_np, W_np, b_np, y_np, **options)
     for c, e, r in zip(results["always"], results["never"], ref):
         assert rel_err(c, e) <= 1e-10
         assert rel_err(c, r) <= 1e-10
+
+
+def test_xla_failure_in_the_forward_warns_once_and_runs_eager(mode, monkeypatch):
+    _failing_xla(mode, monkeypatch, tf.errors.UnimplementedError(None, None, "no XLA for the sums"), "sums")
+    x = tf.constant(np.random.default_rng(2).normal(size=(5, 3)))
+    y = tf.constant([0, 1, 2, 0, 1])
+    ref_loss, ref_grad = reference_cross_entropy(x.numpy(), y.numpy(), label_smoothing=0.2)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        with pytest.warns(RuntimeWarning, match=r"could not compile its kernels with XLA \(UnimplementedError: no XLA"):
+            loss = smoothloss.cross_entropy(x, y, label_smoothing=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process: the backward runs eagerly, with no second warning
+        g = tape.gradient(loss, x)
+    assert rel_err(loss.numpy(), ref_loss) <= 1e-10
+    assert rel_err(g.numpy(), ref_grad) <= 1e-10
 
 
 def test_out_of_memory_is_raised_not_taken_for_an_xla_failure(mode, monkeypatch):
