@@ -41,8 +41,6 @@ register the backward as the gradient.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from smoothloss import _validation as V

@@ -1,6 +1,7 @@
 """The compiled path on TensorFlow: the core's closed-form backward compiled by XLA
 (``tf.function(jit_compile=True)``), eagerly and nested in a caller's ``tf.function``;
-the forward runs TensorFlow's fused log_softmax.
+the forward's row sums compiled too, or its statistics off TensorFlow's fused
+log_softmax on short rows.
 
 Every case of tests/test_compiled.py runs through the XLA kernel and through the
 eager ones; both are compared with each other (float64: 1e-10, float32: 1e-5 relative)
@@ -50,8 +51,13 @@ _TF_CASES = [pytest.param(c, False, id=f"{c.id}-eager") for c in CASES] + [
 ]
 
 
+@pytest.mark.parametrize("rows", ["short", "long"])
 @pytest.mark.parametrize("case, graph", _TF_CASES)
-def test_xla_matches_eager_and_reference_tensorflow(case, graph, mode, driver_for):
+def test_xla_matches_eager_and_reference_tensorflow(case, graph, rows, mode, driver_for, monkeypatch):
+    # both forms of the forward statistics: off log_softmax (short rows), and off the sums
+    # over x - m and the softmax (long rows; the grid's rows are short, so made long here)
+    if rows == "long":
+        monkeypatch.setattr(tf_binding, "SHORT_ROWS", 0)
     driver = driver_for("tensorflow")
     logits, targets, opts = case.make()
     x = driver.asarray(logits, case.dtype)
@@ -69,7 +75,8 @@ def test_xla_matches_eager_and_reference_tensorflow(case, graph, mode, driver_fo
     assert tf_binding._XLA.broken is None
     if not graph:
         assert tf_binding._XLA.calls["backward"] == calls["backward"] + 1  # the backward ran compiled
-        summed = case.targets == "int" and opts.get("label_smoothing", 0.0) > 0  # the forward's sums over x - m
+        # the forward's sums over x - m: long rows, integer labels, smoothing
+        summed = rows == "long" and case.targets == "int" and opts.get("label_smoothing", 0.0) > 0
         assert tf_binding._XLA.calls["sums"] == calls["sums"] + summed
     tol = tolerance(case.dtype)
     for c, e in zip(compiled, eager):
@@ -207,6 +214,7 @@ def test_linear_chunks_run_the_xla_kernels(name, graph, mode):
 
 def test_xla_failure_in_the_forward_warns_once_and_runs_eager(mode, monkeypatch):
     _failing_xla(mode, monkeypatch, tf.errors.UnimplementedError(None, None, "no XLA for the sums"), "sums")
+    monkeypatch.setattr(tf_binding, "SHORT_ROWS", 0)  # rows of any length take the sums
     x = tf.constant(np.random.default_rng(2).normal(size=(5, 3)))
     y = tf.constant([0, 1, 2, 0, 1])
     ref_loss, ref_grad = reference_cross_entropy(x.numpy(), y.numpy(), label_smoothing=0.2)
@@ -230,3 +238,46 @@ def test_out_of_memory_is_raised_not_taken_for_an_xla_failure(mode, monkeypatch)
     with pytest.raises(tf.errors.ResourceExhaustedError):
         tape.gradient(loss, x)
     assert tf_binding._XLA.broken is None  # compiling stays on
+
+
+@pytest.mark.parametrize("compiled", ["never", "always"])
+@pytest.mark.parametrize(
+    "hostile",
+    ["offset", "masked-class", "masked-class-weight-zero", "weight-ignore"],
+)
+def test_long_rows_forward_on_hostile_inputs(hostile, compiled, mode, monkeypatch):
+    """The long-row forward (sums over x - m, then the softmax) on float32 logits with a
+    common offset of 10⁴ (lse itself is never formed), a -inf masked class, and a class
+    weight with ignored positions: the loss and gradient of the float64 reference."""
+    monkeypatch.setattr(tf_binding, "SHORT_ROWS", 0)
+    mode(compiled)
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(6, 7)).astype(np.float32)
+    y = np.array([0, 1, 3, 4, 5, 6])
+    options = {"label_smoothing": 0.1}
+    if hostile == "offset":
+        x = x + np.float32(1e4)
+    elif hostile.startswith("masked-class"):
+        x[:, 2] = -np.inf
+        if hostile == "masked-class":
+            options = {}
+        else:  # and a class weight, 0 at the masked class
+            options = {"weight": np.array([1.0, 2.0, 0.0, 1.0, 0.5, 1.0, 1.0], np.float32)}
+    else:
+        options.update(weight=rng.uniform(0.5, 2.0, 7).astype(np.float32), ignore_index=4)
+    if hostile.startswith("masked-class"):  # the reference without the masked class, whose p is 0
+        kept = [c for c in range(7) if c != 2]
+        reduced = {k: v[kept] if k == "weight" else v for k, v in options.items()}
+        ref_loss, g = reference_cross_entropy(x[:, kept], np.where(y > 2, y - 1, y), **reduced)
+        ref_grad = np.insert(g, 2, 0.0, axis=1)
+    else:
+        ref_loss, ref_grad = reference_cross_entropy(x, y, **options)
+    given = {k: tf.constant(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = smoothloss.cross_entropy(xt, tf.constant(y), **given)
+    g = tape.gradient(loss, xt).numpy()
+    assert np.isfinite(loss.numpy())
+    assert rel_err(loss.numpy(), ref_loss) <= 1e-5
+    assert np.all(np.isfinite(g)) and rel_err(g, ref_grad) <= 1e-5
