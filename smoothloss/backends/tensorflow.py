@@ -204,8 +204,8 @@ class _Compiled(TensorflowFramework):
     """The binding whose closed-form backward, and the forward's sums over x - m, are
     ``tf.function``\\ s with ``jit_compile=True``: XLA fuses the backward into one loop
     that reads the logits and writes the gradient, with no other B×K temporary, and the
-    forward's sums into one pass over the logits after the maximum's (TensorFlow's own
-    ops take three). Each is traced once per dtype and option set (``reduce_retracing``:
+    forward's row maximum and sums over x - m into one kernel (three TensorFlow ops
+    otherwise). Each is traced once per dtype and option set (``reduce_retracing``:
     a new batch size does not retrace), compiled by XLA per shape; inside a caller's
     graph it is a nested XLA cluster. The forward's softmax is TensorFlow's own (see
     :meth:`TensorflowKernels.log_softmax_stats`): XLA:CPU materialises the operand of

@@ -474,8 +474,8 @@ FW = TorchFramework(_namespace())
 # set_compile_mode("auto"): below it, a compiled call's fixed cost (guards, launch) is
 # more than the passes it saves. Measured by ``python -m smoothloss bench`` (its
 # compiled-vs-eager table; see docs/benchmarks.md): on 2 CPU threads, compiled ÷ eager
-# was 1.24 at 1024×1000 and 0.84 at 4096×1000 (with the eager kernels' composition for
-# short rows; it was 0.77 at 1024×1000 against the fused softmax kernels).
+# was 1.33 at 256×1000, 0.99 at 1024×1000 and 0.73 at 4096×1000 (parallel compiled
+# loops, and the eager kernels' composition for short rows).
 COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 1 << 21))
 
 # Eager calls on at most this many logits make the gradient in the forward
