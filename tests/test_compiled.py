@@ -221,6 +221,55 @@ def test_compiled_16_bit_logits(dtype, mode, device):
     assert rel_err(_numpy(g), ref_grad) <= 2e-2  # the gradient is rounded to the 16-bit dtype
 
 
+@pytest.mark.parametrize("hostile", ["offset", "spread", "masked-class", "weight-and-ignore"])
+def test_compiled_float32_on_hostile_inputs(hostile, mode, device):
+    """The compiled float32 kernels (exp taken as exp2 of a product on the CPU) on logits
+    with a common offset of 10⁴, rows spanning 200 nats, a -inf masked class, and a class
+    weight with ignored positions: the float64 reference's loss and gradient."""
+    mode("always")
+    rng = np.random.default_rng(12)
+    x = rng.normal(scale=2.0, size=(16, 37)).astype(np.float32)
+    y = rng.integers(0, 37, 16)
+    y[y == 5] = 6
+    options = {"label_smoothing": 0.1}
+    if hostile == "offset":
+        x = x + np.float32(1e4)
+    elif hostile == "spread":  # each row from -200 to +20 around its label's logit
+        x = x + np.linspace(-200.0, 20.0, 37, dtype=np.float32)
+    elif hostile == "weight-and-ignore":
+        options.update(weight=rng.uniform(0.5, 2.0, 37).astype(np.float32), ignore_index=int(y[3]))
+    else:
+        x[:, 5] = -np.inf  # no label is 5: the reference drops the class, whose p is 0
+        options = {}
+    if hostile == "masked-class":
+        kept = [c for c in range(37) if c != 5]
+        ref_loss, g = reference_cross_entropy(x[:, kept], np.where(y > 5, y - 1, y))
+        ref_grad = np.insert(g, 5, 0.0, axis=1)
+    else:
+        ref_loss, ref_grad = reference_cross_entropy(x, y, **options)
+    given = {k: torch.tensor(v, device=device) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    xt = torch.tensor(x, device=device, requires_grad=True)
+    calls = binding.COMPILED.calls
+    loss = smoothloss.cross_entropy(xt, torch.tensor(y, device=device), **given)
+    (g,) = torch.autograd.grad(loss, xt)
+    assert binding.COMPILED.calls == calls + 2
+    assert torch.isfinite(loss) and rel_err(_numpy(loss), ref_loss) <= 1e-5
+    assert bool(torch.isfinite(g).all()) and rel_err(_numpy(g), ref_grad) <= 1e-5
+
+
+def test_compiled_nan_logit_gives_nan_row(mode, device):
+    """A NaN logit makes its position's loss and gradient row NaN, and no other."""
+    mode("always")
+    x = torch.randn(4, 9, device=device)
+    x[2, 3] = float("nan")
+    x.requires_grad_(True)
+    y = torch.tensor([0, 1, 2, 3], device=device)
+    loss = smoothloss.cross_entropy(x, y, label_smoothing=0.1, reduction="none")
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    assert torch.isnan(loss[2]) and bool(torch.isfinite(loss[[0, 1, 3]]).all())
+    assert bool(torch.isnan(g[2]).all()) and bool(torch.isfinite(g[[0, 1, 3]]).all())
+
+
 def test_switch_rejects_unknown_modes(monkeypatch):
     with pytest.raises(ValueError, match="compile mode must be one of 'auto', 'always', 'never', got 'on'"):
         smoothloss.set_compile_mode("on")

@@ -127,11 +127,17 @@ class Kernels:
     * ``add_at_labels(g, labels, values)``: g with ``values`` (per position) added at
       each position's label. Native versions may write into ``g`` (always a fresh array).
     * ``add_matmul(acc, a, b)``: ``acc + a @ b`` in ``acc``'s dtype (``a @ b`` without acc).
+
+    The two above that exponentiate do it through ``exp(z)``, ``z <= 0`` (``xp.exp``):
+    the one place a compiler's binding picks a faster formulation.
     """
 
     def __init__(self, fw: "Framework") -> None:
         self.fw = fw
         self.xp = fw.xp
+
+    def exp(self, z: Any) -> Any:
+        return self.xp.exp(z)
 
     def log_softmax_stats(
         self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None
@@ -139,7 +145,7 @@ class Kernels:
         xp = self.xp
         m = xp.max(x, axis=-1, keepdims=True)
         z = x - m  # <= 0: the sums below add terms of one sign, with no cancellation
-        lse_rel = xp.log(xp.sum(xp.exp(z), axis=-1))
+        lse_rel = xp.log(xp.sum(self.exp(z), axis=-1))
         sum_nll = nll_y = None
         if sum_w is not None:
             sum_nll = lse_rel * sum_w - xp.sum(z if weight is None else z * weight, axis=-1)
@@ -152,7 +158,7 @@ class Kernels:
     def softmax_affine(self, x: Any, stats: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
         xp = self.xp
         m, lse_rel = stats
-        g = xp.exp((x - xp.expand_dims(m, axis=-1)) - xp.expand_dims(lse_rel, axis=-1))
+        g = self.exp((x - xp.expand_dims(m, axis=-1)) - xp.expand_dims(lse_rel, axis=-1))
         return _affine(g, scale, shift)
 
     def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:

@@ -16,6 +16,7 @@ not only when the cotangent requires grad), and so does calling them under a
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import types
 from dataclasses import replace
@@ -485,12 +486,28 @@ COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 1 << 21))
 SMALL_CALL = 1 << 16
 
 
+_LOG2_E = 1.4426950408889634
+
+
 class _GraphKernels(Kernels):
-    """The Array-API composition, but for the label term: Inductor fuses the composition's
-    ``where(classes == label, g + v, g)`` into the gradient's loop as an integer compare
-    and blend per logit, where an out-of-place ``scatter_add`` is a second loop over the
-    rows writing into the same buffer (measured, 2 threads, 4096×1000: the compiled
-    backward 2.6 → 1.7 ms)."""
+    """The Array-API composition, but for two kernels Inductor compiles slower than it could:
+
+    * the label term: Inductor fuses the composition's ``where(classes == label, g + v,
+      g)`` into the gradient's loop as an integer compare and blend per logit, where an
+      out-of-place ``scatter_add`` is a second loop over the rows writing into the same
+      buffer (measured, 2 threads, 4096×1000: the compiled backward 2.6 → 1.7 ms);
+    * float32 ``exp`` on the CPU, which Inductor's C++ loops take from SLEEF's 1-ulp
+      ``expf`` at about twice the time of torch's own ``exp`` (4096×1000: 1.3 against
+      0.75 ms); ``exp2(z·log2 e)`` runs at 1.0 ms. Rounding z·log2 e adds a relative error
+      of about |z|·2⁻²⁴ to exp(z), z = x - max: at most 1.2e-6 for the terms above e⁻²⁰ of
+      the largest, which are all that move a float32 sum or probability. Float64 (its
+      rounding is 2⁻⁵³) and CUDA (Triton's exp is already exp2 of a product) keep ``exp``.
+    """
+
+    def exp(self, z: Any) -> Any:
+        if z.dtype == torch.float32 and z.device.type == "cpu":
+            return torch.exp2(z * _LOG2_E)
+        return torch.exp(z)
 
     def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
         v = values if isinstance(values, torch.Tensor) else torch.full_like(labels, values, dtype=g.dtype)
@@ -541,6 +558,19 @@ def _backward_graph(
     return _core.backward(_REFERENCE, logits, targets, weight, _joined(shape, values), *rest)
 
 
+@functools.lru_cache(maxsize=256)
+def _graph_options(opts: _core.Options, integer: bool) -> tuple[_core.Options, tuple[Any, ...]]:
+    """A call's options split into the graph's constants and its float inputs (cached:
+    two calls a step would otherwise rebuild the same dataclass)."""
+    ignore = opts.ignore_index if opts.ignore_index is not None or not integer else _NO_LABEL
+    # kl takes x·log x of the smoothed probabilities in Python: a graph input there would
+    # be specialised anyway, and Dynamo would then specialise that input (by its
+    # symbolic name, for the rest of the process) in every later graph too
+    inputs = ("z_loss",) if opts.kl else _FLOAT_OPTIONS
+    shape = replace(opts, axis=-1, ignore_index=ignore, **{k: 0.0 for k in inputs})
+    return shape, tuple(getattr(opts, k) if k in inputs else None for k in _FLOAT_OPTIONS)
+
+
 class _Flat:
     """A call in the compiled graphs' one layout: logits (N, K), targets (N,) or (N, K),
     an integer ``ignore_index`` always. So the rank, the class axis and the presence of
@@ -562,13 +592,7 @@ class _Flat:
         else:
             self.t = (targets if self.last else targets.movedim(self.axis, -1)).reshape(-1, K)
         self.w = weight
-        ignore = opts.ignore_index if opts.ignore_index is not None or not self.integer else _NO_LABEL
-        # kl takes x·log x of the smoothed probabilities in Python: a graph input there would
-        # be specialised anyway, and Dynamo would then specialise that input (by its
-        # symbolic name, for the rest of the process) in every later graph too
-        inputs = ("z_loss",) if opts.kl else _FLOAT_OPTIONS
-        self.shape = replace(opts, axis=-1, ignore_index=ignore, **{k: 0.0 for k in inputs})
-        self.values = tuple(getattr(opts, k) if k in inputs else None for k in _FLOAT_OPTIONS)
+        self.shape, self.values = _graph_options(opts, self.integer)
         self.none = opts.reduction == "none"
 
     def rows(self, a: Any) -> Any:
@@ -608,8 +632,9 @@ class CompiledBinding(TorchFramework):
             # count, and the sizes, of the call that compiled them (with a fixed count,
             # a graph compiled, or cached on disk, by a one-thread process runs serially
             # in every later process: measured, 4096×1000 took 1.6 times as long)
+            # (each option set and dtype is a graph of its own: more than Dynamo's default 8)
             graph = self.graphs[name] = torch.compile(
-                fn, dynamic=True, fullgraph=True, options={"cpp.dynamic_threads": True}
+                fn, dynamic=True, fullgraph=True, recompile_limit=256, options={"cpp.dynamic_threads": True}
             )
         return graph
 
@@ -617,9 +642,8 @@ class CompiledBinding(TorchFramework):
         """The compiled ``fn`` of ``args``, or None where compiling failed (then the
         caller runs the eager kernels)."""
         if self.broken is None:
-            try:  # each option set and dtype is a graph of its own: more than Dynamo's default 8
-                with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
-                    out = self._graph(name, fn)(*args)
+            try:
+                out = self._graph(name, fn)(*args)
                 self.calls += 1
                 return out
             except torch.OutOfMemoryError:
