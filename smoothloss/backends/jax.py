@@ -27,13 +27,34 @@ from jax.custom_derivatives import SymbolicZero
 
 from smoothloss import _core, _linear, _vocab_parallel
 from smoothloss._formulas import compute_dtype
-from smoothloss.backends._base import Framework
+from smoothloss.backends._base import Framework, Kernels
 
 __all__ = ["JaxFramework"]
 
 
+class JaxKernels(Kernels):
+    """The Array-API composition, but for the label term of the gradient: a scatter of one
+    entry per row (batched over the rows, so that XLA's partitioner keeps it sharded as
+    the rows are) instead of the composition's compare and select at every logit, which
+    took XLA:CPU's backward loop more than twice as long (measured, 2 threads, jit,
+    4096×1000: 4.3 against 1.8 ms). The core hands it labels in [0, K) only (ignored and
+    unchecked positions are mapped to class 0 with a zero or NaN row); an index out of
+    range would be dropped, not written (JAX's default scatter mode)."""
+
+    def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
+        K = g.shape[-1]
+        v = jnp.broadcast_to(jnp.asarray(values, dtype=g.dtype), labels.shape)
+
+        def add(row: Any, label: Any, value: Any) -> Any:
+            return row.at[label].add(value, unique_indices=True)
+
+        out = jax.vmap(add)(g.reshape(-1, K), labels.reshape(-1), v.reshape(-1))
+        return out.reshape(g.shape)
+
+
 class JaxFramework(Framework):
     name = "jax"
+    native_kernel_class = JaxKernels
 
     def is_concrete(self, x: Any) -> bool:
         return not isinstance(x, jax.core.Tracer)
