@@ -190,16 +190,14 @@ class _GraphKernels(Kernels):
 
 
 class _ReferenceBinding(TensorflowFramework):
-    """The binding whose kernels are the compiled graphs': the Array-API composition, with
-    the label term as a scatter."""
+    """The binding whose kernels are the compiled graphs', whatever the kernels switch:
+    the Array-API composition, with the label term as a scatter."""
 
-    def __init__(self, xp: Any) -> None:
-        super().__init__(xp)
-        self.graph_kernels = _GraphKernels(self)
+    native_kernel_class = _GraphKernels
 
     @property
     def kernels(self) -> Kernels:
-        return self.graph_kernels
+        return self.native
 
 
 _REFERENCE = _ReferenceBinding(tensorflow_namespace)

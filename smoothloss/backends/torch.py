@@ -41,6 +41,13 @@ def _scaled(g: torch.Tensor, scale: Any, shift: Any) -> torch.Tensor:
     return g
 
 
+def _label_values(g: torch.Tensor, labels: torch.Tensor, values: Any) -> torch.Tensor:
+    """``values`` (a float, or one per position) as ``scatter_add``'s source: g's dtype,
+    the labels' shape, and a trailing class axis of 1."""
+    v = values if isinstance(values, torch.Tensor) else torch.full_like(labels, values, dtype=g.dtype)
+    return v.to(g.dtype).expand(labels.shape).unsqueeze(-1)
+
+
 def _row_kernels(x: Any) -> bool:
     """Whether torch's fused softmax kernels serve rows of ``x``'s length (else: the
     elementwise composition). On the CPU they are slow on many short rows whose length is
@@ -92,9 +99,7 @@ class TorchKernels(Kernels):
         return _scaled(g, scale, shift)
 
     def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
-        v = values if isinstance(values, torch.Tensor) else torch.full_like(labels, values, dtype=g.dtype)
-        v = v.expand(labels.shape) if v.shape != labels.shape else v
-        return g.scatter_add_(-1, labels.unsqueeze(-1), v.to(g.dtype).unsqueeze(-1))
+        return g.scatter_add_(-1, labels.unsqueeze(-1), _label_values(g, labels, values))
 
     def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
         if acc is not None and a.dtype == acc.dtype == b.dtype:
@@ -511,22 +516,19 @@ class _GraphKernels(Kernels):
         return torch.exp(z)
 
     def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
-        v = values if isinstance(values, torch.Tensor) else torch.full_like(labels, values, dtype=g.dtype)
-        v = v.to(g.dtype).expand(labels.shape)
-        return g.scatter_add(-1, labels.unsqueeze(-1), v.unsqueeze(-1))
+        return g.scatter_add(-1, labels.unsqueeze(-1), _label_values(g, labels, values))  # (out of place: traced)
 
 
 class _ReferenceBinding(TorchFramework):
-    """The binding whose kernels are the graph's: the Array-API composition (with the
-    label term as a scatter) that Inductor fuses into one or two loops over the logits."""
+    """The binding whose kernels are the graph's, whatever the kernels switch: the
+    Array-API composition (with the label term as a scatter) that Inductor fuses into
+    one or two loops over the logits."""
 
-    def __init__(self, xp: Any) -> None:
-        super().__init__(xp)
-        self.graph_kernels = _GraphKernels(self)
+    native_kernel_class = _GraphKernels
 
     @property
     def kernels(self) -> Kernels:
-        return self.graph_kernels
+        return self.native
 
 
 _REFERENCE = _ReferenceBinding(FW.xp)
