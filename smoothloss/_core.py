@@ -50,29 +50,74 @@ def validate(
     """Check every argument and return the normalised :class:`Options`.
 
     Value checks (label ranges) run only on labels whose values can be read without a
-    host sync; traced calls skip them.
+    host sync; traced calls skip them. The checks on dtypes, shapes and options run
+    once per combination of them (:func:`_static_checks`); the label values are
+    checked on every call.
     """
+    key = _static_key(fw, logits, targets, weight, (axis, label_smoothing, convention, ignore_index, reduction,
+                                                   z_loss, softcap, kl))
+    static = None if key is None else _STATIC.get(key)
+    if static is None:
+        static = _static_checks(
+            fw, logits, targets, weight, axis=axis, label_smoothing=label_smoothing, convention=convention,
+            ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+        )
+        if key is not None:
+            if len(_STATIC) >= _STATIC_SIZE:
+                _STATIC.clear()
+            _STATIC[key] = static
+    opts, K, unmasked = static
+    if unmasked is not None:  # integer labels of a known class count: their values
+        if V.check_label_values(fw, targets, K, opts.ignore_index):
+            return unmasked  # no label equals ignore_index: no mask to apply
+    return opts
+
+
+# The results of _static_checks by _static_key; cleared when full (a process rarely
+# sees more than a handful of shapes and option sets).
+_STATIC: dict[tuple[Any, ...], tuple[Options, Any, Any]] = {}
+_STATIC_SIZE = 1024
+
+
+def _static_key(fw: Any, logits: Any, targets: Any, weight: Any, options: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """What :func:`_static_checks` depends on, hashable; None where it cannot be kept
+    (a tracer's symbolic shape, an unhashable option, a call being compiled)."""
+    if not fw.cacheable():
+        return None
+    try:
+        key = (
+            fw, logits.dtype, tuple(logits.shape), targets.dtype, tuple(targets.shape),
+            None if weight is None else (weight.dtype, tuple(weight.shape)),
+            # each option's type too: True == 1 and 1 == 1.0, but bool options are refused
+            options, tuple(map(type, options)),
+        )
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _static_checks(fw: Any, logits: Any, targets: Any, weight: Any, **options: Any) -> tuple[Options, Any, Any]:
+    """The checks that depend on dtypes, shapes and options only: ``(opts, K, unmasked)``,
+    with ``unmasked`` the options to use when the label values turn out not to need an
+    ignore mask (None: the labels' values are not checked, as for probability targets or
+    a class count known at run time only)."""
     xp = fw.xp
     V.check_logits(xp, logits)
-    opts = V.check_options(
-        axis=V.normalize_axis(axis, logits.ndim), label_smoothing=label_smoothing, convention=convention,
-        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
-    )
+    opts = V.check_options(axis=V.normalize_axis(options.pop("axis"), logits.ndim), **options)
     K = None if V.unknown_class_count(logits, opts.axis, opts.kl) else int(logits.shape[opts.axis])
     integer = V.check_targets(xp, logits, targets, opts.axis)
     if K is not None:
         V.check_num_classes(K, opts.convention, opts.label_smoothing)
     V.check_weight(xp, weight, K)
-    if ignore_index is not None and not integer:
+    if options["ignore_index"] is not None and not integer:
         raise ValueError(
             "ignore_index applies to integer class targets only; probability targets "
             "have no class index to ignore (give such positions zero weight instead)"
         )
-    if integer and K is not None:  # (an unknown K is a graph: nothing to read)
-        absent = V.check_label_values(fw, targets, K, opts.ignore_index)
-        if absent and opts.ignore_index is not None:  # no label equals it: no mask to apply
-            opts = replace(opts, ignore_index=None)
-    return opts
+    if not integer or K is None:  # (an unknown K is a graph: nothing to read)
+        return opts, K, None
+    return opts, K, opts if opts.ignore_index is None else replace(opts, ignore_index=None)
 
 
 class _Prepared:
@@ -83,7 +128,7 @@ class _Prepared:
         xp = self.xp = fw.xp
         self.fw = fw
         self.in_dtype = logits.dtype
-        cdtype = self.cdtype = compute_dtype(xp, logits.dtype)
+        cdtype = self.cdtype = fw.dtype_fact(compute_dtype, logits.dtype)
         self.moved = opts.axis not in (-1, logits.ndim - 1)
         self.axis = opts.axis
         x = logits if cdtype == logits.dtype else xp.astype(logits, cdtype)
@@ -101,7 +146,7 @@ class _Prepared:
         self.hard = self.on - self.off
         self.w = None if weight is None else xp.astype(weight, cdtype)
         self.targets_dtype, self.weight_dtype = targets.dtype, None if weight is None else weight.dtype
-        self.integer = bool(xp.isdtype(targets.dtype, "integral"))
+        self.integer = fw.dtype_fact(V.is_integer, targets.dtype)
         self.valid = None
         self.w_y: Any = 1.0
         self.sum_w: Any = k_float if weight is None else xp.sum(self.w)
@@ -173,17 +218,19 @@ def forward_and_grad(fw: Any, logits: Any, targets: Any, weight: Any, opts: Opti
     for the logits, on one preparation of the inputs (the sum of the per-position
     losses' gradient for ``"none"``)."""
     P = _Prepared(fw, logits, targets, weight, opts)
-    reduced, m, lse_rel, scale = _forward(P, opts)
+    # (the row statistics are needed by the z-loss and probability targets; else at most by softmax_affine)
+    reduced, m, lse_rel, scale = _forward(P, opts, stats=bool(opts.z_loss) or not P.integer)
     return reduced, _backward(P, opts, m, lse_rel, scale, reduced, 1.0, (True, False, False))[0]
 
 
-def _forward(P: _Prepared, opts: Options) -> tuple[Any, Any, Any, Any]:
-    """:func:`forward` on prepared inputs, with the statistics as ``(m, lse_rel)``."""
+def _forward(P: _Prepared, opts: Options, stats: bool = True) -> tuple[Any, Any, Any, Any]:
+    """:func:`forward` on prepared inputs, with the statistics as ``(m, lse_rel)`` (which
+    may be None without ``stats``: see :class:`~smoothloss.backends._base.Kernels`)."""
     fw, xp, x, w = P.fw, P.xp, P.x, P.w
     # Σ_c w_c (lse - x_c) for the smoothing term, from the same pass where the kernel has one
     # and lse - x_y at each label, off the same pass where the kernel has one
     m, lse_rel, sum_nll, nll_y = fw.kernels.log_softmax_stats(
-        x, w, P.sum_w if P.integer and P.smoothed else None, P.y if P.integer else None
+        x, w, P.sum_w if P.integer and P.smoothed else None, P.y if P.integer else None, stats=stats
     )
 
     if P.integer:

@@ -158,5 +158,7 @@ def reduce(xp: Any, loss: Any, reduction: str, den: Any = None) -> tuple[Any, An
         return xp.sum(loss), 1.0
     if den is None:  # the number of positions, counted at run time where a traced axis is unknown
         den = float(math.prod(loss.shape)) if None not in loss.shape else xp.sum(xp.ones_like(loss))
+        if type(den) is float and den:  # a known, non-zero count: one op
+            return xp.mean(loss), 1.0 / den
     scale = mean_scale(xp, den)
     return xp.sum(loss) * scale, scale

@@ -551,3 +551,49 @@ def test_ignored_position_does_not_take_class_zero_weight(backend):
     close(loss, ref_loss)
     close(g, ref_g, rtol=1e-5, atol=1e-8)
     assert np.all(g[1] == 0)
+
+
+# ----------------------------------------------------------------------------- repeated calls
+# The checks on dtypes, shapes and options are kept per combination of them; a later call
+# with the same combination must still have its own label values checked, its own
+# ignore mask decided, and options equal in value but not in type refused.
+def test_same_shapes_again_still_checks_the_labels(backend):
+    x = _logits(3, 5, seed=18)
+    xs = backend.asarray(x)
+    for labels in ([0, 4, 2], [0, 5, 2], [1, 1, 1], [-1, 0, 0]):
+        y = backend.asarray(np.array(labels))
+        bad = [i for i, v in enumerate(labels) if not 0 <= v < 5]
+        if bad:  # an error eagerly, NaN at that position when traced
+            _check_out_of_range(backend, x, y, bad_row=bad[0], K=5,
+                                good_labels=[None if i in bad else v for i, v in enumerate(labels)])
+            continue
+        loss, g = value_and_grad(backend, x, y, label_smoothing=0.1)
+        ref_loss, ref_g = reference(x, labels, eps=0.1)
+        close(loss, ref_loss)
+        close(g, ref_g, rtol=1e-5, atol=1e-8)
+    assert np.isfinite(backend.to_numpy(smoothloss.cross_entropy(xs, backend.asarray(np.array([0, 4, 2])))))
+
+
+def test_same_shapes_again_decides_the_ignore_mask_each_time(backend):
+    x = _logits(4, 3, seed=19)
+    for labels in ([0, 1, 2, 1], [0, -100, 2, -100], [2, 2, 0, 1], [-100, -100, -100, -100], [1, 0, -100, 2]):
+        y = backend.asarray(np.array(labels))
+        loss, g = value_and_grad(backend, x, y, label_smoothing=0.2, ignore_index=-100)
+        ref_loss, ref_g = reference(x, labels, eps=0.2, ignore_index=-100)
+        close(loss, ref_loss)
+        close(g, ref_g, rtol=1e-5, atol=1e-8)
+
+
+def test_same_shapes_again_refuses_options_equal_in_value_only(backend):
+    xs = backend.asarray(_logits(2, 4, seed=20))
+    y = backend.asarray(np.array([0, 3]))
+    smoothloss.cross_entropy(xs, y, label_smoothing=1, axis=1, ignore_index=0, kl=False, z_loss=0)
+    for bad in (dict(label_smoothing=True), dict(axis=True), dict(ignore_index=False), dict(z_loss=False)):
+        with pytest.raises(TypeError):
+            smoothloss.cross_entropy(xs, y, **bad)
+    with pytest.raises(ValueError, match="label_smoothing must lie in"):
+        smoothloss.cross_entropy(xs, y, label_smoothing=1.5)
+    # a valid call in between does not let the refused ones through later
+    smoothloss.cross_entropy(xs, y, label_smoothing=1.0)
+    with pytest.raises(TypeError):
+        smoothloss.cross_entropy(xs, y, label_smoothing=True)

@@ -30,6 +30,17 @@ _FOREIGN = (bool, int, float)
 def framework_name(x: Any) -> str:
     """A short name of the library an array comes from: "torch", "jax", "tensorflow",
     "numpy", "array_api_strict", or the top-level module of its type."""
+    name = _NAMES.get(type(x))
+    if name is None:
+        name = _NAMES[type(x)] = _name_of(x)
+    return name
+
+
+# framework_name by the array's type (which alone decides it), filled as types are met
+_NAMES: dict[type, str] = {}
+
+
+def _name_of(x: Any) -> str:
     tf = sys.modules.get("tensorflow")
     if tf is not None and isinstance(x, (tf.Tensor, tf.Variable)):
         return "tensorflow"
@@ -78,6 +89,19 @@ def framework(*arrays: Any) -> Framework:
 
     Raises ``TypeError`` naming the libraries when arrays of two frameworks are mixed.
     """
+    # the common call first: arrays of one known type, whose framework is bound
+    name = None
+    for a in arrays:
+        if a is None or type(a) in _FOREIGN:
+            continue
+        known = _NAMES.get(type(a))
+        if known is None or (name is not None and known != name):
+            name = None
+            break
+        name = known
+    fw = None if name is None else _BOUND.get(name)
+    if fw is not None and name != "builtins":
+        return fw
     given = _arrays(arrays)
     if not given:
         raise TypeError("expected at least one array")
@@ -98,7 +122,8 @@ def framework(*arrays: Any) -> Framework:
             )
         names = joined
     (name,) = names
-    return _binding(name, next(a for a in given if framework_name(a) == name))
+    fw = _BOUND.get(name)
+    return fw if fw is not None else _binding(name, next(a for a in given if framework_name(a) == name))
 
 
 def bind(*arrays: Any) -> tuple[Framework, tuple[Any, ...]]:
@@ -107,6 +132,8 @@ def bind(*arrays: Any) -> tuple[Framework, tuple[Any, ...]]:
     converted to that framework's arrays (as optax and Keras accept them). ``None``
     entries and Python scalars pass through."""
     fw = framework(*arrays)
+    if fw.name not in ("tensorflow", "jax"):  # (only these two convert arrays)
+        return fw, arrays
     return fw, tuple(_own(fw, a) for a in arrays)
 
 

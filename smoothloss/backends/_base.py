@@ -119,7 +119,9 @@ class Kernels:
       the loss's error); given ``sum_w = Σ_c w_c`` (K without a weight),
       ``sum_nll = Σ_c w_c (lse - x_c)`` (w = 1 without a weight; None when ``sum_w`` is
       None); given integer ``labels`` in [0, K), ``nll_y = lse - x_y`` at each row's label
-      as ``lse_rel + (m - x_y)`` (None without labels).
+      as ``lse_rel + (m - x_y)`` (None without labels). With ``stats=False`` the caller
+      needs m and lse_rel only as ``softmax_affine``'s ``stats`` of the same x: a native
+      kernel whose row-wise ``softmax_affine`` does not read them may return None for both.
     * ``softmax_affine(x, stats, scale, shift, row_lse=True)``: scale·softmax(x) - shift
       with ``softmax = exp((x - m) - lse_rel)``, ``stats = (m, lse_rel)`` per position (the
       row's own unless ``row_lse=False``: then they may be a whole sharded row's),
@@ -140,7 +142,7 @@ class Kernels:
         return self.xp.exp(z)
 
     def log_softmax_stats(
-        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None
+        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None, *, stats: bool = True
     ) -> tuple[Any, Any, Any, Any]:
         xp = self.xp
         m = xp.max(x, axis=-1, keepdims=True)
@@ -193,6 +195,14 @@ def _affine(g: Any, scale: Any, shift: Any) -> Any:
     return g
 
 
+_UNKNOWN = object()
+
+
+def _integer_range(xp: Any, dtype: Any) -> tuple[int, int]:
+    info = xp.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
 class Framework:
     """One framework's binding. This base serves NumPy and array-api-strict: no
     autodiff, so the losses are their forward passes."""
@@ -207,6 +217,7 @@ class Framework:
             self.name = name
         self.reference = Kernels(self)
         self.native = self.native_kernel_class(self)
+        self._dtype_facts: dict[tuple[Any, Any], Any] = {}
 
     def __repr__(self) -> str:
         return f"<smoothloss binding for {self.name}>"
@@ -219,6 +230,23 @@ class Framework:
 
     def is_concrete(self, x: Any) -> bool:
         """Whether ``x``'s values can be read now without a host sync or an error."""
+        return True
+
+    def dtype_fact(self, fact: Any, dtype: Any) -> Any:
+        """``fact(xp, dtype)``, kept per fact and dtype where :meth:`cacheable` (the
+        namespaces' dtype inspection is Python, microseconds a call)."""
+        if not self.cacheable():
+            return fact(self.xp, dtype)
+        key = (fact, dtype)
+        value = self._dtype_facts.get(key, _UNKNOWN)
+        if value is _UNKNOWN:
+            value = self._dtype_facts[key] = fact(self.xp, dtype)
+        return value
+
+    def cacheable(self) -> bool:
+        """Whether results computed from arrays' dtypes, shapes and options may be kept
+        across calls (not while a compiler traces this Python code, which cannot be
+        told that a cache lookup has no side effects)."""
         return True
 
     def is_graph(self, x: Any) -> bool:
@@ -240,8 +268,8 @@ class Framework:
 
     def holds_index(self, value: int) -> bool:
         """Whether ``value`` fits the index dtype (else no label can equal it)."""
-        info = self.xp.iinfo(self.index_dtype)
-        return int(info.min) <= value <= int(info.max)
+        lo, hi = self.dtype_fact(_integer_range, self.index_dtype)  # (JAX's index dtype may change)
+        return lo <= value <= hi
 
     def bounds(self, y: Any) -> tuple[int | None, int | None]:
         """``(min, max)`` of a non-empty integer array as Python ints, or ``(None, None)``

@@ -37,7 +37,7 @@ class TensorflowKernels(Kernels):
     """``tf.nn.log_softmax``, ``tf.nn.softmax`` and ``tf.tensor_scatter_nd_add``."""
 
     def log_softmax_stats(
-        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None
+        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None, *, stats: bool = True
     ) -> tuple[Any, Any, Any, Any]:
         rows = len(x.shape) - 1
         if x.shape[-1] is not None and x.shape[-1] < SHORT_ROWS:
@@ -50,6 +50,8 @@ class TensorflowKernels(Kernels):
                 sum_nll = -(tf.reduce_sum(log_p, axis=-1) if weight is None else tf.linalg.matvec(log_p, weight))
             if labels is not None:
                 nll_y = -tf.gather(log_p, labels, axis=-1, batch_dims=rows)
+            if not stats:  # (softmax_affine's row-wise softmax reads neither)
+                return None, None, sum_nll, nll_y
             return tf.reduce_max(x, axis=-1), -tf.reduce_max(log_p, axis=-1), sum_nll, nll_y
         # long rows: the sums over z = x - m first, then TensorFlow's fused softmax (oneDNN on
         # x86 CPUs, cuDNN on GPUs: measured, 2 threads, 1024×32000, 2.5 times as fast as its

@@ -30,7 +30,7 @@ __all__ = [
     # element-wise
     "exp", "log", "log1p", "tanh", "where",
     # reductions
-    "max", "min", "sum", "any",
+    "max", "min", "sum", "mean", "any",
     # shape and indexing
     "reshape", "expand_dims", "moveaxis", "take", "take_along_axis", "concat", "stack",
     # linear algebra
@@ -141,6 +141,10 @@ def sum(x: Any, /, *, axis: Any = None, dtype: Any = None, keepdims: builtins.bo
     if dtype is not None:
         x = tf.cast(x, dtype)
     return tf.reduce_sum(x, axis=axis, keepdims=keepdims)
+
+
+def mean(x: Any, /, *, axis: Any = None, keepdims: builtins.bool = False) -> Any:
+    return tf.reduce_mean(x, axis=axis, keepdims=keepdims)
 
 
 def any(x: Any, /, *, axis: Any = None, keepdims: builtins.bool = False) -> Any:  # noqa: A001

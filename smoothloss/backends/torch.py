@@ -44,8 +44,10 @@ def _scaled(g: torch.Tensor, scale: Any, shift: Any) -> torch.Tensor:
 def _label_values(g: torch.Tensor, labels: torch.Tensor, values: Any) -> torch.Tensor:
     """``values`` (a float, or one per position) as ``scatter_add``'s source: g's dtype,
     the labels' shape, and a trailing class axis of 1."""
-    v = values if isinstance(values, torch.Tensor) else torch.full_like(labels, values, dtype=g.dtype)
-    return v.to(g.dtype).expand(labels.shape).unsqueeze(-1)
+    if not isinstance(values, torch.Tensor):
+        return torch.full((*labels.shape, 1), values, dtype=g.dtype, device=g.device)
+    v = values if values.dtype == g.dtype else values.to(g.dtype)
+    return (v if v.shape == labels.shape else v.expand(labels.shape)).unsqueeze(-1)
 
 
 def _row_kernels(x: Any) -> bool:
@@ -55,7 +57,7 @@ def _row_kernels(x: Any) -> bool:
     of 4096×16 52 µs; the composition of 4096×10 75 µs), and no faster up to rows of about
     a thousand classes; on tiny inputs, where each op's call costs more than its loop,
     fewer ops win."""
-    if x.device.type != "cpu":
+    if not x.is_cpu:
         return True
     K = x.shape[-1]
     return K >= 1024 or x.numel() <= 4096
@@ -65,20 +67,24 @@ class TorchKernels(Kernels):
     """Fused and in-place kernels: fewer B×K passes and allocations than the composition."""
 
     def log_softmax_stats(
-        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None
+        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None, *, stats: bool = True
     ) -> tuple[Any, Any, Any, Any]:
-        m = x.amax(-1)  # (torch.max with indices is many times slower on the CPU)
         y = None if labels is None else labels.unsqueeze(-1)
         if _row_kernels(x):
             # torch's fused log_softmax computes (x - max) - log Σ exp(x - max): lse_rel is
             # minus its row maximum (exactly: at the row's maximum it is 0 - lse_rel, and
             # nowhere more), -log p at each label has the roundings of lse_rel + (m - x_y),
-            # and the weighted sum of -log p comes off the same temporary
+            # and the weighted sum of -log p comes off the same temporary. (Without
+            # stats, m and lse_rel are not made: the row-wise softmax_affine reads neither.)
             log_p = torch.log_softmax(x, dim=-1)
-            lse_rel = log_p.amax(-1).neg()  # (out of place: amax's own gradient reads its result)
+            m = lse_rel = None
+            if stats:
+                m = x.amax(-1)  # (torch.max with indices is many times slower on the CPU)
+                lse_rel = log_p.amax(-1).neg()  # (out of place: amax's own gradient reads its result)
             sum_nll = None if sum_w is None else (log_p.sum(-1) if weight is None else log_p @ weight).neg_()
             nll_y = None if y is None else log_p.gather(-1, y).squeeze(-1).neg_()
             return m, lse_rel, sum_nll, nll_y
+        m = x.amax(-1)
         # the composition, in one temporary: z = x - m, its sums, then exp in place. (No
         # result here is changed in place after an op whose gradient reads it: a traced
         # program, such as torch.export's, differentiates these kernels.)
@@ -99,6 +105,8 @@ class TorchKernels(Kernels):
         return _scaled(g, scale, shift)
 
     def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
+        if isinstance(values, float):  # one value for every position: no source tensor to make
+            return g.scatter_(-1, labels.unsqueeze(-1), values, reduce="add")
         return g.scatter_add_(-1, labels.unsqueeze(-1), _label_values(g, labels, values))
 
     def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
@@ -114,9 +122,15 @@ def _functorch_wrapped(x: Any) -> bool:
 
     Always False while Dynamo traces: it cannot call these C functions, and the tensors
     it traces are its own proxies, never functorch wrappers."""
-    if torch.compiler.is_compiling():
-        return False
-    return any(check(x) for check in _FUNCTORCH_CHECKS)
+    return not torch.compiler.is_compiling() and _wrapped(x)
+
+
+def _wrapped(x: Any) -> bool:
+    """:func:`_functorch_wrapped` outside Dynamo."""
+    for check in _FUNCTORCH_CHECKS:
+        if check(x):
+            return True
+    return False
 
 
 # (looked up once: this runs several times per call)
@@ -126,6 +140,8 @@ _FUNCTORCH_CHECKS = tuple(
     if check is not None
 )
 
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 # Dynamo cannot trace ContextVar.get: while compiling, the kernels switch is read once,
 # at trace time, as a constant (a compiled function keeps the choice it was traced with).
@@ -142,12 +158,15 @@ class TorchFramework(Framework):
             return self.native if _native_kernels_in_force() else self.reference
         return self.native if use_native_kernels() else self.reference
 
+    def cacheable(self) -> bool:
+        return not torch.compiler.is_compiling()
+
     def is_concrete(self, x: Any) -> bool:
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return False  # first: Dynamo cannot trace the functorch test below
-        if x.device.type == "meta" or type(x) not in (torch.Tensor, torch.nn.Parameter):
+        if type(x) not in _PLAIN or x.is_meta:
             return False  # meta tensors and subclasses (FakeTensor, DTensor, ...) have no values here
-        return not _functorch_wrapped(x)  # under torch.func: vmap's batched tensors cannot be read
+        return not _wrapped(x)  # under torch.func: vmap's batched tensors cannot be read
 
     def device(self, x: Any) -> Any:
         return x.device
@@ -157,22 +176,26 @@ class TorchFramework(Framework):
         return int(lo), int(hi)
 
     def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
-        if not _tracked(logits, targets, weight):  # inference: the forward alone
-            return self.fused(logits, logits.numel()).closed_forward(logits, targets, weight, opts)[0]
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():  # traced into the caller's graph
+            if not _tracked(logits, targets, weight):
+                return self.closed_forward(logits, targets, weight, opts)[0]
             return _CompiledCrossEntropyFunction.apply(logits, targets, weight, opts, self)[0]
-        if torch._C._are_functorch_transforms_active():
-            return CrossEntropyFunction.apply(logits, targets, weight, opts, self)[0]
-        # Outside torch.func, Function.apply's only extra step is binding the arguments with
-        # inspect.signature, on every call (a third of a 32×10 step); all five are given
-        # positionally here, so the autograd C apply is called directly.
         numel = logits.numel()
         fw = self.fused(logits, numel)
-        args = _unwrap_dead((logits, targets, weight, opts, fw))
+        if not _tracked(logits, targets, weight):  # inference: the forward alone
+            return fw.closed_forward(logits, targets, weight, opts)[0]
+        if torch._C._are_functorch_transforms_active():
+            return CrossEntropyFunction.apply(logits, targets, weight, opts, self)[0]
+        # Outside torch.func, Function.apply's only extra steps are unwrapping tensors that
+        # a finished torch.func transform left behind, and binding the arguments with
+        # inspect.signature, on every call (a third of a 32×10 step); all five are given
+        # positionally here, so the autograd C apply is called directly.
+        logits, targets = _unwrap_if_dead(logits), _unwrap_if_dead(targets)
+        weight = None if weight is None else _unwrap_if_dead(weight)
         if (fw is self and numel <= SMALL_CALL and opts.reduction != "none" and not targets.requires_grad
                 and (weight is None or not weight.requires_grad)):
-            return _small_apply(*args)
-        return _autograd_apply(*args)[0]
+            return _small_apply(logits, targets, weight, opts, fw)
+        return _autograd_apply(logits, targets, weight, opts, fw)[0]
 
     def fused(self, like: Any, numel: Any) -> Any:
         return COMPILED if _compiles(like, numel) else self
@@ -345,7 +368,7 @@ def _recomputed_grads(fw: Any, logits: Any, targets: Any, weight: Any, opts: _co
 
 _autograd_apply = super(torch.autograd.Function, CrossEntropyFunction).apply
 _small_apply = super(torch.autograd.Function, _SmallCrossEntropyFunction).apply  # (old-style: no binding step)
-_unwrap_dead = torch._functorch.utils.unwrap_dead_wrappers
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
 
 class _CompiledCrossEntropyFunction(CrossEntropyFunction):
@@ -695,7 +718,7 @@ def _compiles(like: Any, numel: Any) -> bool:
         return False  # in a caller's compiled region: traced inline into the caller's graph
     if not compile_wanted(numel, COMPILE_THRESHOLD):
         return False
-    if type(like) not in (torch.Tensor, torch.nn.Parameter) or like.device.type not in ("cpu", "cuda"):
+    if type(like) not in _PLAIN or like.device.type not in ("cpu", "cuda"):
         return False  # meta, fake and subclass tensors: the eager path traces them
     return not (torch.jit.is_tracing() or torch.jit.is_scripting())
 
