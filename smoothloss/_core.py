@@ -127,6 +127,7 @@ class _Prepared:
     def __init__(self, fw: Any, logits: Any, targets: Any, weight: Any, opts: Options) -> None:
         xp = self.xp = fw.xp
         self.fw = fw
+        self.kernels = fw.kernels  # (read once: the kernels switch holds for the whole call)
         self.in_dtype = logits.dtype
         cdtype = self.cdtype = fw.dtype_fact(compute_dtype, logits.dtype)
         self.moved = opts.axis not in (-1, logits.ndim - 1)
@@ -226,10 +227,10 @@ def forward_and_grad(fw: Any, logits: Any, targets: Any, weight: Any, opts: Opti
 def _forward(P: _Prepared, opts: Options, stats: bool = True) -> tuple[Any, Any, Any, Any]:
     """:func:`forward` on prepared inputs, with the statistics as ``(m, lse_rel)`` (which
     may be None without ``stats``: see :class:`~smoothloss.backends._base.Kernels`)."""
-    fw, xp, x, w = P.fw, P.xp, P.x, P.w
+    xp, x, w = P.xp, P.x, P.w
     # Σ_c w_c (lse - x_c) for the smoothing term, from the same pass where the kernel has one
     # and lse - x_y at each label, off the same pass where the kernel has one
-    m, lse_rel, sum_nll, nll_y = fw.kernels.log_softmax_stats(
+    m, lse_rel, sum_nll, nll_y = P.kernels.log_softmax_stats(
         x, w, P.sum_w if P.integer and P.smoothed else None, P.y if P.integer else None, stats=stats
     )
 
@@ -292,7 +293,7 @@ def _backward(
 ) -> tuple[Any, Any, Any]:
     """:func:`backward` on prepared inputs, with the statistics as ``(m, lse_rel)``."""
     xp, x, w, K = P.xp, P.x, P.w, P.K
-    kernels = P.fw.kernels
+    kernels = P.kernels
     lse = m + lse_rel if opts.z_loss else None
     s = cotangent * scale
     if P.valid is not None:

@@ -50,6 +50,11 @@ def _label_values(g: torch.Tensor, labels: torch.Tensor, values: Any) -> torch.T
     return (v if v.shape == labels.shape else v.expand(labels.shape)).unsqueeze(-1)
 
 
+# Logits in a call whose ops cost more to call than to run (measured, 2 threads: an op's
+# call about 2-3 µs, a pass over 4096 float32 logits under 1 µs)
+_TINY = 4096
+
+
 def _row_kernels(x: Any) -> bool:
     """Whether torch's fused softmax kernels serve rows of ``x``'s length (else: the
     elementwise composition). On the CPU they are slow on many short rows whose length is
@@ -60,7 +65,7 @@ def _row_kernels(x: Any) -> bool:
     if not x.is_cpu:
         return True
     K = x.shape[-1]
-    return K >= 1024 or x.numel() <= 4096
+    return K >= 1024 or x.numel() <= _TINY
 
 
 class TorchKernels(Kernels):
@@ -78,6 +83,13 @@ class TorchKernels(Kernels):
             # stats, m and lse_rel are not made: the row-wise softmax_affine reads neither.)
             log_p = torch.log_softmax(x, dim=-1)
             m = lse_rel = None
+            if x.numel() <= _TINY:  # each op's call costs more than its loop: negate once, not per statistic
+                nlp = log_p.neg()
+                if stats:
+                    m, lse_rel = x.amax(-1), nlp.amin(-1)  # (negating is exact)
+                sum_nll = None if sum_w is None else (nlp.sum(-1) if weight is None else nlp @ weight)
+                nll_y = None if y is None else nlp.gather(-1, y).squeeze(-1)
+                return m, lse_rel, sum_nll, nll_y
             if stats:
                 m = x.amax(-1)  # (torch.max with indices is many times slower on the CPU)
                 lse_rel = log_p.amax(-1).neg()  # (out of place: amax's own gradient reads its result)
@@ -339,7 +351,7 @@ class _SmallCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: Any, targets: Any, weight: Any, opts: _core.Options, fw: TorchFramework) -> Any:
         # the gradient: not a saved tensor (made here, never handed out, so never modified in place)
-        loss, ctx.grad = fw.closed_forward_and_grad(logits, targets, weight, opts)
+        loss, ctx.grad = _core.forward_and_grad(fw, logits, targets, weight, opts)  # (fw: never a compiled binding)
         ctx.opts, ctx.fw = opts, fw
         ctx.save_for_backward(logits, targets, weight)
         ctx.save_for_forward(logits, targets, weight)
@@ -714,10 +726,10 @@ COMPILED = CompiledBinding(FW.xp)
 def _compiles(like: Any, numel: Any) -> bool:
     """Whether an eager call on ``numel`` logits of ``like``'s kind (outside torch.compile)
     runs the compiled kernels."""
+    if not compile_wanted(numel, COMPILE_THRESHOLD):  # (first: the cheapest, and False for most small calls)
+        return False
     if COMPILED.broken is not None or torch.compiler.is_compiling():
         return False  # in a caller's compiled region: traced inline into the caller's graph
-    if not compile_wanted(numel, COMPILE_THRESHOLD):
-        return False
     if type(like) not in _PLAIN or like.device.type not in ("cpu", "cuda"):
         return False  # meta, fake and subclass tensors: the eager path traces them
     return not (torch.jit.is_tracing() or torch.jit.is_scripting())
