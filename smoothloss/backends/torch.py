@@ -354,7 +354,8 @@ class _SmallCrossEntropyFunction(torch.autograd.Function):
         loss, ctx.grad = _core.forward_and_grad(fw, logits, targets, weight, opts)  # (fw: never a compiled binding)
         ctx.opts, ctx.fw = opts, fw
         ctx.save_for_backward(logits, targets, weight)
-        ctx.save_for_forward(logits, targets, weight)
+        if _forward_ad_level() >= 0:  # a dual level is open: the jvp may be asked for
+            ctx.save_for_forward(logits, targets, weight)
         return loss
 
     @staticmethod
@@ -376,6 +377,12 @@ def _recomputed_grads(fw: Any, logits: Any, targets: Any, weight: Any, opts: _co
     with native_kernels(False):
         loss, stats, scale = _core.forward(fw, logits, targets, weight, opts)
         return _core.backward(fw, logits, targets, weight, opts, stats, scale, loss, cotangent, needs)
+
+
+def _forward_ad_level() -> int:
+    """The innermost open ``torch.autograd.forward_ad.dual_level`` (-1: none, so no input
+    can carry a tangent). Read from torch's module; where a torch lacks it, 0 (assume open)."""
+    return getattr(torch.autograd.forward_ad, "_current_level", 0)
 
 
 _autograd_apply = super(torch.autograd.Function, CrossEntropyFunction).apply
