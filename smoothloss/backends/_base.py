@@ -238,7 +238,10 @@ class Framework:
         if not self.cacheable():
             return fact(self.xp, dtype)
         key = (fact, dtype)
-        value = self._dtype_facts.get(key, _UNKNOWN)
+        try:
+            value = self._dtype_facts.get(key, _UNKNOWN)
+        except TypeError:  # a dtype that cannot be hashed
+            return fact(self.xp, dtype)
         if value is _UNKNOWN:
             value = self._dtype_facts[key] = fact(self.xp, dtype)
         return value
