@@ -733,10 +733,10 @@ COMPILED = CompiledBinding(FW.xp)
 def _compiles(like: Any, numel: Any) -> bool:
     """Whether an eager call on ``numel`` logits of ``like``'s kind (outside torch.compile)
     runs the compiled kernels."""
-    if not compile_wanted(numel, COMPILE_THRESHOLD):  # (first: the cheapest, and False for most small calls)
-        return False
     if COMPILED.broken is not None or torch.compiler.is_compiling():
-        return False  # in a caller's compiled region: traced inline into the caller's graph
+        return False  # in a caller's compiled region: traced inline (no guard on the size or the mode)
+    if not compile_wanted(numel, COMPILE_THRESHOLD):
+        return False
     if type(like) not in _PLAIN or like.device.type not in ("cpu", "cuda"):
         return False  # meta, fake and subclass tensors: the eager path traces them
     return not (torch.jit.is_tracing() or torch.jit.is_scripting())
