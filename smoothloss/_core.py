@@ -56,7 +56,10 @@ def validate(
     """
     key = _static_key(fw, logits, targets, weight, (axis, label_smoothing, convention, ignore_index, reduction,
                                                    z_loss, softcap, kl))
-    static = None if key is None else _STATIC.get(key)
+    try:
+        static = None if key is None else _STATIC.get(key)
+    except TypeError:  # unhashable: an array option, a symbolic dimension
+        key = static = None
     if static is None:
         static = _static_checks(
             fw, logits, targets, weight, axis=axis, label_smoothing=label_smoothing, convention=convention,
@@ -80,21 +83,17 @@ _STATIC_SIZE = 1024
 
 
 def _static_key(fw: Any, logits: Any, targets: Any, weight: Any, options: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    """What :func:`_static_checks` depends on, hashable; None where it cannot be kept
-    (a tracer's symbolic shape, an unhashable option, a call being compiled)."""
+    """What :func:`_static_checks` depends on; None while a call is being compiled. (It
+    may still not hash, e.g. with an array option or a symbolic dimension: the lookup
+    then keeps nothing.)"""
     if not fw.cacheable():
         return None
-    try:
-        key = (
-            fw, logits.dtype, tuple(logits.shape), targets.dtype, tuple(targets.shape),
-            None if weight is None else (weight.dtype, tuple(weight.shape)),
-            # each option's type too: True == 1 and 1 == 1.0, but bool options are refused
-            options, tuple(map(type, options)),
-        )
-        hash(key)
-    except TypeError:
-        return None
-    return key
+    return (
+        fw, logits.dtype, tuple(logits.shape), targets.dtype, tuple(targets.shape),
+        None if weight is None else (weight.dtype, tuple(weight.shape)),
+        # each option's type too: True == 1 and 1 == 1.0, but bool options are refused
+        options, tuple(map(type, options)),
+    )
 
 
 def _static_checks(fw: Any, logits: Any, targets: Any, weight: Any, **options: Any) -> tuple[Options, Any, Any]:

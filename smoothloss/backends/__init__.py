@@ -100,7 +100,7 @@ def framework(*arrays: Any) -> Framework:
             break
         name = known
     fw = None if name is None else _BOUND.get(name)
-    if fw is not None and name != "builtins":
+    if fw is not None:
         return fw
     given = _arrays(arrays)
     if not given:
@@ -122,8 +122,7 @@ def framework(*arrays: Any) -> Framework:
             )
         names = joined
     (name,) = names
-    fw = _BOUND.get(name)
-    return fw if fw is not None else _binding(name, next(a for a in given if framework_name(a) == name))
+    return _binding(name, next(a for a in given if framework_name(a) == name))
 
 
 def bind(*arrays: Any) -> tuple[Framework, tuple[Any, ...]]:
