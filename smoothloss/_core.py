@@ -20,7 +20,7 @@ from typing import Any
 
 from smoothloss import _validation as V
 from smoothloss._formulas import (
-    Options, compute_dtype, integer_grad_coefficients, integer_loss, is_zero, reduce, shifted_nll,
+    Options, compute_dtype, integer_grad_coefficients, integer_loss, is_zero, known_count, reduce, shifted_nll,
     smoothing_coefficients, soft_cap, soft_cap_grad,
 )
 
@@ -233,8 +233,17 @@ def _forward(P: _Prepared, opts: Options, stats: bool = True) -> tuple[Any, Any,
         x, w, P.sum_w if P.integer and P.smoothed else None, P.y if P.integer else None, stats=stats
     )
 
+    # a mean over a known, non-zero number of unweighted, unmasked positions: its 1/count
+    # is folded into the integer loss's coefficients, so that the reduction is a sum
+    count = None
+    if opts.reduction == "mean" and P.integer and w is None and P.valid is None:
+        count = known_count(nll_y.shape)
+    pre = 1.0 if count is None else 1.0 / count
     if P.integer:
-        loss = integer_loss(nll_y, sum_nll, on=P.on, off=P.off, w_y=P.w_y, sum_w=P.sum_w, kl=opts.kl)
+        loss = integer_loss(
+            nll_y, sum_nll, on=P.on, off=P.off, w_y=P.w_y, sum_w=P.sum_w, kl=opts.kl, scale=pre,
+            add_scaled=P.kernels.add_scaled,
+        )
     else:
         q = P.soft_q()
         mass = q if w is None else q * w
@@ -247,11 +256,13 @@ def _forward(P: _Prepared, opts: Options, stats: bool = True) -> tuple[Any, Any,
             loss = loss + xp.sum(xp.where(positive, mass * log_q, 0.0), axis=-1)
     if opts.z_loss:
         lse = m + lse_rel
-        loss = loss + opts.z_loss * (lse * lse)
+        loss = loss + (opts.z_loss * pre) * (lse * lse)
     if P.bad is not None:
         loss = xp.where(P.bad, xp.nan, loss)
     if P.valid is not None:
         loss = xp.where(P.valid, loss, 0.0)
+    if count is not None:  # (scaled above)
+        return xp.sum(loss), m, lse_rel, pre
     reduced, scale = reduce(xp, loss, opts.reduction, P.denominator(loss) if opts.reduction == "mean" else None)
     return reduced, m, lse_rel, scale
 

@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = [
     "CONVENTIONS", "Options", "REDUCTIONS", "compute_dtype", "integer_grad_coefficients", "integer_loss", "is_zero",
-    "mean_scale", "reduce", "shifted_nll", "smoothing_coefficients", "soft_cap", "soft_cap_grad", "xlogx",
+    "known_count", "mean_scale", "reduce", "shifted_nll", "smoothing_coefficients", "soft_cap", "soft_cap_grad", "xlogx",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -93,7 +93,8 @@ def soft_cap_grad(g: Any, capped: Any) -> Any:
 
 
 def integer_loss(
-    nll_y: Any, sum_nll: Any, *, on: float, off: float, w_y: Any, sum_w: Any, kl: bool
+    nll_y: Any, sum_nll: Any, *, on: float, off: float, w_y: Any, sum_w: Any, kl: bool, scale: float = 1.0,
+    add_scaled: Any = None,
 ) -> Any:
     """Each position's loss for integer labels, from row statistics only.
 
@@ -103,18 +104,21 @@ def integer_loss(
     computes both from logits shifted by the row maximum (see :func:`shifted_nll`), so that
     a large common offset of the logits neither cancels nor overflows. A term whose
     coefficient is exactly 0 is left out, so an infinite weight on a class that gets no
-    target mass cannot make it NaN.
+    target mass cannot make it NaN. ``scale`` multiplies ℓ, through its coefficients (a
+    mean's 1/count, folded in by a caller that then only sums). ``add_scaled(a, b, c)``
+    is ``a + b·c`` for a number c (a framework's one-op version; default: two ops).
     """
     hard = on - off
-    factor = w_y * hard
+    factor = w_y * (hard * scale)
     loss = nll_y
     if not (isinstance(factor, float) and factor == 1.0):
         loss = loss * factor
     if not is_zero(off):
-        loss = loss + sum_nll * off
+        loss = loss + sum_nll * (off * scale) if add_scaled is None else add_scaled(loss, sum_nll, off * scale)
     if kl:  # + Σ_c w_c q_c log q_c, the negative entropy of q (on, off are numbers here)
         neg_entropy = w_y * (xlogx(on) - xlogx(off))
-        loss = loss + (neg_entropy + sum_w * xlogx(off) if off else neg_entropy)
+        entropy_terms = neg_entropy + sum_w * xlogx(off) if off else neg_entropy
+        loss = loss + (entropy_terms if scale == 1.0 else entropy_terms * scale)
     return loss
 
 
@@ -148,6 +152,15 @@ def mean_scale(xp: Any, den: Any) -> Any:
     return xp.where(nonzero, 1.0 / xp.where(nonzero, den, 1.0), 0.0)
 
 
+def known_count(shape: Any) -> float | None:
+    """The number of positions of ``shape`` as a Python float where it is known and
+    non-zero, else None (a traced axis: unknown, or symbolic)."""
+    if None in shape:
+        return None
+    count = float(math.prod(shape))
+    return count if type(count) is float and count else None
+
+
 def reduce(xp: Any, loss: Any, reduction: str, den: Any = None) -> tuple[Any, Any]:
     """``(reduced, scale)``: the per-position ``loss`` reduced, and d(reduced)/d(position's
     loss). ``"mean"`` divides by ``den`` (default: the number of positions; 0 when it is
@@ -156,9 +169,11 @@ def reduce(xp: Any, loss: Any, reduction: str, den: Any = None) -> tuple[Any, An
         return loss, 1.0
     if reduction == "sum":
         return xp.sum(loss), 1.0
-    if den is None:  # the number of positions, counted at run time where a traced axis is unknown
+    if den is None:
+        count = known_count(loss.shape)
+        if count is not None:  # one op
+            return xp.mean(loss), 1.0 / count
+        # the number of positions, counted at run time where a traced axis is unknown
         den = float(math.prod(loss.shape)) if None not in loss.shape else xp.sum(xp.ones_like(loss))
-        if type(den) is float and den:  # a known, non-zero count: one op
-            return xp.mean(loss), 1.0 / den
     scale = mean_scale(xp, den)
     return xp.sum(loss) * scale, scale

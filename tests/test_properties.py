@@ -142,3 +142,25 @@ def test_batch_order_and_chunking_do_not_change_the_sum(backend, problem, chunk,
     )
     assert abs(permuted - total) <= 1e-12 * (1 + abs(total))
     assert abs(chunked - total) <= 1e-12 * (1 + abs(total))
+
+
+@SETTINGS
+@given(problems(), st.booleans(), st.sampled_from([0.0, 1e-2]))
+def test_mean_is_the_mean_of_the_positions(backend, problem, kl, z_loss):
+    """The mean (which, over a known number of unweighted positions, folds 1/count into
+    the loss's coefficients and then sums) equals the mean of the per-position losses and
+    1/count times their sum, with and without weights, kl and z-loss."""
+    logits, labels, eps, convention, weight = problem
+    w = () if weight is None else (weight,)
+
+    def f(reduction):
+        def loss(x, y, *w):
+            return smoothloss.cross_entropy(x, y, label_smoothing=eps, convention=convention, kl=kl,
+                                            z_loss=z_loss, weight=w[0] if w else None, reduction=reduction)
+        return loss
+
+    rows, mean, total = (_run(backend, f(r), logits, labels, *w) for r in ("none", "mean", "sum"))
+    den = len(labels) if weight is None else weight[labels].sum()
+    floor = 1e-12 * (1.0 + np.abs(rows).max())
+    np.testing.assert_allclose(mean, rows.sum() / den, rtol=1e-12, atol=floor)
+    np.testing.assert_allclose(mean, total / den, rtol=1e-12, atol=floor)

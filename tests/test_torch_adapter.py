@@ -753,7 +753,28 @@ def test_native_row_kernels_match_the_composition(shape):
             assert rel_err(a.numpy(), b.numpy()) <= 1e-12
     m, lse_rel = native[:2]
     g = FW.native.softmax_affine(x, (m, lse_rel), 0.5, 0.25)
-    assert rel_err(g.numpy(), FW.reference.softmax_affine(x, (m, lse_rel), 0.5, 0.25).numpy()) <= 1e-12
+    want = FW.reference.softmax_affine(x, (m, lse_rel), 0.5, 0.25).numpy()
+    assert rel_err(g.numpy(), want) <= 1e-12
+    # without stats: the same sums, and whatever stands for the statistics gives the same softmax
+    for weight, sum_w in ((None, float(K)), (w, w.sum())):
+        lean = FW.native.log_softmax_stats(x, weight, sum_w, y, stats=False)
+        ref = FW.reference.log_softmax_stats(x, weight, sum_w, y)
+        for a, b in zip(lean[2:], ref[2:]):
+            assert rel_err(a.numpy(), b.numpy()) <= 1e-12
+    assert rel_err(FW.native.softmax_affine(x, lean[:2], 0.5, 0.25).numpy(), want) <= 1e-12
+
+
+def test_add_scaled_is_one_op_with_the_reference_value():
+    """``add_scaled(a, b, c) = a + b·c``: torch's one-op form (``alpha``) against the
+    composition, for a number and for an array c."""
+    from smoothloss.backends.torch import FW
+
+    gen = torch.Generator().manual_seed(4)
+    a, b, c = (torch.randn(7, generator=gen, dtype=torch.float64) for _ in range(3))
+    for coef in (0.3, -2.5, c):
+        want = a.numpy() + b.numpy() * (coef if isinstance(coef, float) else coef.numpy())
+        assert rel_err(FW.native.add_scaled(a, b, coef).numpy(), want) <= 1e-15
+        assert rel_err(FW.reference.add_scaled(a, b, coef).numpy(), want) <= 1e-15
 
 
 def test_small_eager_calls_make_the_gradient_in_the_forward():

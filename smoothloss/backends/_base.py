@@ -121,13 +121,15 @@ class Kernels:
       None); given integer ``labels`` in [0, K), ``nll_y = lse - x_y`` at each row's label
       as ``lse_rel + (m - x_y)`` (None without labels). With ``stats=False`` the caller
       needs m and lse_rel only as ``softmax_affine``'s ``stats`` of the same x: a native
-      kernel whose row-wise ``softmax_affine`` does not read them may return None for both.
+      kernel may return in their place whatever its own ``softmax_affine`` reads instead
+      (torch's row kernels: None and the log-probabilities, which it exponentiates).
     * ``softmax_affine(x, stats, scale, shift, row_lse=True)``: scale·softmax(x) - shift
       with ``softmax = exp((x - m) - lse_rel)``, ``stats = (m, lse_rel)`` per position (the
       row's own unless ``row_lse=False``: then they may be a whole sharded row's),
       ``scale`` per position (…, 1) or a float, ``shift`` anything that broadcasts against x.
     * ``add_at_labels(g, labels, values)``: g with ``values`` (per position) added at
       each position's label. Native versions may write into ``g`` (always a fresh array).
+    * ``add_scaled(a, b, c)``: ``a + b·c`` for arrays a, b (same dtype) and a Python number c.
     * ``add_matmul(acc, a, b)``: ``acc + a @ b`` in ``acc``'s dtype (``a @ b`` without acc).
 
     The two above that exponentiate do it through ``exp(z)``, ``z <= 0`` (``xp.exp``):
@@ -170,6 +172,9 @@ class Kernels:
         hit = xp.expand_dims(labels, axis=-1) == classes
         v = xp.expand_dims(values, axis=-1) if not isinstance(values, float) and values.ndim else values
         return xp.where(hit, g + v, g)
+
+    def add_scaled(self, a: Any, b: Any, c: Any) -> Any:
+        return a + b * c
 
     def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
         xp = self.xp

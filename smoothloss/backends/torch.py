@@ -81,8 +81,10 @@ class TorchKernels(Kernels):
             # nowhere more), -log p at each label has the roundings of lse_rel + (m - x_y),
             # and the weighted sum of -log p comes off the same temporary. (Without
             # stats, m and lse_rel are not made: the row-wise softmax_affine reads neither.)
+            # Without stats, log p itself takes their place: this class's softmax_affine
+            # exponentiates it (one pass) instead of taking the softmax of x again.
             log_p = torch.log_softmax(x, dim=-1)
-            m = lse_rel = None
+            m, lse_rel = None, log_p
             if x.numel() <= _TINY:  # each op's call costs more than its loop: negate once, not per statistic
                 nlp = log_p.neg()
                 if stats:
@@ -109,8 +111,10 @@ class TorchKernels(Kernels):
         return m, lse_rel, sum_nll, None if y is None else lse_rel - z_y
 
     def softmax_affine(self, x: Any, stats: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
-        if not row_lse or not _row_kernels(x):  # (row_lse=False: a shard's global statistics)
-            m, lse_rel = stats
+        m, lse_rel = stats
+        if m is None:  # log_softmax_stats(x, stats=False) left x's log-probabilities: exp in place
+            g = lse_rel.exp() if lse_rel.requires_grad else lse_rel.exp_()  # (log_softmax's gradient reads them)
+        elif not row_lse or not _row_kernels(x):  # (row_lse=False: a shard's global statistics)
             g = torch.sub(x, m.unsqueeze(-1)).sub_(lse_rel.unsqueeze(-1)).exp_()
         else:
             g = torch.softmax(x, dim=-1)
@@ -120,6 +124,10 @@ class TorchKernels(Kernels):
         if isinstance(values, float):  # one value for every position: no source tensor to make
             return g.scatter_(-1, labels.unsqueeze(-1), values, reduce="add")
         return g.scatter_add_(-1, labels.unsqueeze(-1), _label_values(g, labels, values))
+
+    def add_scaled(self, a: Any, b: Any, c: Any) -> Any:
+        # (one op: a Python number as a multiplier costs a tensor of its own per op, as alpha none)
+        return torch.add(a, b, alpha=c) if isinstance(c, float) else a + b * c
 
     def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
         if acc is not None and a.dtype == acc.dtype == b.dtype:
