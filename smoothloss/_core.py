@@ -28,8 +28,9 @@ __all__ = ["Options", "backward", "forward", "forward_and_grad", "jvp", "split_s
 
 
 def split_stats(stats: Any) -> tuple[Any, Any]:
-    """``(m, lse_rel)`` of a ``stats`` array (..., 2); ``lse = m + lse_rel``."""
-    return stats[..., 0], stats[..., 1]
+    """``(m, lse_rel)`` of a ``stats`` array (..., 2), ``lse = m + lse_rel``; a pair
+    (:func:`forward` without ``stats``) as it is."""
+    return stats if isinstance(stats, tuple) else (stats[..., 0], stats[..., 1])
 
 
 def validate(
@@ -203,14 +204,20 @@ class _Prepared:
         return None
 
 
-def forward(fw: Any, logits: Any, targets: Any, weight: Any, opts: Options) -> tuple[Any, Any, Any]:
+def forward(
+    fw: Any, logits: Any, targets: Any, weight: Any, opts: Options, *, stats: bool = True
+) -> tuple[Any, Any, Any]:
     """``(loss, stats, scale)``: the reduced loss, each position's log-sum-exp as
     ``stats`` (..., 2) = (row maximum, log-sum-exp relative to it) in the compute dtype,
     O(positions), and d(loss)/d(per-position loss) of the reduction (a float or a 0-d
-    array). The last two are what :func:`backward` needs besides the inputs."""
+    array). The last two are what :func:`backward` needs besides the inputs.
+
+    With ``stats=False``, for a backward of the logits' gradient alone, ``stats`` is a
+    pair that only :func:`backward`'s ``softmax_affine`` reads: the statistics where the
+    loss needs them, else what the kernels make instead (see ``log_softmax_stats``)."""
     P = _Prepared(fw, logits, targets, weight, opts)
-    reduced, m, lse_rel, scale = _forward(P, opts)
-    return reduced, P.xp.stack([m, lse_rel], axis=-1), scale
+    reduced, m, lse_rel, scale = _forward(P, opts, stats=stats or _reads_stats(P, opts))
+    return reduced, (P.xp.stack([m, lse_rel], axis=-1) if stats else (m, lse_rel)), scale
 
 
 def forward_and_grad(fw: Any, logits: Any, targets: Any, weight: Any, opts: Options) -> tuple[Any, Any]:
@@ -218,9 +225,14 @@ def forward_and_grad(fw: Any, logits: Any, targets: Any, weight: Any, opts: Opti
     for the logits, on one preparation of the inputs (the sum of the per-position
     losses' gradient for ``"none"``)."""
     P = _Prepared(fw, logits, targets, weight, opts)
-    # (the row statistics are needed by the z-loss and probability targets; else at most by softmax_affine)
-    reduced, m, lse_rel, scale = _forward(P, opts, stats=bool(opts.z_loss) or not P.integer)
+    reduced, m, lse_rel, scale = _forward(P, opts, stats=_reads_stats(P, opts))
     return reduced, _backward(P, opts, m, lse_rel, scale, reduced, 1.0, (True, False, False))[0]
+
+
+def _reads_stats(P: _Prepared, opts: Options) -> bool:
+    """Whether the logits' gradient reads the row statistics other than through
+    ``softmax_affine``: for the z-loss and for probability targets."""
+    return bool(opts.z_loss) or not P.integer
 
 
 def _forward(P: _Prepared, opts: Options, stats: bool = True) -> tuple[Any, Any, Any, Any]:

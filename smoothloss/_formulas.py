@@ -21,7 +21,8 @@ from typing import Any
 
 __all__ = [
     "CONVENTIONS", "Options", "REDUCTIONS", "compute_dtype", "integer_grad_coefficients", "integer_loss", "is_zero",
-    "known_count", "mean_scale", "reduce", "shifted_nll", "smoothing_coefficients", "soft_cap", "soft_cap_grad", "xlogx",
+    "known_count", "mean_scale", "reduce", "shifted_nll", "smoothing_coefficients", "soft_cap", "soft_cap_grad",
+    "xlogx",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")

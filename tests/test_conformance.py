@@ -224,3 +224,29 @@ def test_native_kernels_match_the_array_api_composition(driver_for, name, case):
         plain = smoothloss.cross_entropy_and_grad(x, t, **opts)
     for a, b in zip(fast, plain):
         assert rel_err(d.to_numpy(a), d.to_numpy(b)) <= 1e-12
+
+
+LEAN_CASES = [c for c in NATIVE_CASES if c.targets == "int" and "weight" not in dict(c.make()[2])]
+
+
+@pytest.mark.parametrize("case", LEAN_CASES, ids=[c.id for c in LEAN_CASES])
+@pytest.mark.parametrize("name", ["numpy", "torch", "jax", "tensorflow"])
+def test_forward_without_stats_gives_the_same_logits_gradient(driver_for, name, case):
+    """``_core.forward(stats=False)`` (the statistics only as the backward's softmax reads
+    them) gives the same loss, and the same logits' gradient from ``_core.backward``, as
+    the full statistics, with each framework's native kernels."""
+    from smoothloss import _core
+    from smoothloss.backends import bind
+
+    d = driver_for(name)
+    x, t, opts = _native(d, case)
+    fw, (x, t, _) = bind(x, t, None)
+    o = _core.validate(fw, x, t, None, **opts)
+    full = _core.forward(fw, x, t, None, o)
+    lean = _core.forward(fw, x, t, None, o, stats=False)
+    assert isinstance(lean[1], tuple)
+    cot = 1.0 if o.reduction != "none" else fw.xp.ones_like(full[0])
+    g_full = _core.backward(fw, x, t, None, o, full[1], full[2], full[0], cot)[0]
+    g_lean = _core.backward(fw, x, t, None, o, lean[1], lean[2], lean[0], cot)[0]
+    assert rel_err(d.to_numpy(lean[0]), d.to_numpy(full[0])) <= 1e-12
+    assert rel_err(d.to_numpy(g_lean), d.to_numpy(g_full)) <= 1e-12
