@@ -205,7 +205,8 @@ class _Prepared:
 
 
 def forward(
-    fw: Any, logits: Any, targets: Any, weight: Any, opts: Options, *, stats: bool = True
+    fw: Any, logits: Any, targets: Any, weight: Any, opts: Options, *, stats: bool = True,
+    keep: list[Any] | None = None,
 ) -> tuple[Any, Any, Any]:
     """``(loss, stats, scale)``: the reduced loss, each position's log-sum-exp as
     ``stats`` (..., 2) = (row maximum, log-sum-exp relative to it) in the compute dtype,
@@ -214,9 +215,12 @@ def forward(
 
     With ``stats=False``, for a backward of the logits' gradient alone, ``stats`` is a
     pair that only :func:`backward`'s ``softmax_affine`` reads: the statistics where the
-    loss needs them, else what the kernels make instead (see ``log_softmax_stats``)."""
+    loss needs them, else what the kernels make instead (see ``log_softmax_stats``).
+
+    With a list ``keep``, the Array-API composition's kernels append the exponentials
+    ``exp(x - m)`` they sum (for :func:`exp_grad_terms`); native kernels append nothing."""
     P = _Prepared(fw, logits, targets, weight, opts)
-    reduced, m, lse_rel, scale = _forward(P, opts, stats=stats or _reads_stats(P, opts))
+    reduced, m, lse_rel, scale = _forward(P, opts, stats=stats or _reads_stats(P, opts), keep=keep)
     return reduced, (P.xp.stack([m, lse_rel], axis=-1) if stats else (m, lse_rel)), scale
 
 
@@ -235,14 +239,15 @@ def _reads_stats(P: _Prepared, opts: Options) -> bool:
     return bool(opts.z_loss) or not P.integer
 
 
-def _forward(P: _Prepared, opts: Options, stats: bool = True) -> tuple[Any, Any, Any, Any]:
+def _forward(P: _Prepared, opts: Options, stats: bool = True, keep: Any = None) -> tuple[Any, Any, Any, Any]:
     """:func:`forward` on prepared inputs, with the statistics as ``(m, lse_rel)`` (which
     may be None without ``stats``: see :class:`~smoothloss.backends._base.Kernels`)."""
     xp, x, w = P.xp, P.x, P.w
     # Σ_c w_c (lse - x_c) for the smoothing term, from the same pass where the kernel has one
     # and lse - x_y at each label, off the same pass where the kernel has one
     m, lse_rel, sum_nll, nll_y = P.kernels.log_softmax_stats(
-        x, w, P.sum_w if P.integer and P.smoothed else None, P.y if P.integer else None, stats=stats
+        x, w, P.sum_w if P.integer and P.smoothed else None, P.y if P.integer else None, stats=stats,
+        **({} if keep is None else {"keep": keep}),
     )
 
     # a mean over a known, non-zero number of unweighted, unmasked positions: its 1/count
@@ -317,27 +322,16 @@ def _backward(
     xp, x, w, K = P.xp, P.x, P.w, P.K
     kernels = P.kernels
     lse = m + lse_rel if opts.z_loss else None
-    s = cotangent * scale
-    if P.valid is not None:
-        s = xp.astype(P.valid, P.cdtype) * s
-    if P.bad is not None:
-        s = xp.where(P.bad, xp.nan, s if not isinstance(s, float) else xp.zeros_like(P.bad, dtype=P.cdtype) + s)
-    if not isinstance(s, float) and s.dtype != P.cdtype:
-        s = xp.astype(s, P.cdtype)
-    s_k = xp.expand_dims(s, axis=-1) if getattr(s, "ndim", 0) > 0 else s
+    s, s_k = _position_scale(P, scale, cotangent)
 
     hit = None
     g_logits = g_targets = g_weight = None
 
     if needs[0]:
         if P.integer:
-            row, on_mass = integer_grad_coefficients(
-                lse, s, on=P.on, off=P.off, w_y=P.w_y, sum_w=P.sum_w, z_loss=opts.z_loss
-            )
-            coef = xp.expand_dims(row, axis=-1) if getattr(row, "ndim", 0) > 0 else row
-            shift = (w * P.off if w is not None else P.off) * s_k if P.smoothed else 0.0
+            coef, shift, at_label = _integer_logit_terms(P, opts, lse, s, s_k)
             g = kernels.softmax_affine(x, (m, lse_rel), coef, shift)
-            g = kernels.add_at_labels(g, P.y, -on_mass)
+            g = kernels.add_at_labels(g, P.y, at_label)
         else:
             q = P.soft_q()
             mass = q if w is None else q * w
@@ -378,6 +372,49 @@ def _backward(
             g_w = g_w - counts * (cotangent * loss * scale)
         g_weight = g_w if g_w.dtype == P.weight_dtype else xp.astype(g_w, P.weight_dtype)
     return g_logits, g_targets, g_weight
+
+
+def _position_scale(P: _Prepared, scale: Any, cotangent: Any) -> tuple[Any, Any]:
+    """``(s, s_k)``: each position's cotangent times the reduction's scale (0 at ignored
+    positions, NaN at unchecked out-of-range labels) in the compute dtype, and the same
+    with a trailing class axis to broadcast against the logits."""
+    xp = P.xp
+    s = cotangent * scale
+    if P.valid is not None:
+        s = xp.astype(P.valid, P.cdtype) * s
+    if P.bad is not None:
+        s = xp.where(P.bad, xp.nan, s if not isinstance(s, float) else xp.zeros_like(P.bad, dtype=P.cdtype) + s)
+    if not isinstance(s, float) and s.dtype != P.cdtype:
+        s = xp.astype(s, P.cdtype)
+    return s, xp.expand_dims(s, axis=-1) if getattr(s, "ndim", 0) > 0 else s
+
+
+def _integer_logit_terms(P: _Prepared, opts: Options, lse: Any, s: Any, s_k: Any) -> tuple[Any, Any, Any]:
+    """``(coef, shift, at_label)`` of the integer-label logits' gradient
+    ``coef·softmax - shift``, plus ``at_label`` at each position's label."""
+    xp, w = P.xp, P.w
+    row, on_mass = integer_grad_coefficients(lse, s, on=P.on, off=P.off, w_y=P.w_y, sum_w=P.sum_w, z_loss=opts.z_loss)
+    coef = xp.expand_dims(row, axis=-1) if getattr(row, "ndim", 0) > 0 else row
+    shift = (w * P.off if w is not None else P.off) * s_k if P.smoothed else 0.0
+    return coef, shift, -on_mass
+
+
+def exp_grad_terms(
+    fw: Any, e: Any, targets: Any, weight: Any, opts: Options, stats: Any, scale: Any, cotangent: Any
+) -> tuple[Any, Any, Any, Any]:
+    """The integer-label logits' gradient from ``e = exp(x - m)``, the forward's
+    exponentials (``m`` the row maxima of ``stats``; logits in the compute dtype, no
+    softcap), as ``(factor, shift, labels, at_label)``: the gradient is
+    ``e·factor - shift`` (factor per position, with a trailing class axis) plus
+    ``at_label`` at each position's label (``labels``: in [0, K)). So a caller can make
+    it in e's place, without a second exp pass over the logits."""
+    P = _Prepared(fw, e, targets, weight, opts)  # (e stands in for the logits: only its shape and dtype are read)
+    xp = P.xp
+    m, lse_rel = split_stats(stats)
+    s, s_k = _position_scale(P, scale, cotangent)
+    coef, shift, at_label = _integer_logit_terms(P, opts, m + lse_rel if opts.z_loss else None, s, s_k)
+    # softmax = exp(x - m - lse_rel) = e·exp(-lse_rel)
+    return xp.expand_dims(xp.exp(-lse_rel), axis=-1) * coef, shift, P.y, at_label
 
 
 def jvp(

@@ -90,10 +90,79 @@ def test_compiled_matches_eager_and_reference(case, mode, device):
         assert rel_err(_numpy(compiled[1]), ref_grad * float(cot)) <= tol
 
 
+WEIGHTED = [c for c in CASES if c.targets == "int" and "weight" in dict(c.make()[2])]
+
+
+@pytest.mark.parametrize("case", WEIGHTED, ids=[c.id for c in WEIGHTED])
+def test_compiled_gradient_from_the_forward_exponentials_with_a_fixed_weight(case, mode, device):
+    """Integer labels whose only differentiable input is the logits (here: a weight that
+    needs no gradient) take the function whose forward keeps exp(x - m) and whose
+    backward makes the gradient in its place: the loss and gradient against the float64
+    reference (a non-uniform cotangent for "none"), and against the eager kernels."""
+    x, t, opts = _tensors(case, device)
+    opts["weight"] = opts["weight"].detach()
+    mode("always")
+    loss = smoothloss.cross_entropy(x, t, **opts)
+    kept = binding.COMPILED.keeps_exp(x, t, binding._core.validate(binding.FW, x, t, opts["weight"], **{
+        k: v for k, v in opts.items() if k != "weight"}))
+    assert type(loss.grad_fn).__name__ == ("_ExpKeptCrossEntropyFunctionBackward" if kept else
+                                           "CrossEntropyFunctionBackward")
+    cot = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device).reshape(loss.shape)
+    (g,) = torch.autograd.grad(loss, x, cot)
+    mode("never")
+    eager, _ = _loss_and_grads(x, t, opts)
+    tol = tolerance(case.dtype)
+    assert rel_err(_numpy(loss), _numpy(eager[0])) <= tol and rel_err(_numpy(g), _numpy(eager[1])) <= tol
+    logits, targets, ref_opts = case.make()
+    ref_loss, ref_grad = reference_cross_entropy(logits, targets, **ref_opts)
+    assert rel_err(_numpy(loss), ref_loss) <= tol
+    if opts.get("reduction") != "none":
+        assert rel_err(_numpy(g), ref_grad * float(cot)) <= tol
+
+
+def test_compiled_gradient_from_the_forward_exponentials_twice_and_again(mode, device):
+    """The function that keeps the forward's exponentials: the first backward makes the
+    gradient in their place; a second backward of a retained graph, and a backward with
+    create_graph, recompute it from the saved inputs (the same values), and the logits
+    changed in place after the forward are refused as for any saved input."""
+    mode("always")
+    gen = torch.Generator(device=device).manual_seed(7)
+    x = torch.randn(6, 9, dtype=torch.float64, device=device, generator=gen, requires_grad=True)
+    y = torch.tensor([0, 8, 3, 3, 1, 5], device=device)
+    ref_loss, ref_grad = reference_cross_entropy(_numpy(x), _labels(y), label_smoothing=0.2, z_loss=1e-3)
+
+    def loss_of(x):
+        return smoothloss.cross_entropy(x, y, label_smoothing=0.2, z_loss=1e-3)
+
+    loss = loss_of(x)
+    assert type(loss.grad_fn).__name__ == "_ExpKeptCrossEntropyFunctionBackward"
+    calls = binding.COMPILED.calls
+    (g1,) = torch.autograd.grad(2.0 * loss, x, retain_graph=True)  # from the exponentials
+    assert binding.COMPILED.calls == calls + 1
+    (g2,) = torch.autograd.grad(loss, x, retain_graph=True)  # recomputed: the exponentials are spent
+    (g3,) = torch.autograd.grad(loss, x, create_graph=True)
+    assert rel_err(_numpy(loss), ref_loss) <= 1e-10
+    assert rel_err(_numpy(g1), 2.0 * ref_grad) <= 1e-10
+    for g in (g2, g3):
+        assert rel_err(_numpy(g), ref_grad) <= 1e-10
+    assert g3.requires_grad and torch.autograd.gradgradcheck(loss_of, (x,))
+    # a create_graph backward first: recomputed, and the exponentials are left unused
+    (h,) = torch.autograd.grad(loss_of(x), x, create_graph=True)
+    assert rel_err(_numpy(h), ref_grad) <= 1e-10
+    z = x.detach().clone().requires_grad_()
+    w = z * 1.0
+    loss = loss_of(w)
+    with torch.no_grad():
+        w.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def _graph_count() -> int:
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
-    return sum(len(_debug_get_cache_entry_list(f.__code__)) for f in (binding._forward_graph, binding._backward_graph))
+    graphs = (binding._forward_graph, binding._backward_graph, binding._forward_kept_graph, binding._exp_grad_graph)
+    return sum(len(_debug_get_cache_entry_list(f.__code__)) for f in graphs)
 
 
 def test_one_graph_serves_every_batch_size_class_count_and_value(mode, device):

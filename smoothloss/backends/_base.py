@@ -123,6 +123,8 @@ class Kernels:
       needs m and lse_rel only as ``softmax_affine``'s ``stats`` of the same x: a native
       kernel may return in their place whatever its own ``softmax_affine`` reads instead
       (torch's row kernels: None and the log-probabilities, which it exponentiates).
+      This composition (not the native kernels) also appends ``exp(x - m)`` to a list
+      ``keep`` where one is given (:func:`smoothloss._core.forward`'s ``keep``).
     * ``softmax_affine(x, stats, scale, shift, row_lse=True)``: scale·softmax(x) - shift
       with ``softmax = exp((x - m) - lse_rel)``, ``stats = (m, lse_rel)`` per position (the
       row's own unless ``row_lse=False``: then they may be a whole sharded row's),
@@ -144,12 +146,16 @@ class Kernels:
         return self.xp.exp(z)
 
     def log_softmax_stats(
-        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None, *, stats: bool = True
+        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None, *, stats: bool = True,
+        keep: list[Any] | None = None,
     ) -> tuple[Any, Any, Any, Any]:
         xp = self.xp
         m = xp.max(x, axis=-1, keepdims=True)
         z = x - m  # <= 0: the sums below add terms of one sign, with no cancellation
-        lse_rel = xp.log(xp.sum(self.exp(z), axis=-1))
+        e = self.exp(z)
+        if keep is not None:
+            keep.append(e)
+        lse_rel = xp.log(xp.sum(e, axis=-1))
         sum_nll = nll_y = None
         if sum_w is not None:
             sum_nll = lse_rel * sum_w - xp.sum(z if weight is None else z * weight, axis=-1)

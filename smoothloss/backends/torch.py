@@ -212,9 +212,11 @@ class TorchFramework(Framework):
         # positionally here, so the autograd C apply is called directly.
         logits, targets = _unwrap_if_dead(logits), _unwrap_if_dead(targets)
         weight = None if weight is None else _unwrap_if_dead(weight)
-        if (fw is self and numel <= SMALL_CALL and opts.reduction != "none" and not targets.requires_grad
-                and (weight is None or not weight.requires_grad)):
+        first_order = not targets.requires_grad and (weight is None or not weight.requires_grad)
+        if fw is self and numel <= SMALL_CALL and opts.reduction != "none" and first_order:
             return _small_apply(logits, targets, weight, opts, fw)
+        if fw is not self and first_order and _forward_ad_level() < 0 and COMPILED.keeps_exp(logits, targets, opts):
+            return _exp_kept_apply(logits, targets, weight, opts, fw)
         return _autograd_apply(logits, targets, weight, opts, fw)[0]
 
     def fused(self, like: Any, numel: Any) -> Any:
@@ -396,6 +398,43 @@ def _forward_ad_level() -> int:
 _autograd_apply = super(torch.autograd.Function, CrossEntropyFunction).apply
 _small_apply = super(torch.autograd.Function, _SmallCrossEntropyFunction).apply  # (old-style: no binding step)
 _unwrap_if_dead = torch._C._functorch.unwrap_if_dead
+
+
+class _ExpKeptCrossEntropyFunction(torch.autograd.Function):
+    """The compiled dense loss of eager calls on integer labels whose only differentiable
+    input is the logits (float32 or float64, no softcap): the forward's graph also writes
+    ``e = exp(x - m)``, the exponentials its row sums add up, and the backward turns e
+    into the gradient in its place, in one pass with no exp (where
+    :class:`CrossEntropyFunction`'s backward reads the logits and exponentiates them
+    again). e is the gradient's memory, held from the forward on, as large as the logits.
+    A second backward of the same graph (``retain_graph``), double backward and batched
+    gradients run :class:`CrossEntropyFunction`'s backward on the saved inputs."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Any, targets: Any, weight: Any, opts: _core.Options, fw: Any) -> Any:
+        flat = _Flat(logits, targets, weight, opts)
+        loss, stats, scale, ctx.e = fw.closed_forward_kept(flat)  # (e: not a saved tensor, never handed out)
+        if ctx.e is None:  # compiling failed: the eager kernels
+            loss, stats, scale = FW.closed_forward(logits, targets, weight, opts)
+        if not isinstance(scale, torch.Tensor):
+            scale = torch.full((), scale, dtype=stats.dtype, device=stats.device)
+        flat.x = None  # (the backward reads the labels, weight and layout only)
+        ctx.opts, ctx.fw, ctx.flat = opts, fw, flat
+        ctx.save_for_backward(logits, targets, weight, stats, scale, loss)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, cotangent: Any) -> Any:
+        e, ctx.e = ctx.e, None  # the first backward takes e; a second one finds None
+        if e is not None and not torch.is_grad_enabled() and not _functorch_wrapped(cotangent):
+            _, _, _, stats, scale, _ = ctx.saved_tensors  # (checks that no input was changed in place)
+            g = ctx.fw.grad_from_exp(ctx.flat, e, stats, scale, cotangent)
+            if g is not None:
+                return g, None, None, None, None
+        return CrossEntropyFunction.backward(ctx, cotangent, None, None)
+
+
+_exp_kept_apply = super(torch.autograd.Function, _ExpKeptCrossEntropyFunction).apply
 
 
 class _CompiledCrossEntropyFunction(CrossEntropyFunction):
@@ -611,6 +650,27 @@ def _backward_graph(
     return _core.backward(_REFERENCE, logits, targets, weight, _joined(shape, values), *rest)
 
 
+def _forward_kept_graph(logits: Any, targets: Any, weight: Any, shape: _core.Options, values: tuple[Any, ...]) -> Any:
+    """:func:`_forward_graph`, and ``e = exp(x - m)`` of the (N, K) logits: the one its
+    row sums add up (so Inductor writes it from the same loop, with no second exp)."""
+    keep: list[Any] = []
+    loss, stats, scale = _core.forward(_REFERENCE, logits, targets, weight, _joined(shape, values), keep=keep)
+    return loss, stats, scale, keep[0]
+
+
+def _exp_grad_graph(
+    e: Any, targets: Any, weight: Any, shape: _core.Options, values: tuple[Any, ...], stats: Any, scale: Any,
+    cotangent: Any,
+) -> Any:
+    """The logits' gradient made in e's place, but for the label term, returned as
+    ``(labels, at_label)`` (a scatter into e inside the graph would make Inductor copy e)."""
+    factor, shift, labels, at_label = _core.exp_grad_terms(
+        _REFERENCE, e, targets, weight, _joined(shape, values), stats, scale, cotangent
+    )
+    e.mul_(factor).sub_(shift)
+    return labels, at_label
+
+
 @functools.lru_cache(maxsize=256)
 def _graph_options(opts: _core.Options, integer: bool) -> tuple[_core.Options, tuple[Any, ...]]:
     """A call's options split into the graph's constants and its float inputs (cached:
@@ -713,6 +773,46 @@ class CompiledBinding(TorchFramework):
             return FW.closed_forward(logits, targets, weight, opts)
         loss, stats, scale = out
         return (f.positioned(loss) if f.none else loss), f.positioned(stats), scale
+
+    def keeps_exp(self, logits: Any, targets: Any, opts: _core.Options) -> bool:
+        """Whether a call's logits' gradient can be made from the forward's exponentials
+        (:meth:`closed_forward_kept`, :meth:`grad_from_exp`): integer labels, logits that
+        are their own compute dtype (so e is no larger than they are), no softcap."""
+        return (not targets.is_floating_point() and opts.softcap is None
+                and logits.dtype in (torch.float32, torch.float64))
+
+    def closed_forward_kept(self, f: _Flat) -> Any:
+        """``(loss, stats, scale, e)``: the compiled forward of a flattened call, and
+        ``e = exp(x - m)`` of its (N, K) logits; Nones where compiling failed."""
+        out = self._run("forward_kept", _forward_kept_graph, f.x, f.t, f.w, f.shape, f.values)
+        if out is None:
+            return None, None, None, None
+        loss, stats, scale, e = out
+        return (f.positioned(loss) if f.none else loss), f.positioned(stats), scale, e
+
+    def grad_from_exp(self, f: _Flat, e: Any, stats: Any, scale: Any, cotangent: Any) -> Any:
+        """The logits' gradient of a flattened call, made in the place of the forward's
+        ``e`` (:meth:`closed_forward_kept`), in the caller's layout; None where compiling
+        failed (e is then unchanged)."""
+        cot = f.rows(cotangent) if f.none and isinstance(cotangent, torch.Tensor) and cotangent.ndim else cotangent
+        out = self._run("backward_from_exp", _exp_grad_graph, e, f.t, f.w, f.shape, f.values, f.rows(stats), scale, cot)
+        if out is None:
+            return None
+        labels, at_label = out
+        # the label term out of the graph: a scatter into e there would make Inductor copy e
+        e.scatter_add_(-1, labels.unsqueeze(-1), _label_values(e, labels, at_label))
+        return f.layout(e)
+
+    def closed_forward_and_grad(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
+        if self.broken is None and self.keeps_exp(logits, targets, opts):
+            f = _Flat(logits, targets, weight, opts)
+            loss, stats, scale, e = self.closed_forward_kept(f)
+            if e is not None:
+                one = torch.ones((), dtype=e.dtype, device=e.device)  # (a tensor: the same graph as a backward's)
+                g = self.grad_from_exp(f, e, stats, scale, one)
+                if g is not None:
+                    return loss, g
+        return super().closed_forward_and_grad(logits, targets, weight, opts)
 
     def closed_backward(
         self, logits: Any, targets: Any, weight: Any, opts: _core.Options,
