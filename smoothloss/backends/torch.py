@@ -569,10 +569,11 @@ FW = TorchFramework(_namespace())
 # set_compile_mode("auto"): below it, a compiled call's fixed cost (guards, launch) is
 # more than the passes it saves. Measured by ``python -m smoothloss bench`` (its
 # compiled-vs-eager table; see docs/benchmarks.md): on 2 CPU threads, compiled ÷ eager
-# was 1.21 at 256×1000, 1.00 at 512×1000, 0.98 at 2048×256, 0.84 at 1024×1000 and 0.67
-# at 4096×1000 (parallel compiled loops, exp2 for exp, and the eager kernels'
-# composition for short rows).
-COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 1 << 19))
+# was 1.02 at 256×1000, 0.87 at 512×1000, 0.87 at 2048×256, 0.71 at 1024×1000 and 0.52
+# at 4096×1000 (parallel compiled loops, exp2 for exp, one exp per logit where the
+# backward starts from the forward's exponentials, and the eager kernels' composition
+# for short rows).
+COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 1 << 18))
 
 # Eager calls on at most this many logits make the gradient in the forward
 # (:class:`_SmallCrossEntropyFunction`): where the per-call work outweighs the passes, and
