@@ -399,6 +399,9 @@ def test_quick_run_measures_the_linear_path(quick_run):
                 assert r["peak_mib"] >= r["peak_before_mib"] > 0 and r["first_step_s"] > 0
         assert e["time_ratio"] > 0 and e["peak_ratio"] > 0
         assert e["extra_ratio"] is None or e["extra_ratio"] >= 0
+        # and against the framework's own loss on the unchunked logits
+        assert e["time_ratio_builtin"] > 0 and e["peak_ratio_builtin"] > 0
+        assert e["time_ratio_builtin"] == linear.ratio(e["chunked"]["time_s"], e["builtin"]["time_s"])
     assert rc == 0
 
 
@@ -407,7 +410,10 @@ def test_linear_table_in_markdown_and_docs(quick_run):
     for text in ((out / "bench.md").read_text(), docs.read_text()):
         assert "## Chunked linear cross-entropy" in text
         assert "| peak MiB unchunked | peak MiB chunked | peak ratio |" in text
+        assert "| time s builtin | time s chunked | time ratio | peak MiB builtin |" in text
         for e in report["linear"]["results"]:
+            row = f"| {e['framework']} | {size_name(e['size'])} | {linear.BUILTIN[e['framework']]} |"
+            assert any(line.startswith(row) for line in text.splitlines())
             assert any(line.startswith(f"| {e['framework']} | {size_name(e['size'])} (")
                        and line.count("×") >= 5 for line in text.splitlines())
 
@@ -423,6 +429,7 @@ def _fake_linear_run(frameworks, sizes, chunk=None, repeats=3, **_):
     for fw in frameworks:
         for size in sizes:
             runs = {"unchunked": [rec(fw, "unchunked", r, 2.0 + r, 300.0) for r in range(repeats)],
+                    "builtin": [rec(fw, "builtin", r, 4.0 + r, 600.0) for r in range(repeats)],
                     "chunked": [rec(fw, "chunked", r, 1.0 + r, 150.0) for r in range(repeats)]}
             results.append(linear.summarise_entry(fw, size, chunk, runs))
     settings = {"sizes": [list(s) for s in sizes], "frameworks": list(frameworks), "skipped": [], "chunk": chunk,
@@ -444,6 +451,7 @@ def test_only_linear_skips_the_frameworks(tmp_path, monkeypatch):
     e = report["linear"]["results"][0]
     assert e["chunk"] == 16 and e["chunk_rows"] == 16
     assert e["unchunked"]["time_s"] == 3.0 and e["chunked"]["time_s"] == 2.0 and e["time_ratio"] == 2 / 3
+    assert e["builtin"]["time_s"] == 5.0 and e["time_ratio_builtin"] == 2 / 5 and e["peak_ratio_builtin"] == 0.25
     assert e["unchunked"]["time_samples_s"] == [2.0, 3.0, 4.0]
     assert e["peak_ratio"] == 0.5 and e["extra_ratio"] == 0.25 and e["losses_match"]
     md = (tmp_path / "bench.md").read_text()
@@ -482,11 +490,12 @@ def test_linear_steps_agree_in_process(fw):
         out = step.run()
         outs[mode] = (step.loss(out), *step.grads(out))
         step.reset()
-    (lu, hu, wu), (lc, hc, wc) = outs["unchunked"], outs["chunked"]
-    assert lc == pytest.approx(lu, rel=1e-5)
-    assert hc.shape == (10, 4) and wc.shape == (12, 4)
-    np.testing.assert_allclose(hc, hu, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(wc, wu, rtol=1e-4, atol=1e-6)
+    (lu, hu, wu), (lc, hc, wc), (lb, hb, wb) = outs["unchunked"], outs["chunked"], outs["builtin"]
+    assert lc == pytest.approx(lu, rel=1e-5) and lb == pytest.approx(lu, rel=1e-5)
+    assert hc.shape == hb.shape == (10, 4) and wc.shape == wb.shape == (12, 4)
+    for h, w in ((hc, wc), (hb, wb)):
+        np.testing.assert_allclose(h, hu, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(w, wu, rtol=1e-4, atol=1e-6)
 
 
 def test_parse_linear_sizes():

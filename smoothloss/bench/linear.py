@@ -6,6 +6,10 @@ to hidden *and* weight of
 
 * unchunked: ``smoothloss.cross_entropy(hidden @ weight.T, labels)``, whose N×V logits and
   their gradient exist at once;
+* builtin: the framework's own label-smoothed loss on the same N×V logits: torch
+  ``F.cross_entropy(hidden @ weight.T, labels, label_smoothing=ε)``, optax
+  ``softmax_cross_entropy`` of ``smooth_labels(one_hot(labels))``, Keras
+  ``CategoricalCrossentropy(from_logits=True, label_smoothing=ε)`` of ``one_hot(labels)``;
 * chunked: ``smoothloss.linear_cross_entropy(hidden, weight, labels, chunk_size=C)``
   (``C`` = None: the library's default, about 64 MiB of logits per chunk);
 
@@ -17,8 +21,8 @@ TensorFlow (a ``GradientTape`` inside ``tf.function``)::
 
 or as part of ``python -m smoothloss bench --linear NxHxV`` (``--only-linear`` for it alone).
 
-Every run is a fresh subprocess for one (framework, path); for ``repeats`` R the two paths
-alternate, R runs each (U C C U U C ...), so that drifting machine load hits both alike.
+Every run is a fresh subprocess for one (framework, path); for ``repeats`` R the paths
+alternate, R runs each (U B C C B U ...), so that drifting machine load hits them alike.
 
 Inside a run: the inputs are made, one full-size warm-up step runs (jax compiles, TensorFlow
 traces, thread pools and kernels start), its outputs are dropped and ``malloc_trim`` hands
@@ -40,7 +44,8 @@ under the same settings, so the time ratio is like for like.
 
 Reported per (framework, size): the median time and every sample, the largest peak, the
 median ``peak_before_mib``, the largest extra, and the ratios chunked ÷ unchunked of time,
-of peak (``peak_ratio``) and of extra beyond the inputs (``extra_ratio``).
+of peak (``peak_ratio``) and of extra beyond the inputs (``extra_ratio``), and the same
+chunked ÷ builtin (``time_ratio_builtin``, ``peak_ratio_builtin``, ``extra_ratio_builtin``).
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ from smoothloss.bench.common import (
     size_name, write_json,
 )
 
-MODES = ("unchunked", "chunked")
+MODES = ("unchunked", "builtin", "chunked")
+BUILTIN = {"torch": "F.cross_entropy", "jax": "optax", "tensorflow": "Keras CCE"}
 SMOOTHING = 0.1
 QUICK_SIZES = ((256, 64, 1024),)  # ``python -m smoothloss bench --quick``
 
@@ -179,13 +185,40 @@ def _loss_fn(framework: str, mode: str, chunk: int | None, eps: float) -> Callab
 
     if mode == "chunked":
         return lambda h, w, y: smoothloss.linear_cross_entropy(h, w, y, label_smoothing=eps, chunk_size=chunk)
-    if mode != "unchunked":
+    if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if framework == "tensorflow":
         import tensorflow as tf
 
-        return lambda h, w, y: smoothloss.cross_entropy(tf.matmul(h, w, transpose_b=True), y, label_smoothing=eps)
-    return lambda h, w, y: smoothloss.cross_entropy(h @ w.T, y, label_smoothing=eps)
+        def logits(h: Any, w: Any) -> Any:
+            return tf.matmul(h, w, transpose_b=True)
+    else:
+        def logits(h: Any, w: Any) -> Any:
+            return h @ w.T
+    if mode == "unchunked":
+        return lambda h, w, y: smoothloss.cross_entropy(logits(h, w), y, label_smoothing=eps)
+    if framework == "torch":
+        import torch.nn.functional as F
+
+        return lambda h, w, y: F.cross_entropy(logits(h, w), y, label_smoothing=eps)
+    if framework == "jax":
+        import jax
+        import optax
+
+        def optax_loss(h: Any, w: Any, y: Any) -> Any:
+            z = logits(h, w)
+            return optax.softmax_cross_entropy(z, optax.smooth_labels(jax.nn.one_hot(y, z.shape[-1]), eps)).mean()
+
+        return optax_loss
+    import keras
+
+    cce = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=eps)
+
+    def keras_loss(h: Any, w: Any, y: Any) -> Any:
+        z = logits(h, w)
+        return cce(tf.one_hot(y, tf.shape(z)[-1]), z)
+
+    return keras_loss
 
 
 def _torch_step(fn: Callable[..., Any], hidden: np.ndarray, weight: np.ndarray, labels: np.ndarray) -> Step:
@@ -250,7 +283,7 @@ STEP_BUILDERS = {"torch": _torch_step, "jax": _jax_step, "tensorflow": _tf_step}
 
 def build_step(framework: str, mode: str, hidden: np.ndarray, weight: np.ndarray, labels: np.ndarray,
                chunk: int | None = None, eps: float = SMOOTHING) -> Step:
-    """The forward+backward of ``mode`` ("unchunked" or "chunked") in ``framework``."""
+    """The forward+backward of ``mode`` ("unchunked", "builtin" or "chunked") in ``framework``."""
     if framework not in STEP_BUILDERS:
         raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
     return STEP_BUILDERS[framework](_loss_fn(framework, mode, chunk, eps), hidden, weight, labels)
@@ -339,8 +372,10 @@ def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def summarise_entry(framework: str, size: Sequence[int], chunk: int | None,
                     runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """One (framework, size): both paths' summaries, their ratios chunked ÷ unchunked, every run."""
+    """One (framework, size): the paths' summaries, the ratios chunked ÷ unchunked and
+    chunked ÷ builtin (where the builtin path ran), every run."""
     u, c = summarise_runs(runs["unchunked"]), summarise_runs(runs["chunked"])
+    b = summarise_runs(runs["builtin"]) if runs.get("builtin") else None
     entry: dict[str, Any] = {
         "framework": framework, "size": [int(s) for s in size], "chunk": chunk,
         "chunk_rows": chunk_rows(size, chunk), "logits_mib": logits_mib(size),
@@ -350,8 +385,14 @@ def summarise_entry(framework: str, size: Sequence[int], chunk: int | None,
         "extra_ratio": ratio(c.get("extra_mib"), u.get("extra_mib")),
         "runs": runs,
     }
+    if b is not None:
+        entry["builtin"] = b
+        for key, field in (("time_ratio_builtin", "time_s"), ("peak_ratio_builtin", "peak_mib"),
+                           ("extra_ratio_builtin", "extra_mib")):
+            entry[key] = ratio(c.get(field), b.get(field))
     if "loss" in u and "loss" in c:
-        entry["losses_match"] = bool(abs(c["loss"] - u["loss"]) <= 1e-4 * max(1.0, abs(u["loss"])))
+        same = [abs(p["loss"] - u["loss"]) <= 1e-4 * max(1.0, abs(u["loss"])) for p in (c, b) if p and "loss" in p]
+        entry["losses_match"] = bool(all(same))
     errors = [f"{r.get('mode')}: {r['error']}" for rs in runs.values() for r in rs if "error" in r]
     if errors:
         entry["errors"] = errors
@@ -375,7 +416,7 @@ def run(frameworks: Sequence[str], sizes: Sequence[Sequence[int]], chunk: int | 
     settings = {
         "sizes": [[int(s) for s in size] for size in sizes], "frameworks": todo, "skipped": skipped,
         "chunk": chunk, "repeats": repeats, "smoothing": eps, "threads": threads, "dtype": "float32",
-        "order": "per repeat r: unchunked, chunked if r is even, else chunked, unchunked",
+        "order": "per repeat r: unchunked, builtin, chunked if r is even, else chunked, builtin, unchunked",
         "method": "fresh process per run; warm-up step, VmHWM reset, measured step (time and peak)",
     }
     results = []
@@ -433,18 +474,23 @@ def markdown(linear: dict[str, Any]) -> str:
         "## Chunked linear cross-entropy",
         "",
         f"`linear_cross_entropy(hidden, weight, labels, label_smoothing={s['smoothing']}, chunk_size=C)` against "
-        f"`cross_entropy(hidden @ weight.T, labels, label_smoothing={s['smoothing']})`: forward+backward with "
+        f"`cross_entropy(hidden @ weight.T, labels, label_smoothing={s['smoothing']})` (unchunked) and against "
+        "each framework's own label-smoothed loss on the same logits (builtin: torch `F.cross_entropy`, optax "
+        "`softmax_cross_entropy` of `smooth_labels(one_hot(labels))`, Keras `CategoricalCrossentropy` of "
+        "`one_hot(labels)`): forward+backward with "
         "respect to hidden (N×H) and weight (V×H), float32, CPU, "
         f"{threads}. Each run is a fresh process: one full-size warm-up step, then the resident-set high-water "
         "mark is reset and one measured step gives the time and the peak resident set; before = resident set at "
         "the reset (runtime + inputs), extra = peak − before. "
         f"{s['repeats']} run(s) per path, the paths alternated; time = median, peak and extra = largest. "
-        "Ratios are chunked ÷ unchunked (< 1: the chunked path is faster / smaller).",
+        "Ratios are chunked ÷ unchunked (< 1: the chunked path is faster / smaller); the last table divides "
+        "by the builtin path.",
         "",
         "| framework | N×H×V (logits MiB) | chunk rows | time s unchunked | time s chunked | time ratio "
         "| peak MiB unchunked | peak MiB chunked | peak ratio | extra MiB unchunked → chunked | extra ratio |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    against = []
     for e in linear["results"]:
         u, c = e["unchunked"], e["chunked"]
         rows = e.get("chunk_rows")
@@ -459,8 +505,26 @@ def markdown(linear: dict[str, Any]) -> str:
             f"| {_fmt_mib(u['peak_mib'])} | {_fmt_mib(c['peak_mib'])} | {fmt_ratio(e['peak_ratio'])} "
             f"| {_fmt_mib(u['extra_mib'])} → {_fmt_mib(c['extra_mib'])} | {fmt_ratio(e['extra_ratio'])} |"
         )
+        b = e.get("builtin")
+        if b is not None and "error" not in b:
+            against.append(
+                f"| {e['framework']} | {size_name(e['size'])} | {BUILTIN.get(e['framework'], 'builtin')} "
+                f"| {_fmt_s(b['time_s'])} | {_fmt_s(c['time_s'])} | {fmt_ratio(e['time_ratio_builtin'])} "
+                f"| {_fmt_mib(b['peak_mib'])} | {_fmt_mib(c['peak_mib'])} | {fmt_ratio(e['peak_ratio_builtin'])} "
+                f"| {_fmt_mib(b['extra_mib'])} → {_fmt_mib(c['extra_mib'])} | {fmt_ratio(e['extra_ratio_builtin'])} |"
+            )
     if not linear["results"]:
         lines.append("| — | no framework measured | | | | | | | | | |")
+    if against:
+        lines += [
+            "",
+            "The chunked path against each framework's own loss on the unchunked logits (ratios chunked ÷ builtin):",
+            "",
+            "| framework | N×H×V | builtin | time s builtin | time s chunked | time ratio | peak MiB builtin "
+            "| peak MiB chunked | peak ratio | extra MiB builtin → chunked | extra ratio |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *against,
+        ]
     mismatched = [e for e in linear["results"] if e.get("losses_match") is False]
     for e in mismatched:
         lines += ["", f"- **{e['framework']} {size_name(e['size'])}: the two paths' losses differ** "
