@@ -109,7 +109,7 @@ IMPLS: dict[str, tuple[Impl, ...]] = {
 
 # torch, smoothloss in compile mode "always" against "never", forward+backward: where the
 # compiled kernels start to win (the threshold of the default mode, "auto").
-CROSSOVER_SIZES = ((64, 100), (256, 100), (1024, 100), (256, 1000), (1024, 1000), (4096, 1000))
+CROSSOVER_SIZES = ((64, 100), (256, 100), (1024, 100), (256, 1000), (512, 1000), (1024, 1000), (4096, 1000))
 CROSSOVER_IMPLS = (
     Impl("smoothloss.compiled", "smoothloss.cross_entropy, compiled kernels", True, False),
     Impl("smoothloss.eager", "smoothloss.cross_entropy, eager kernels", True, False),
