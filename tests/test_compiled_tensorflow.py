@@ -58,6 +58,7 @@ def test_xla_matches_eager_and_reference_tensorflow(case, graph, rows, mode, dri
     # over x - m and the softmax (long rows; the grid's rows are short, so made long here)
     if rows == "long":
         monkeypatch.setattr(tf_binding, "SHORT_ROWS", 0)
+        monkeypatch.setattr(tf_binding, "XLA_SUMS_FROM", 0)  # the sums' XLA kernel at any size
     driver = driver_for("tensorflow")
     logits, targets, opts = case.make()
     x = driver.asarray(logits, case.dtype)
@@ -86,6 +87,27 @@ def test_xla_matches_eager_and_reference_tensorflow(case, graph, rows, mode, dri
     assert rel_err(np.asarray(compiled[0], np.float64), ref_loss) <= tol
     if opts.get("reduction") != "none":
         assert rel_err(np.asarray(compiled[1], np.float64), ref_grad * float(cot)) <= tol
+
+
+def test_xla_forward_sums_only_from_their_size(mode, monkeypatch):
+    """Below ``XLA_SUMS_FROM`` logits the forward's row sums are TensorFlow's own ops (faster
+    there) while the backward still runs compiled; from it, the XLA kernel; both give the
+    reference."""
+    monkeypatch.setattr(tf_binding, "SHORT_ROWS", 0)
+    mode("always")
+    x = tf.constant(np.random.default_rng(5).normal(size=(6, 4)))
+    y = tf.constant([0, 1, 2, 3, 0, 1])
+    ref_loss, ref_grad = reference_cross_entropy(x.numpy(), y.numpy(), label_smoothing=0.1)
+    for start, summed in ((25, 0), (24, 1)):
+        monkeypatch.setattr(tf_binding, "XLA_SUMS_FROM", start)
+        calls = dict(tf_binding._XLA.calls)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = smoothloss.cross_entropy(x, y, label_smoothing=0.1)
+        g = tape.gradient(loss, x)
+        assert tf_binding._XLA.calls["sums"] == calls["sums"] + summed
+        assert tf_binding._XLA.calls["backward"] == calls["backward"] + 1
+        assert rel_err(loss.numpy(), ref_loss) <= 1e-10 and rel_err(g.numpy(), ref_grad) <= 1e-10
 
 
 def test_xla_in_a_graph_follows_the_mode_and_the_known_size(mode, monkeypatch):
@@ -215,6 +237,7 @@ def test_linear_chunks_run_the_xla_kernels(name, graph, mode):
 def test_xla_failure_in_the_forward_warns_once_and_runs_eager(mode, monkeypatch):
     _failing_xla(mode, monkeypatch, tf.errors.UnimplementedError(None, None, "no XLA for the sums"), "sums")
     monkeypatch.setattr(tf_binding, "SHORT_ROWS", 0)  # rows of any length take the sums
+    monkeypatch.setattr(tf_binding, "XLA_SUMS_FROM", 0)  # ... compiled at any size
     x = tf.constant(np.random.default_rng(2).normal(size=(5, 3)))
     y = tf.constant([0, 1, 2, 0, 1])
     ref_loss, ref_grad = reference_cross_entropy(x.numpy(), y.numpy(), label_smoothing=0.2)
