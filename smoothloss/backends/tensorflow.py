@@ -241,7 +241,7 @@ class _CompiledKernels(TensorflowKernels):
     def shifted_sums(self, x: Any, weight: Any, summed: bool) -> tuple[Any, Any]:
         numel = _numel(x)
         if not summed or (numel is not None and numel < XLA_SUMS_FROM):
-            return _shifted_sums(x, weight, summed)  # (the maximum alone: one TensorFlow reduction)
+            return _shifted_sums(x, weight, summed)  # TensorFlow's own ops (the maximum alone: one)
         return self.fw._run("sums", x, weight, True)
 
 
@@ -250,9 +250,10 @@ class _Compiled(TensorflowFramework):
     ``tf.function``\\ s with ``jit_compile=True``: XLA fuses the backward into one loop
     that reads the logits and writes the gradient, with no other B×K temporary, and the
     forward's row maximum and sums over x - m into one kernel (three TensorFlow ops
-    otherwise, which are faster below ``XLA_SUMS_FROM`` logits). Each is traced once per dtype and option set (``reduce_retracing``:
-    a new batch size does not retrace), compiled by XLA per shape; inside a caller's
-    graph it is a nested XLA cluster. The forward's softmax is TensorFlow's own (see
+    otherwise, which are faster below ``XLA_SUMS_FROM`` logits). Each is traced once
+    per dtype and option set (``reduce_retracing``: a new batch size does not
+    retrace), compiled by XLA per shape; inside a caller's graph it is a nested XLA
+    cluster. The forward's softmax is TensorFlow's own (see
     :meth:`TensorflowKernels.log_softmax_stats`): XLA:CPU materialises the operand of
     each row reduction, so a compiled log-sum-exp would hold x - m and exp(x - m) at
     once. An eager compile that fails warns once per process; the eager kernels run
