@@ -170,7 +170,10 @@ def test_one_graph_serves_every_batch_size_class_count_and_value(mode, device):
 
     # Dynamo remembers, for the whole process, the symbolic floats some earlier graph had
     # to specialise (by name, e.g. the first float input) and specialises them in every
-    # later graph: other tests' graphs in this process must not decide this one's
+    # later graph, and a graph compiled under that rule stays cached: other tests' graphs
+    # in this process (pytest-xdist puts other files' tests in it too) must not decide
+    # this one's, so the caches start empty
+    torch._dynamo.reset()
     TensorifyState.clear()
     mode("always")
     graphs = []
