@@ -240,8 +240,9 @@ def _reads_stats(P: _Prepared, opts: Options) -> bool:
 
 
 def _forward(P: _Prepared, opts: Options, stats: bool = True, keep: Any = None) -> tuple[Any, Any, Any, Any]:
-    """:func:`forward` on prepared inputs, with the statistics as ``(m, lse_rel)`` (which
-    may be None without ``stats``: see :class:`~smoothloss.backends._base.Kernels`)."""
+    """:func:`forward` on prepared inputs, with the statistics as ``(m, lse_rel)`` (without
+    ``stats``, whatever the kernels' ``softmax_affine`` reads in their place: see
+    :class:`~smoothloss.backends._base.Kernels`)."""
     xp, x, w = P.xp, P.x, P.w
     # Σ_c w_c (lse - x_c) for the smoothing term, from the same pass where the kernel has one
     # and lse - x_y at each label, off the same pass where the kernel has one

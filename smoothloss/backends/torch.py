@@ -79,10 +79,9 @@ class TorchKernels(Kernels):
             # torch's fused log_softmax computes (x - max) - log Σ exp(x - max): lse_rel is
             # minus its row maximum (exactly: at the row's maximum it is 0 - lse_rel, and
             # nowhere more), -log p at each label has the roundings of lse_rel + (m - x_y),
-            # and the weighted sum of -log p comes off the same temporary. (Without
-            # stats, m and lse_rel are not made: the row-wise softmax_affine reads neither.)
-            # Without stats, log p itself takes their place: this class's softmax_affine
-            # exponentiates it (one pass) instead of taking the softmax of x again.
+            # and the weighted sum of -log p comes off the same temporary. Without stats,
+            # m and lse_rel are not made and log p takes their place: this class's
+            # softmax_affine exponentiates it (one pass) instead of taking the softmax of x.
             log_p = torch.log_softmax(x, dim=-1)
             m, lse_rel = None, log_p
             if x.numel() <= _TINY:  # each op's call costs more than its loop: negate once, not per statistic
@@ -216,7 +215,7 @@ class TorchFramework(Framework):
         first_order = not targets.requires_grad and (weight is None or not weight.requires_grad)
         if fw is self and numel <= SMALL_CALL and opts.reduction != "none" and first_order:
             return _small_apply(logits, targets, weight, opts, fw)
-        if fw is not self and first_order and _forward_ad_level() < 0 and COMPILED.keeps_exp(logits, targets, opts):
+        if fw is not self and first_order and _forward_ad_level() < 0 and fw.keeps_exp(logits, targets, opts):
             return _exp_kept_apply(logits, targets, weight, opts, fw)
         return _autograd_apply(logits, targets, weight, opts, fw)[0]
 
@@ -301,6 +300,12 @@ def _tracked(*tensors: Any) -> bool:
     return False
 
 
+def _scale_tensor(scale: Any, stats: Any) -> Any:
+    """The reduction's scale as a 0-d tensor of the statistics' dtype and device (an
+    autograd output or saved tensor); torch.full keeps a symbolic float (1/N) symbolic."""
+    return scale if isinstance(scale, torch.Tensor) else torch.full((), scale, dtype=stats.dtype, device=stats.device)
+
+
 class CrossEntropyFunction(torch.autograd.Function):
     """Forward saves the inputs, each position's log-sum-exp (O(B)) and the reduction's
     scale; backward recomputes softmax in one pass and applies the closed form. With
@@ -312,9 +317,7 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(logits: Any, targets: Any, weight: Any, opts: _core.Options, fw: TorchFramework) -> Any:
         loss, stats, scale = fw.closed_forward(logits, targets, weight, opts)
-        if not isinstance(scale, torch.Tensor):  # torch.full keeps a symbolic float (1/N) symbolic
-            scale = torch.full((), scale, dtype=stats.dtype, device=stats.device)
-        return loss, stats, scale
+        return loss, stats, _scale_tensor(scale, stats)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
@@ -417,8 +420,7 @@ class _ExpKeptCrossEntropyFunction(torch.autograd.Function):
         loss, stats, scale, ctx.e = fw.closed_forward_kept(flat)  # (e: not a saved tensor, never handed out)
         if ctx.e is None:  # compiling failed: the eager kernels
             loss, stats, scale = FW.closed_forward(logits, targets, weight, opts)
-        if not isinstance(scale, torch.Tensor):
-            scale = torch.full((), scale, dtype=stats.dtype, device=stats.device)
+        scale = _scale_tensor(scale, stats)
         flat.x = None  # (the backward reads the labels, weight and layout only)
         ctx.opts, ctx.fw, ctx.flat = opts, fw, flat
         ctx.save_for_backward(logits, targets, weight, stats, scale, loss)
@@ -718,6 +720,14 @@ class _Flat:
         """A per-row array (N, ...) back to (positions, ...)."""
         return a.reshape(*self.positions, *a.shape[1:])
 
+    def outputs(self, loss: Any, stats: Any) -> tuple[Any, Any]:
+        """A graph's flat loss ("none": per row) and statistics back to (positions, ...)."""
+        return (self.positioned(loss) if self.none else loss), self.positioned(stats)
+
+    def cotangent(self, cot: Any) -> Any:
+        """A loss's cotangent as the graphs take it: per row for "none", else as it is."""
+        return self.rows(cot) if self.none and isinstance(cot, torch.Tensor) and cot.ndim else cot
+
     def layout(self, g: Any) -> Any:
         """An (N, K) gradient back to the caller's layout."""
         g = g.reshape(*self.positions, g.shape[-1])
@@ -774,7 +784,7 @@ class CompiledBinding(TorchFramework):
         if out is None:
             return FW.closed_forward(logits, targets, weight, opts)
         loss, stats, scale = out
-        return (f.positioned(loss) if f.none else loss), f.positioned(stats), scale
+        return (*f.outputs(loss, stats), scale)
 
     def keeps_exp(self, logits: Any, targets: Any, opts: _core.Options) -> bool:
         """Whether a call's logits' gradient can be made from the forward's exponentials
@@ -790,14 +800,16 @@ class CompiledBinding(TorchFramework):
         if out is None:
             return None, None, None, None
         loss, stats, scale, e = out
-        return (f.positioned(loss) if f.none else loss), f.positioned(stats), scale, e
+        return (*f.outputs(loss, stats), scale, e)
 
     def grad_from_exp(self, f: _Flat, e: Any, stats: Any, scale: Any, cotangent: Any) -> Any:
         """The logits' gradient of a flattened call, made in the place of the forward's
         ``e`` (:meth:`closed_forward_kept`), in the caller's layout; None where compiling
         failed (e is then unchanged)."""
-        cot = f.rows(cotangent) if f.none and isinstance(cotangent, torch.Tensor) and cotangent.ndim else cotangent
-        out = self._run("backward_from_exp", _exp_grad_graph, e, f.t, f.w, f.shape, f.values, f.rows(stats), scale, cot)
+        out = self._run(
+            "backward_from_exp", _exp_grad_graph, e, f.t, f.w, f.shape, f.values, f.rows(stats), scale,
+            f.cotangent(cotangent),
+        )
         if out is None:
             return None
         labels, at_label = out
@@ -821,11 +833,10 @@ class CompiledBinding(TorchFramework):
         stats: Any, scale: Any, loss: Any, cotangent: Any, needs: tuple[bool, bool, bool] = (True, False, False),
     ) -> Any:
         f = _Flat(logits, targets, weight, opts)
-        rows = f.rows if f.none else (lambda a: a)
-        cot = rows(cotangent) if isinstance(cotangent, torch.Tensor) and cotangent.ndim else cotangent
-        flat_loss = None if loss is None else rows(loss)  # (the chunked linear loss's step has none)
+        flat_loss = loss if loss is None or not f.none else f.rows(loss)  # (the chunked linear loss's step has none)
         out = self._run(
-            "backward", _backward_graph, f.x, f.t, f.w, f.shape, f.values, f.rows(stats), scale, flat_loss, cot, needs,
+            "backward", _backward_graph, f.x, f.t, f.w, f.shape, f.values, f.rows(stats), scale, flat_loss,
+            f.cotangent(cotangent), needs,
         )
         if out is None:
             return FW.closed_backward(logits, targets, weight, opts, stats, scale, loss, cotangent, needs)

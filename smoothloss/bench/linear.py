@@ -466,6 +466,17 @@ def _fmt_mib(v: float | None) -> str:
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
 
 
+def _against_cells(base: dict[str, Any], chunked: dict[str, Any], e: dict[str, Any], suffix: str) -> str:
+    """A table row's cells from time on: ``base`` then the chunked path, and the entry's
+    ratios named with ``suffix`` ("": ÷ unchunked, "_builtin": ÷ builtin)."""
+    return (
+        f"| {_fmt_s(base['time_s'])} | {_fmt_s(chunked['time_s'])} | {fmt_ratio(e['time_ratio' + suffix])} "
+        f"| {_fmt_mib(base['peak_mib'])} | {_fmt_mib(chunked['peak_mib'])} | {fmt_ratio(e['peak_ratio' + suffix])} "
+        f"| {_fmt_mib(base['extra_mib'])} → {_fmt_mib(chunked['extra_mib'])} "
+        f"| {fmt_ratio(e['extra_ratio' + suffix])} |"
+    )
+
+
 def markdown(linear: dict[str, Any]) -> str:
     """The linear results as a Markdown section: a paragraph on the method and one table."""
     s = linear["settings"]
@@ -500,18 +511,12 @@ def markdown(linear: dict[str, Any]) -> str:
             err = u.get("error") or c.get("error")
             lines.append(head + f"| failed: {str(err)[:160]} | | | | | | | |")
             continue
-        lines.append(
-            head + f"| {_fmt_s(u['time_s'])} | {_fmt_s(c['time_s'])} | {fmt_ratio(e['time_ratio'])} "
-            f"| {_fmt_mib(u['peak_mib'])} | {_fmt_mib(c['peak_mib'])} | {fmt_ratio(e['peak_ratio'])} "
-            f"| {_fmt_mib(u['extra_mib'])} → {_fmt_mib(c['extra_mib'])} | {fmt_ratio(e['extra_ratio'])} |"
-        )
+        lines.append(head + _against_cells(u, c, e, ""))
         b = e.get("builtin")
         if b is not None and "error" not in b:
             against.append(
                 f"| {e['framework']} | {size_name(e['size'])} | {BUILTIN.get(e['framework'], 'builtin')} "
-                f"| {_fmt_s(b['time_s'])} | {_fmt_s(c['time_s'])} | {fmt_ratio(e['time_ratio_builtin'])} "
-                f"| {_fmt_mib(b['peak_mib'])} | {_fmt_mib(c['peak_mib'])} | {fmt_ratio(e['peak_ratio_builtin'])} "
-                f"| {_fmt_mib(b['extra_mib'])} → {_fmt_mib(c['extra_mib'])} | {fmt_ratio(e['extra_ratio_builtin'])} |"
+                + _against_cells(b, c, e, "_builtin")
             )
     if not linear["results"]:
         lines.append("| — | no framework measured | | | | | | | | | |")
