@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 
 from smoothloss import bench
-from smoothloss.bench import cli, common, dense, linear
+from smoothloss.bench import cli, common, dense, dense_report, dense_steps, linear
 from smoothloss.bench.common import FRAMEWORKS, size_name
 
 # pytest -n auto (README): the quick benchmark runs once, in one worker
@@ -184,7 +186,7 @@ def _fake_report() -> dict:
 
 def test_summary_targets_from_known_numbers():
     report = _fake_report()
-    summary = dense.summarise(report["frameworks"])
+    summary = dense_report.summarise(report["frameworks"])
     got = {(t["target"], t["where"]): (round(t["value"], 3), t["met"]) for t in summary["targets"]}
     assert got == {
         ("smoothloss ≤ 1.0× the fastest built-in", "torch 1024×32000 (vs timm)"): (0.667, True),
@@ -221,10 +223,10 @@ def test_summary_targets_from_known_numbers():
 def test_compile_crossover_from_known_numbers():
     """The smallest size from which the compiled kernels win at it and at every larger size."""
     report = _fake_report()
-    c = dense.summarise(report["frameworks"])["crossover"]
+    c = dense_report.summarise(report["frameworks"])["crossover"]
     assert [r["compiled_over_eager"] for r in c["sizes"]] == [2.0, 0.9, 1.1, 0.8, 0.5]
     assert c["crossover_size"] == [256, 1000] and c["crossover_logits"] == 256000 and c["threshold"] == 1 << 17
-    report["summary"] = dense.summarise(report["frameworks"])
+    report["summary"] = dense_report.summarise(report["frameworks"])
     md = cli.markdown_tables(report)
     assert "| 256×1000 | 256,000 | 0.800 | 1.00 | 0.80× | 4.00 |" in md
     assert "Measured crossover: the compiled kernels win from 256×1000 (256,000 logits) up; the default mode " \
@@ -235,7 +237,7 @@ def test_compile_crossover_from_known_numbers():
                                                             "smoothloss.eager": _rec(1.0)}},
             {"size": [256, 100], "logits": 25600, "results": {"smoothloss.compiled": _rec(meds[1]),
                                                               "smoothloss.eager": _rec(1.0)}}]}
-        assert dense.compile_crossover(measured)["crossover_size"] == expect
+        assert dense_report.compile_crossover(measured)["crossover_size"] == expect
 
 
 def test_floor_rows_with_ratios(quick_run):
@@ -318,6 +320,171 @@ def test_crossover_options(argv, ladder, tmp_path, monkeypatch):
         pytest.skip("torch is not installed")
     rc, settings, _ = _settings([*argv, "--frameworks", "torch"], tmp_path, monkeypatch)
     assert rc == 0 and settings["crossover_sizes"] == ladder and settings["device"] == "cpu"
+
+
+# --------------------------------------------------------------------------- torch.compile(F.cross_entropy), first call
+
+COMPILED_BUILTIN = "torch_compiled_builtin"
+
+
+def test_compiled_builtin_is_timed_beside_f_cross_entropy(quick_run):
+    if "torch" not in INSTALLED:
+        pytest.skip("torch is not installed")
+    _, out, _, report = quick_run
+    impl = dense._impl("torch", COMPILED_BUILTIN)
+    assert impl.builtin and impl.smoothing and not impl.main and impl.label == "torch.compile(F.cross_entropy)"
+    keys = [i.key for i in dense.IMPLS["torch"]]
+    assert keys.index(COMPILED_BUILTIN) == keys.index("F.cross_entropy") + 1
+    res = report["frameworks"]["torch"]
+    first = res["sizes"][0]["results"][COMPILED_BUILTIN]
+    assert first["first_call_ms"] > first["max_ms"]  # compiling is in the first call, in no sample
+    for entry in res["sizes"] + [res["dispatch"]]:
+        rec = entry["results"][COMPILED_BUILTIN]
+        assert rec["matches_smoothloss"] and len(rec["samples_ms"]) == report["settings"]["repeats"]
+    md = (out / "bench.md").read_text().splitlines()
+    for row in (r for r in report["summary"]["ratios"] if r["framework"] == "torch"):
+        recs = next(e for e in res["sizes"] if e["size"] == row["size"])["results"]
+        assert row["vs"][COMPILED_BUILTIN] == recs["smoothloss"]["median_ms"] / recs[COMPILED_BUILTIN]["median_ms"]
+        line = next(line for line in md if line.startswith(f"| torch | {size_name(row['size'])} (")
+                    and f"| {impl.label} |" in line)
+        assert f"| {common.fmt_ratio(row['vs'][COMPILED_BUILTIN])} |" in line
+    d = next(d for d in report["summary"]["dispatch"] if d["framework"] == "torch")
+    assert d["vs"][COMPILED_BUILTIN] > 0
+    measured = {(m["implementation"], tuple(m["size"])) for m in res["memory"]}  # quick: in-process
+    assert {(COMPILED_BUILTIN, s) for s in dense.QUICK_SIZES} <= measured
+
+
+def test_first_call_in_fresh_processes(quick_run):
+    if "torch" not in INSTALLED:
+        pytest.skip("torch is not installed")
+    _, out, docs, report = quick_run
+    assert report["settings"]["first_call_size"] == list(dense.FIRST_CALL_SIZE)
+    res = report["frameworks"]["torch"]
+    fc = res["first_call"]
+    assert fc["size"] == list(dense.FIRST_CALL_SIZE) and fc["calls"] == dense.FIRST_CALL_CALLS
+    recs = fc["results"]
+    assert list(recs) == ["smoothloss", "F.cross_entropy"]
+    for rec in recs.values():
+        assert "error" not in rec, rec["error"]
+        assert len(rec["calls_ms"]) == dense.FIRST_CALL_CALLS and rec["first_call_s"] > 0
+        assert rec["first_call_s"] == pytest.approx(rec["calls_ms"][0] / 1e3)
+        assert rec["steady_ms"] == pytest.approx(statistics.median(rec["calls_ms"][40:50]))
+        assert set(rec["caches"]) == set(dense.FIRST_CALL_CACHES) and rec["caches_empty"] is True
+    # each in a process of its own, with cache directories of its own
+    assert len({rec["pid"] for rec in recs.values()} | {os.getpid()}) == 3
+    assert len({d for rec in recs.values() for d in rec["caches"].values()}) == 2 * len(dense.FIRST_CALL_CACHES)
+    assert recs["smoothloss"]["loss"] == pytest.approx(recs["F.cross_entropy"]["loss"], rel=1e-5)
+    b, k = dense.FIRST_CALL_SIZE
+    assert recs["smoothloss"]["compiled_kernels"] is (b * k >= res["compile_threshold"]
+                                                      and recs["smoothloss"]["compile_failed"] is None)
+    rows = {r["implementation"]: r for r in report["summary"]["first_call"]["rows"]}
+    sl, ref = recs["smoothloss"], recs["F.cross_entropy"]
+    assert rows["smoothloss"]["first_call_vs_builtin"] == sl["first_call_s"] / ref["first_call_s"]
+    assert rows["smoothloss"]["steady_vs_builtin"] == sl["steady_ms"] / ref["steady_ms"]
+    assert rows["F.cross_entropy"]["first_call_vs_builtin"] == rows["F.cross_entropy"]["steady_vs_builtin"] == 1.0
+    for text in ((out / "bench.md").read_text(), docs.read_text()):
+        assert "\nFirst call in a fresh process (empty Inductor cache): torch on the CPU, 4096×1000 " in text
+        assert "| torch F.cross_entropy(label_smoothing) | " in text and "| 1.00× | 1.00× |" in text
+        assert f"| {common.fmt_ratio(rows['smoothloss']['steady_vs_builtin'])} |" in text
+
+
+def _fake_first_call() -> dict:
+    def rec(key, first_s, steady_ms, **kw):
+        return {"implementation": key, "first_call_s": first_s, "steady_ms": steady_ms,
+                "calls_ms": [first_s * 1e3] + [steady_ms] * 49, **kw}
+
+    return {"size": [4096, 1000], "calls": 50, "steady_calls": 10,
+            "results": {"smoothloss": rec("smoothloss", 2.5, 4.0, compiled_kernels=True, compile_failed=None),
+                        "F.cross_entropy": rec("F.cross_entropy", 0.05, 16.0)}}
+
+
+def test_first_call_from_known_numbers():
+    report = _fake_report()
+    assert dense_report.summarise(report["frameworks"])["first_call"] is None
+    report["frameworks"]["torch"]["first_call"] = _fake_first_call()
+    assert not dense.failed(report["frameworks"])
+    summary = dense_report.summarise(report["frameworks"])
+    fc = summary["first_call"]
+    assert fc["size"] == [4096, 1000] and fc["builtin"] == "F.cross_entropy" and fc["steady_calls"] == [41, 50]
+    rows = {r["implementation"]: r for r in fc["rows"]}
+    assert rows["smoothloss"]["first_call_vs_builtin"] == pytest.approx(50.0)
+    assert rows["smoothloss"]["steady_vs_builtin"] == 0.25 and rows["smoothloss"]["compiled_kernels"] is True
+    assert rows["F.cross_entropy"]["first_call_vs_builtin"] == rows["F.cross_entropy"]["steady_vs_builtin"] == 1.0
+    report["summary"] = summary
+    md = cli.markdown_tables(report)
+    assert ("\nFirst call in a fresh process (empty Inductor cache): torch on the CPU, 4096×1000 float32 logits, "
+            "integer labels, label_smoothing=0.1, forward+backward; each implementation in a new Python process "
+            "whose `TORCHINDUCTOR_CACHE_DIR` and `TRITON_CACHE_DIR` are new empty directories.") in md
+    assert "steady state: the median of calls 41–50 in the same process:\n" in md
+    assert ("| implementation | first call s | steady-state ms | first call ÷ F.cross_entropy "
+            "| steady state ÷ F.cross_entropy |\n|---|---:|---:|---:|---:|\n"
+            "| smoothloss.cross_entropy [compiled] | 2.50 | 4.00 | 50.00× | 0.25× |\n"
+            "| torch F.cross_entropy(label_smoothing) | 0.050 | 16.0 | 1.00× | 1.00× |\n") in md
+    # a process that failed: its row says so, no ratio is made up, and the run counts as failed
+    report["frameworks"]["torch"]["first_call"]["results"]["smoothloss"] = {
+        "implementation": "smoothloss", "error": "worker exit status 1: boom"}
+    assert dense.failed(report["frameworks"])
+    report["summary"] = dense_report.summarise(report["frameworks"])
+    row = report["summary"]["first_call"]["rows"][0]
+    assert row["first_call_vs_builtin"] is None and row["steady_vs_builtin"] is None
+    assert "| smoothloss.cross_entropy | failed: worker exit status 1: boom | | | |" in cli.markdown_tables(report)
+
+
+def test_first_call_processes_get_new_empty_caches(monkeypatch):
+    """``run_first_call``: one worker per implementation, each with cache directories that are new,
+    empty and removed after it (what a process compiles there reaches no other)."""
+    seen = []
+
+    def fake_run_worker(spec, timeout_s, env=None):
+        dirs = [Path(env[v]) for v in dense.FIRST_CALL_CACHES]
+        assert all(d.is_dir() and not any(d.iterdir()) for d in dirs)
+        for d in dirs:
+            (d / "compiled").write_text("what a compile leaves")
+        seen.append((spec, dirs))
+        return {"implementation": spec["implementation"], "first_call_s": 1.0, "steady_ms": 2.0}
+
+    monkeypatch.setattr(dense, "run_worker", fake_run_worker)
+    fc = dense.run_first_call({"first_call_size": [8, 10], "smoothing": 0.1, "threads": 1}, 60.0)
+    assert [spec["implementation"] for spec, _ in seen] == [i.key for i in dense.FIRST_CALL_IMPLS]
+    for spec, _ in seen:
+        assert spec["task"] == "first_call" and spec["framework"] == "torch" and spec["size"] == [8, 10]
+        assert spec["smoothing"] == 0.1 and spec["threads"] == 1 and spec["device"] == "cpu"
+    dirs = [d for _, ds in seen for d in ds]
+    assert len(set(dirs)) == len(dirs) == 2 * len(dense.FIRST_CALL_CACHES) and not any(d.exists() for d in dirs)
+    assert fc["size"] == [8, 10] and fc["calls"] == dense.FIRST_CALL_CALLS and list(fc["results"]) == [
+        "smoothloss", "F.cross_entropy"]
+
+
+def test_first_call_worker_in_process(tmp_path, monkeypatch):
+    """The first-call worker itself, at a tiny size (eager kernels): every call timed, the steady
+    state the median of the last ones, and whether the cache directories were empty."""
+    if "torch" not in INSTALLED:
+        pytest.skip("torch is not installed")
+    for v in dense.FIRST_CALL_CACHES:
+        (tmp_path / v).mkdir()
+        monkeypatch.setenv(v, str(tmp_path / v))
+    spec = {"task": "first_call", "framework": "torch", "size": [8, 10], "smoothing": 0.1}
+    recs = {key: dense.worker({**spec, "implementation": key}) for key in ("smoothloss", "F.cross_entropy")}
+    for rec in recs.values():
+        assert "error" not in rec and rec["caches_empty"] is True and rec["pid"] == os.getpid()
+        assert len(rec["calls_ms"]) == dense.FIRST_CALL_CALLS and all(t > 0 for t in rec["calls_ms"])
+        assert rec["first_call_s"] == pytest.approx(rec["calls_ms"][0] / 1e3)
+        assert rec["steady_ms"] == pytest.approx(statistics.median(rec["calls_ms"][-dense.FIRST_CALL_STEADY:]))
+    assert recs["smoothloss"]["loss"] == pytest.approx(recs["F.cross_entropy"]["loss"], rel=1e-5)
+    (tmp_path / dense.FIRST_CALL_CACHES[0] / "stale").write_text("")
+    assert dense.worker({**spec, "implementation": "F.cross_entropy"})["caches_empty"] is False
+
+
+@pytest.mark.parametrize("argv, size", [
+    (["--quick"], list(dense.FIRST_CALL_SIZE)),
+    ([], list(dense.FIRST_CALL_SIZE)),
+    (["--quick", "--no-first-call"], None),
+])
+def test_first_call_options(argv, size, tmp_path, monkeypatch):
+    if "torch" not in INSTALLED:
+        pytest.skip("torch is not installed")
+    rc, settings, _ = _settings([*argv, "--frameworks", "torch"], tmp_path, monkeypatch)
+    assert rc == 0 and settings["first_call_size"] == size
 
 
 @pytest.mark.parametrize("load, warned", [((3.2, 2.0, 1.0), True), ((0.1, 0.2, 0.3), False)])
@@ -547,18 +714,21 @@ def _imported_modules(module) -> set[str]:
 
 
 def test_imports_point_one_way():
-    """cli -> dense, linear -> common: no cycle; the harness uses smoothloss's public names only
-    (and ``smoothloss._linear.CHUNK_BYTES``, ``smoothloss.backends.torch``'s ``COMPILE_THRESHOLD`` and
-    ``COMPILED``, and the drivers that ``python -m smoothloss check`` finds devices with)."""
-    imports = {m: _imported_modules(m) for m in (cli, dense, linear, common)}
+    """cli -> dense_report -> dense -> dense_steps, and dense, linear -> common: no cycle; the
+    harness uses smoothloss's public names only (and ``smoothloss._linear.CHUNK_BYTES``,
+    ``smoothloss.backends.torch``'s ``COMPILE_THRESHOLD`` and ``COMPILED``, and the drivers that
+    ``python -m smoothloss check`` finds devices with)."""
+    imports = {m: _imported_modules(m) for m in (cli, dense, dense_steps, dense_report, linear, common)}
 
     def bench_modules(m):
         return {i for i in imports[m] if i.startswith("smoothloss.bench")}
 
-    assert bench_modules(common) == set()
-    assert bench_modules(dense) == bench_modules(linear) == {"smoothloss.bench.common"}
-    assert bench_modules(cli) == {"smoothloss.bench", "smoothloss.bench.dense", "smoothloss.bench.linear",
-                                  "smoothloss.bench.common"}
+    assert bench_modules(common) == bench_modules(dense_steps) == set()
+    assert bench_modules(dense) == {"smoothloss.bench.common", "smoothloss.bench.dense_steps"}
+    assert bench_modules(dense_report) == {"smoothloss.bench.common", "smoothloss.bench.dense"}
+    assert bench_modules(linear) == {"smoothloss.bench.common"}
+    assert bench_modules(cli) == {"smoothloss.bench", "smoothloss.bench.dense", "smoothloss.bench.dense_report",
+                                  "smoothloss.bench.linear", "smoothloss.bench.common"}
     for m in imports:
         private = {i for i in imports[m] if i.startswith(("smoothloss._", "smoothloss.backends"))}
         # the compiled kernels' threshold and call count; the drivers' device discovery (as ``check``'s)

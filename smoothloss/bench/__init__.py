@@ -3,7 +3,9 @@ peak memory.
 
 * ``smoothloss.bench.dense``: label-smoothed cross-entropy on B×K logits, smoothloss against
   torch, optax and Keras (timings interleaved in one subprocess per framework, memory in a
-  fresh subprocess per framework × implementation × size);
+  fresh subprocess per framework × implementation × size, torch's first call in a fresh
+  subprocess per implementation), with its steps in ``smoothloss.bench.dense_steps`` and its
+  summary, tables and plot in ``smoothloss.bench.dense_report``;
 * ``smoothloss.bench.linear``: ``linear_cross_entropy(hidden, weight, labels)`` against
   ``cross_entropy(hidden @ weight.T, labels)`` (``--linear NxHxV``, ``--only-linear``), one
   fresh subprocess per run; also ``python -m smoothloss.bench.linear N H V [chunk]`` alone;

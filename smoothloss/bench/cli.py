@@ -1,6 +1,7 @@
 """``python -m smoothloss bench``: the command line, the worker entry point and the report.
 
-Parses the options, runs the dense harness (``smoothloss.bench.dense``) and the linear one
+Parses the options, runs the dense harness (``smoothloss.bench.dense``, its report in
+``smoothloss.bench.dense_report``) and the linear one
 (``smoothloss.bench.linear``), each measurement in a subprocess ``python -m smoothloss.bench
 --worker SPEC`` (dispatched by :func:`worker_entry`), and writes in ``--out`` ``bench.json``
 (every sample, machine and versions), ``bench.md`` (the tables) and ``bench.png`` (time
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smoothloss.bench import dense, linear
+from smoothloss.bench import dense, dense_report, linear
 from smoothloss.bench.common import (
     FRAMEWORKS, LOAD_LIMIT_START, PACKAGE_DIR, apply_threads, load_warning, loadavg, log, size_name, threads_text,
     write_json,
@@ -131,7 +132,7 @@ def markdown_tables(report: dict[str, Any]) -> str:
     """The results as Markdown: the load warnings if any, timings with memory, ratios and targets,
     dispatch; then the chunked linear cross-entropy's table if it was measured (``--linear``)."""
     parts = [f"**Warning:** {w}.\n" for w in report.get("load_warnings", [])]
-    parts += [dense.markdown(report)] if report["frameworks"] else []
+    parts += [dense_report.markdown(report)] if report["frameworks"] else []
     if report.get("linear"):
         parts.append(linear.markdown(report["linear"]))
     return "\n".join(parts)
@@ -208,7 +209,10 @@ def docs_page(report: dict[str, Any], png_name: str | None, command: str) -> str
         "reported: it includes tracing and compiling, which torch pays once per process per dtype and option "
         "set (every batch size reuses the compiled kernels), while `jax.jit` and `tf.function` compile again "
         "for each new shape. A ladder of sizes, compiled against eager kernels, shows from which size "
-        "compiling pays. Threads: the threading each framework used is printed at its start and given above; "
+        "compiling pays; the first call of smoothloss and of `F.cross_entropy`, each in a fresh process with "
+        "empty Inductor and Triton caches, shows what that compiling costs a new process. `F.cross_entropy` is "
+        "also measured under `torch.compile`, warmed up like the others, its compiling in its first call. "
+        "Threads: the threading each framework used is printed at its start and given above; "
         "the 1-minute load average is read before the first measurement and after the last, and a warning "
         "is printed and written into this page when it shows another process competing for the CPUs. Memory: "
         "each framework × implementation × size runs in a fresh process; "
@@ -242,13 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frameworks", default=None, help=f"comma-separated subset of {','.join(FRAMEWORKS)} "
                    "(default: those installed)")
     p.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
-    p.add_argument("--quick", action="store_true", help="CI mode: tiny sizes, few repeats, under a minute")
+    p.add_argument("--quick", action="store_true", help="CI mode: tiny sizes, few repeats (torch's first call in a fresh "
+                   f"process is still measured, at {size_name(dense.FIRST_CALL_SIZE)})")
     p.add_argument("--repeats", type=int, default=None, help="interleaved samples per implementation "
                    "(default 10; --quick 3)")
     p.add_argument("--smoothing", type=float, default=0.1, help="label smoothing ε (default 0.1)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--no-tiny", action="store_true",
                    help=f"skip the {size_name(dense.TINY)} dispatch-overhead timing")
+    p.add_argument("--no-first-call", action="store_true",
+                   help=f"skip torch's first call at {size_name(dense.FIRST_CALL_SIZE)} in a fresh process with "
+                   "empty compiler caches (smoothloss and F.cross_entropy)")
     p.add_argument("--docs", default=None, help="also write this Markdown page (e.g. docs/benchmarks.md), "
                    "with the plot next to it")
     p.add_argument("--note", default=None, help="a sentence to put in the docs page (e.g. about machine load)")
@@ -397,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory_mode": "in-process (quick)" if args.quick else "fresh subprocess per framework×implementation×size",
         "only_linear": args.only_linear, "device": device,
         "crossover_sizes": [list(s) for s in crossover] if "torch" in frameworks else [],
+        "first_call_size": list(dense.FIRST_CALL_SIZE) if "torch" in frameworks and not args.no_first_call else None,
     }
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -428,10 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     end_load = report["machine"]["loadavg_end"] = loadavg()
     warn(report, load_warning("the end", end_load[0] if end_load else None, threads_used + 0.5, threads_used))
     report["elapsed_s"] = time.perf_counter() - t_start
-    report["summary"] = dense.summarise(report["frameworks"])
+    report["summary"] = dense_report.summarise(report["frameworks"])
     report["markdown"] = markdown_tables(report)
 
-    png = dense.plot(report, out_dir / "bench.png")
+    png = dense_report.plot(report, out_dir / "bench.png")
     report["plot"] = png
     if png is None and frameworks and importlib.util.find_spec("matplotlib") is None:
         log("matplotlib is not installed: no plot (pip install 'smoothloss[bench]')")

@@ -41,6 +41,23 @@ def fmt_ratio(v: float | None) -> str:
     return "—" if v is None else f"{v:.2f}×"
 
 
+def fmt_ms(v: float | None) -> str:
+    """Milliseconds to three significant digits or so.
+
+    >>> fmt_ms(123.4), fmt_ms(12.34), fmt_ms(1.234), fmt_ms(0.1234), fmt_ms(None)
+    ('123', '12.3', '1.23', '0.123', '—')
+    """
+    if v is None:
+        return "—"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
 def size_name(size: Sequence[int]) -> str:
     """``(8192, 1024, 65536)`` → ``"8192×1024×65536"``.
 
@@ -236,14 +253,15 @@ def apply_threads(framework: str, threads: int | None) -> None:
     # jax: XLA_FLAGS, set in the environment before jax is imported
 
 
-def run_worker(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """Run ``spec`` in a fresh interpreter; relay its ``[bench]`` lines; return its JSON."""
+def run_worker(spec: dict[str, Any], timeout_s: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``spec`` in a fresh interpreter (``env``: environment variables to set in it besides
+    :func:`child_env`'s); relay its ``[bench]`` lines; return its JSON."""
     with tempfile.TemporaryDirectory(prefix="smoothloss-bench-") as tmp:
         out_path = Path(tmp) / "result.json"
         spec = {**spec, "out": str(out_path)}
-        env = child_env(spec["framework"],
-                        spec["task"] in ("memory", "linear") or bool(spec.get("memory_in_process")),
-                        spec.get("threads"), spec.get("device", "cpu"))
+        env = {**child_env(spec["framework"],
+                           spec["task"] in ("memory", "linear") or bool(spec.get("memory_in_process")),
+                           spec.get("threads"), spec.get("device", "cpu")), **(env or {})}
         tail: list[str] = []
         with subprocess.Popen(
             [sys.executable, "-m", WORKER_MODULE, "--worker", json.dumps(spec)],

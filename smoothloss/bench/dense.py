@@ -6,8 +6,9 @@ to the logits of
 
 * torch: ``smoothloss.cross_entropy`` + ``.backward()`` in the default compile mode (compiled
   kernels from ``COMPILE_THRESHOLD`` logits up) and with ``set_compile_mode("never")`` (the
-  eager kernels), ``F.cross_entropy(label_smoothing=ε)`` and timm's
-  ``LabelSmoothingCrossEntropy`` formula written out (timm is not imported);
+  eager kernels), ``F.cross_entropy(label_smoothing=ε)``, the same under ``torch.compile``
+  (compiled by its first call at each size) and timm's ``LabelSmoothingCrossEntropy``
+  formula written out (timm is not imported);
 * jax: ``smoothloss.cross_entropy`` and optax (``softmax_cross_entropy`` on
   ``smooth_labels(one_hot(y))``), both as ``jax.jit(jax.value_and_grad(...))``;
 * tensorflow: ``smoothloss.cross_entropy``, Keras ``CategoricalCrossentropy`` (on
@@ -21,7 +22,11 @@ to the logits of
 
 On torch a ladder of sizes (``CROSSOVER_SIZES``) times smoothloss with
 ``set_compile_mode("always")`` against ``"never"``: the smallest size from which the
-compiled kernels win is the threshold the default mode should switch at.
+compiled kernels win is the threshold the default mode should switch at. And at
+``FIRST_CALL_SIZE``, each of smoothloss and ``F.cross_entropy`` in a fresh subprocess with
+empty Inductor and Triton caches: the wall time of its first forward+backward (for smoothloss,
+compiling its kernels included) and its steady state, the median of the last
+``FIRST_CALL_STEADY`` of ``FIRST_CALL_CALLS`` calls.
 
 ``--device cuda`` puts the arrays on the GPU (torch synchronizes in every step, jax blocks
 on its outputs); memory is then the device allocator's peak (torch, TensorFlow) or XLA's
@@ -48,6 +53,9 @@ Memory subprocesses run with a fixed glibc mmap threshold (``MALLOC_MMAP_THRESHO
 TensorFlow with ``TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1``: its default oneDNN CPU allocator
 pools large blocks, which would hide them from the resident set (timings use the default
 allocators, except in ``--quick`` mode); see ``smoothloss.bench.common.child_env``.
+
+The steps themselves are in ``smoothloss.bench.dense_steps``; the summary, the Markdown and
+the plot in ``smoothloss.bench.dense_report``.
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ from __future__ import annotations
 import gc
 import importlib.util
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,9 +74,10 @@ from typing import Any
 import numpy as np
 
 from smoothloss.bench.common import (
-    MIB, fmt_ratio, framework_info, hwm_resettable, log, malloc_trim, measured_step, ratio, ru_maxrss, run_worker,
-    size_name, threads_text,
+    MIB, fmt_ms, framework_info, hwm_resettable, log, malloc_trim, measured_step, ru_maxrss, run_worker, size_name,
+    threads_text,
 )
+from smoothloss.bench.dense_steps import STEP_BUILDERS, Steps
 
 DEFAULT_SIZES = ((4096, 10), (4096, 1000), (1024, 32000), (256, 128256))
 QUICK_SIZES = ((64, 10), (256, 1000))
@@ -91,6 +102,7 @@ IMPLS: dict[str, tuple[Impl, ...]] = {
         Impl("smoothloss", "smoothloss.cross_entropy", True, False),
         Impl("smoothloss.eager", "smoothloss.cross_entropy, eager kernels", True, False),
         Impl("F.cross_entropy", "torch F.cross_entropy(label_smoothing)", True, True, main=True),
+        Impl("torch_compiled_builtin", "torch.compile(F.cross_entropy)", True, True),
         Impl("timm", "timm LabelSmoothingCrossEntropy formula", True, True),
         Impl("floor", "floor: torch.softmax(x), no autograd" + FLOOR_SUFFIX, False, False, floor=True),
     ),
@@ -114,6 +126,15 @@ CROSSOVER_IMPLS = (
     Impl("smoothloss.compiled", "smoothloss.cross_entropy, compiled kernels", True, False),
     Impl("smoothloss.eager", "smoothloss.cross_entropy, eager kernels", True, False),
 )
+
+# torch, each implementation in a fresh process with empty compiler caches: the first
+# forward+backward at this size, then the steady state, the median of the last
+# FIRST_CALL_STEADY of FIRST_CALL_CALLS calls (calls 41..50).
+FIRST_CALL_SIZE = (4096, 1000)
+FIRST_CALL_CALLS = 50
+FIRST_CALL_STEADY = 10
+FIRST_CALL_IMPLS = tuple(i for i in IMPLS["torch"] if i.key in ("smoothloss", "F.cross_entropy"))
+FIRST_CALL_CACHES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")  # each a new empty directory per process
 
 # The targets: ratios of smoothloss's median to another implementation's in the same run.
 TARGET_SIZES = ((4096, 1000), (1024, 32000))
@@ -166,6 +187,10 @@ def installed(framework: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in (framework, *extra))
 
 
+def _impl(framework: str, key: str) -> Impl:
+    return next(i for i in IMPLS[framework] if i.key == key)
+
+
 def _stats(samples_ms: Sequence[float]) -> dict[str, float]:
     a = np.asarray(samples_ms, dtype=np.float64)
     q1, med, q3 = np.percentile(a, [25, 50, 75])
@@ -181,205 +206,6 @@ def _inputs(size: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     x = rng.standard_normal((b, k), dtype=np.float32)
     y = rng.integers(0, k, size=(b,), dtype=np.int64)
     return x, y
-
-
-# --------------------------------------------------------------------------- steps
-#
-# A "step" is a zero-argument callable that runs one forward+backward with respect to
-# the logits to completion and returns the loss; ``reset()`` drops whatever the step
-# keeps alive between calls (torch's ``.grad``).
-
-
-class _Steps:
-    def __init__(self, steps: dict[str, Callable[[], Any]], to_float: Callable[[Any], float],
-                 reset: Callable[[], None] = lambda: None, extra: dict[str, Callable[[], Any]] | None = None,
-                 compiled_calls: Callable[[], int] | None = None,
-                 device_peak: Callable[[Callable[[], Any]], tuple[Any, float, float]] | None = None):
-        self.steps = steps
-        self.to_float = to_float
-        self.reset = reset
-        self.extra = extra or {}
-        self.compiled_calls = compiled_calls  # torch: how many calls ran the compiled kernels so far
-        self.device_peak = device_peak  # off the CPU: run a step -> (output, bytes before, peak bytes)
-
-
-def _device_index(device: str) -> int:
-    return int(device.partition(":")[2] or 0)
-
-
-def _torch_steps(x_np: np.ndarray, y_np: np.ndarray, eps: float, eager: bool, device: str = "cpu") -> _Steps:
-    import torch
-    import torch.nn.functional as F
-
-    import smoothloss
-    from smoothloss.backends.torch import COMPILED
-
-    dev = torch.device(device if ":" in device or device == "cpu" else f"{device}:0")
-    on_gpu = dev.type != "cpu"
-    x = torch.from_numpy(x_np).to(dev).requires_grad_()
-    y = torch.from_numpy(y_np).to(dev)
-
-    def sync() -> None:
-        if on_gpu:
-            torch.cuda.synchronize(dev)
-
-    def timm_formula(x: Any, y: Any) -> Any:  # timm/loss/cross_entropy.py LabelSmoothingCrossEntropy
-        logprobs = F.log_softmax(x, dim=-1)
-        nll_loss = -logprobs.gather(dim=-1, index=y.unsqueeze(1)).squeeze(1)
-        smooth_loss = -logprobs.mean(dim=-1)
-        loss = (1.0 - eps) * nll_loss + eps * smooth_loss
-        return loss.mean()
-
-    def sl(x: Any, y: Any) -> Any:
-        return smoothloss.cross_entropy(x, y, label_smoothing=eps)
-
-    def make(fn: Callable[[Any, Any], Any], mode: str | None = None) -> Callable[[], Any]:
-        """One forward+backward; with ``mode``, smoothloss's compile mode for the step, restored after."""
-
-        def step() -> Any:
-            x.grad = None
-            previous = None if mode is None else smoothloss.set_compile_mode(mode)
-            try:
-                loss = fn(x, y)
-                loss.backward()
-            finally:
-                if previous is not None:
-                    smoothloss.set_compile_mode(previous)
-            sync()
-            return loss
-
-        return step
-
-    def floor() -> Any:
-        with torch.no_grad():
-            out = torch.softmax(x, -1)
-        sync()
-        return out
-
-    def reset() -> None:
-        x.grad = None
-
-    def cuda_peak(run: Callable[[], Any]) -> tuple[Any, float, float]:
-        sync()
-        torch.cuda.reset_peak_memory_stats(dev)
-        before = torch.cuda.memory_allocated(dev)
-        out = run()
-        return out, float(before), float(torch.cuda.max_memory_allocated(dev))
-
-    steps = {
-        "smoothloss": make(sl),
-        "smoothloss.eager": make(sl, "never"),
-        "smoothloss.compiled": make(sl, "always"),
-        "F.cross_entropy": make(lambda x, y: F.cross_entropy(x, y, label_smoothing=eps)),
-        "timm": make(timm_formula),
-        "floor": floor,
-    }
-    return _Steps(steps, lambda v: float(v.detach()), reset, compiled_calls=lambda: COMPILED.calls,
-                  device_peak=cuda_peak if on_gpu else None)
-
-
-def _jax_steps(x_np: np.ndarray, y_np: np.ndarray, eps: float, eager: bool, device: str = "cpu") -> _Steps:
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    import smoothloss
-
-    dev = jax.devices("cpu" if device == "cpu" else "gpu")[_device_index(device)]
-    x = jax.device_put(jnp.asarray(x_np), dev)
-    y = jax.device_put(jnp.asarray(y_np.astype(np.int32)), dev)
-    k = x_np.shape[-1]
-
-    def sl(x: Any, y: Any) -> Any:
-        return smoothloss.cross_entropy(x, y, label_smoothing=eps)
-
-    def ox(x: Any, y: Any) -> Any:
-        return optax.softmax_cross_entropy(x, optax.smooth_labels(jax.nn.one_hot(y, k), eps)).mean()
-
-    jitted = {"smoothloss": jax.jit(jax.value_and_grad(sl)), "optax": jax.jit(jax.value_and_grad(ox))}
-    floor = jax.jit(jax.nn.softmax)
-
-    def make(f: Any) -> Callable[[], Any]:
-        def step() -> Any:
-            out = f(x, y)
-            jax.block_until_ready(out)
-            return out[0]
-
-        return step
-
-    def floor_step() -> Any:
-        return jax.block_until_ready(floor(x))
-
-    def analysis(key: str) -> Callable[[], Any]:
-        return lambda: jitted[key].lower(x, y).compile().memory_analysis()
-
-    analyses = {k_: analysis(k_) for k_ in jitted}
-    analyses["floor"] = lambda: floor.lower(x).compile().memory_analysis()
-    return _Steps({**{k_: make(f) for k_, f in jitted.items()}, "floor": floor_step}, float, extra=analyses)
-
-
-def _tf_steps(x_np: np.ndarray, y_np: np.ndarray, eps: float, eager: bool, device: str = "cpu") -> _Steps:
-    import keras
-    import tensorflow as tf
-
-    import smoothloss
-
-    on_gpu = device != "cpu"
-    where = f"/GPU:{_device_index(device)}" if on_gpu else "/CPU:0"
-    with tf.device(where):
-        x = tf.identity(tf.constant(x_np))
-        y = tf.identity(tf.constant(y_np))
-    k = x_np.shape[-1]
-    cce = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=eps)
-    scce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    fns = {
-        "smoothloss": lambda x, y: smoothloss.cross_entropy(x, y, label_smoothing=eps),
-        "keras.CCE": lambda x, y: cce(tf.one_hot(y, k), x),
-        "keras.SCCE": lambda x, y: scce(y, x),
-    }
-
-    def sync() -> None:
-        if on_gpu:
-            tf.test.experimental.sync_devices()
-
-    def make(fn: Callable[[Any, Any], Any]) -> Callable[[], Any]:
-        def grad_step(x: Any, y: Any) -> Any:
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                loss = fn(x, y)
-            return loss, tape.gradient(loss, x)
-
-        g = grad_step if eager else tf.function(grad_step)
-
-        def step() -> Any:
-            with tf.device(where):
-                loss, _grad = g(x, y)
-            sync()
-            return loss
-
-        return step
-
-    softmax = tf.nn.softmax if eager else tf.function(tf.nn.softmax)
-
-    def floor() -> Any:
-        with tf.device(where):
-            out = softmax(x)
-        sync()
-        return out
-
-    def gpu_peak(run: Callable[[], Any]) -> tuple[Any, float, float]:
-        name = where.strip("/")
-        sync()
-        tf.config.experimental.reset_memory_stats(name)
-        before = tf.config.experimental.get_memory_info(name)["current"]
-        out = run()
-        return out, float(before), float(tf.config.experimental.get_memory_info(name)["peak"])
-
-    return _Steps({**{k_: make(f) for k_, f in fns.items()}, "floor": floor}, lambda v: float(v.numpy()),
-                  device_peak=gpu_peak if on_gpu else None)
-
-
-STEP_BUILDERS = {"torch": _torch_steps, "jax": _jax_steps, "tensorflow": _tf_steps}
 
 
 # --------------------------------------------------------------------------- timing
@@ -488,8 +314,59 @@ def _worker_crossover(spec: dict[str, Any], timing: tuple[float, int, int], devi
         recs = _time_size("torch", size, *timing, spec["min_sample_s"], False, device, CROSSOVER_IMPLS)
         entries.append({"size": list(size), "logits": size[0] * size[1], "results": recs})
         c, e = (recs[i.key].get("median_ms") for i in CROSSOVER_IMPLS)
-        log(f"torch      {size_name(size):>12}: compiled {_fmt_ms(c)} ms, eager kernels {_fmt_ms(e)} ms")
+        log(f"torch      {size_name(size):>12}: compiled {fmt_ms(c)} ms, eager kernels {fmt_ms(e)} ms")
     return {"sizes": entries, "threshold": COMPILE_THRESHOLD, "compile_failed": COMPILED.broken}
+
+
+def _worker_first_call(spec: dict[str, Any]) -> dict[str, Any]:
+    """torch, in this fresh process: the wall time of each of ``FIRST_CALL_CALLS`` forward+backward
+    calls of ``spec["implementation"]`` at ``spec["size"]``, the first made after importing torch
+    and smoothloss and building the inputs; the steady state is the median of the last
+    ``FIRST_CALL_STEADY``."""
+    import torch
+    import torch.nn.functional as F
+
+    import smoothloss
+    from smoothloss.bench.dense_steps import torch_device
+
+    key, size, eps = spec["implementation"], tuple(spec["size"]), spec["smoothing"]
+    device = spec.get("device", "cpu")
+    rec: dict[str, Any] = {
+        "implementation": key, "size": list(size), "device": device, "pid": os.getpid(),
+        "caches": {v: os.environ.get(v) for v in FIRST_CALL_CACHES},
+    }
+    # whether each cache variable names an existing, empty directory before the first call
+    rec["caches_empty"] = all(d is not None and Path(d).is_dir() and not any(Path(d).iterdir())
+                              for d in rec["caches"].values())
+    fn = {"smoothloss": lambda x, y: smoothloss.cross_entropy(x, y, label_smoothing=eps),
+          "F.cross_entropy": lambda x, y: F.cross_entropy(x, y, label_smoothing=eps)}[key]
+    dev = torch_device(device)
+    x_np, y_np = _inputs(size)
+    x = torch.from_numpy(x_np).to(dev).requires_grad_()
+    y = torch.from_numpy(y_np).to(dev)
+    calls_s = []
+    try:
+        for _ in range(FIRST_CALL_CALLS):
+            x.grad = None
+            t0 = time.perf_counter()
+            loss = fn(x, y)
+            loss.backward()
+            if dev.type != "cpu":
+                torch.cuda.synchronize(dev)
+            calls_s.append(time.perf_counter() - t0)
+    except Exception as exc:
+        rec["error"] = f"{type(exc).__name__}: {exc}"
+        return rec
+    rec["loss"] = float(loss.detach())
+    rec["first_call_s"] = calls_s[0]
+    rec["calls_ms"] = [t * 1e3 for t in calls_s]
+    rec["steady_ms"] = float(np.median(rec["calls_ms"][-FIRST_CALL_STEADY:]))
+    if key == "smoothloss":  # a fresh process: every compiled call counted was one of these
+        from smoothloss.backends.torch import COMPILED
+
+        rec["compiled_kernels"] = COMPILED.calls > 0
+        rec["compile_failed"] = COMPILED.broken
+    return rec
 
 
 # --------------------------------------------------------------------------- memory
@@ -557,7 +434,7 @@ def _measure_memory(framework: str, key: str, size: tuple[int, int], eps: float,
     return rec
 
 
-def _device_memory(rec: dict[str, Any], steps: _Steps, step: Callable[[], Any], device: str) -> None:
+def _device_memory(rec: dict[str, Any], steps: Steps, step: Callable[[], Any], device: str) -> None:
     """Off the CPU: the device allocator's peak over a step (torch, TensorFlow; the smaller of two
     steps) or, for jax, XLA's memory analysis of the compiled step (temporaries + outputs)."""
     if steps.device_peak is not None:
@@ -580,9 +457,11 @@ def _device_memory(rec: dict[str, Any], steps: _Steps, step: Callable[[], Any], 
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """The ``task: "time"`` and ``task: "memory"`` workers of ``python -m smoothloss.bench --worker``."""
+    """The ``task: "time"``, ``"first_call"`` and ``"memory"`` workers of ``python -m smoothloss.bench --worker``."""
     if spec["task"] == "time":
         return _worker_time(spec)
+    if spec["task"] == "first_call":
+        return _worker_first_call(spec)
     return _measure_memory(spec["framework"], spec["implementation"], tuple(spec["size"]), spec["smoothing"], True,
                            spec.get("device", "cpu"))
 
@@ -591,9 +470,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(settings: dict[str, Any], timeout_s: float) -> dict[str, dict[str, Any]]:
-    """One timing subprocess per framework of ``settings["frameworks"]``, then (unless quick or
-    ``settings["memory"]`` is off) one memory subprocess per framework × implementation × size.
-    Returns the results per framework (``{"error": ...}`` for a framework whose worker failed)."""
+    """One timing subprocess per framework of ``settings["frameworks"]`` (torch: then, unless
+    ``settings["first_call_size"]`` is None, one first-call subprocess per implementation of
+    ``FIRST_CALL_IMPLS``), then (unless quick or ``settings["memory"]`` is off) one memory
+    subprocess per framework × implementation × size. Returns the results per framework
+    (``{"error": ...}`` for a framework whose worker failed)."""
     frameworks: dict[str, dict[str, Any]] = {}
     for fw in settings["frameworks"]:
         spec = {
@@ -607,6 +488,8 @@ def run(settings: dict[str, Any], timeout_s: float) -> dict[str, dict[str, Any]]
         res = run_worker(spec, timeout_s)
         if "error" in res:
             log(f"{fw}: FAILED {res['error']}")
+        elif fw == "torch" and settings.get("first_call_size"):
+            res["first_call"] = run_first_call(settings, timeout_s)
         frameworks[fw] = res
 
     if settings["memory"] and not settings["quick"]:
@@ -630,6 +513,27 @@ def run(settings: dict[str, Any], timeout_s: float) -> dict[str, dict[str, Any]]
     return frameworks
 
 
+def run_first_call(settings: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """torch: each implementation of ``FIRST_CALL_IMPLS`` in a fresh subprocess whose
+    ``FIRST_CALL_CACHES`` are new empty directories, at ``settings["first_call_size"]``."""
+    size = [int(n) for n in settings["first_call_size"]]
+    results = {}
+    for impl in FIRST_CALL_IMPLS:
+        with tempfile.TemporaryDirectory(prefix="smoothloss-bench-caches-") as tmp:
+            caches = {v: str(Path(tmp, v.lower())) for v in FIRST_CALL_CACHES}
+            for d in caches.values():
+                os.mkdir(d)
+            rec = run_worker({"task": "first_call", "framework": "torch", "implementation": impl.key, "size": size,
+                              "smoothing": settings["smoothing"], "threads": settings["threads"],
+                              "device": settings.get("device", "cpu")}, timeout_s, env=caches)
+        rec.setdefault("implementation", impl.key)
+        results[impl.key] = rec
+        msg = (f"first call {rec['first_call_s']:.3g} s, steady state {fmt_ms(rec['steady_ms'])} ms"
+               if "error" not in rec else f"FAILED {rec['error']}")
+        log(f"torch      {size_name(size):>12} fresh process, {impl.key}: {msg}")
+    return {"size": size, "calls": FIRST_CALL_CALLS, "steady_calls": FIRST_CALL_STEADY, "results": results}
+
+
 def failed(frameworks: dict[str, dict[str, Any]]) -> bool:
     """Whether a framework, an implementation or a memory measurement failed."""
     for res in frameworks.values():
@@ -641,342 +545,6 @@ def failed(frameworks: dict[str, dict[str, Any]]) -> bool:
                 return True
         if any("error" in m for m in res.get("memory", [])):
             return True
+        if res.get("first_call") and any("error" in r for r in res["first_call"]["results"].values()):
+            return True
     return False
-
-
-# --------------------------------------------------------------------------- report
-
-
-def _impl(framework: str, key: str) -> Impl:
-    return next(i for i in IMPLS[framework] if i.key == key)
-
-
-def summarise(frameworks: dict[str, Any]) -> dict[str, Any]:
-    """Ratios per framework and size, the compiled kernels' crossover (torch) and the targets, met or missed."""
-    ratios, dispatch, targets = [], [], []
-    mem_allowance = 1.0  # MiB: RSS page granularity, thread stacks, O(B) row statistics
-    crossover = None
-
-    def target(text: str, where: str, value: float, limit: float, unit: str | None = None) -> None:
-        t = {"target": text, "where": where, "value": value, "limit": limit, "met": value <= limit}
-        targets.append({**t, "unit": unit} if unit else t)
-
-    for fw, res in frameworks.items():
-        if "error" in res:
-            continue
-        mem = {(m["implementation"], tuple(m["size"])): m for m in res.get("memory", [])}
-        main_key = next(i.key for i in IMPLS[fw] if i.main)
-        for entry in res["sizes"]:
-            size = tuple(entry["size"])
-            recs = entry["results"]
-            med = {k: v["median_ms"] for k, v in recs.items() if "median_ms" in v}
-            sl = med.get("smoothloss")
-            builtins = {k: v for k, v in med.items() if _impl(fw, k).builtin}
-            fastest = min(builtins, key=builtins.get) if builtins else None
-            row = {
-                "framework": fw, "size": list(size),
-                "vs": {k: ratio(sl, v) for k, v in builtins.items()},
-                "fastest_builtin": fastest,
-                "vs_fastest": ratio(sl, builtins.get(fastest)) if fastest else None,
-                "vs_main": ratio(sl, builtins.get(main_key)),
-                "main_builtin": main_key,
-                "floor_ms": med.get("floor"),
-                "over_floor": {k: ratio(v, med.get("floor")) for k, v in med.items()},
-                "vs_floor": ratio(sl, med.get("floor")),
-                "vs_eager_kernels": ratio(sl, med.get("smoothloss.eager")),
-            }
-            sm = mem.get(("smoothloss", size), {}).get("extra_mib")
-            bm = {k: mem.get((k, size), {}).get("extra_mib") for k in builtins}
-            bm = {k: v for k, v in bm.items() if v is not None}
-            row["memory_extra_mib"] = sm
-            row["memory_min_builtin_mib"] = min(bm.values()) if bm else None
-            row["memory_main_builtin_mib"] = bm.get(main_key)
-            ratios.append(row)
-            name = f"{fw} {size_name(size)}"
-            if row["vs_fastest"] is not None:
-                target("smoothloss ≤ 1.0× the fastest built-in", f"{name} (vs {fastest})", row["vs_fastest"], 1.0)
-            if size in TARGET_SIZES and fw in MAIN_TARGETS and row["vs_main"] is not None:
-                lim = MAIN_TARGETS[fw]
-                target(f"smoothloss ≤ {lim:g}× {main_key}", name, row["vs_main"], lim)
-            if size == FLOOR_TARGET_SIZE and fw in FLOOR_TARGETS and row["vs_floor"] is not None:
-                lim = FLOOR_TARGETS[fw]
-                target(f"smoothloss ≤ {lim:g}× the floor (softmax)", name, row["vs_floor"], lim)
-            if sm is not None and fw in MEMORY_TARGETS:
-                lim = MEMORY_TARGETS[fw]
-                limit = lim * logits_mib(size) + mem_allowance + 64 * size[0] / MIB
-                target(f"extra memory ≤ {lim:g}× logits + O(B)", name, sm, limit, "MiB")
-        d = res.get("dispatch")
-        if d:
-            recs = d["results"]
-            sl = recs.get("smoothloss", {}).get("median_ms")
-            row = {
-                "framework": fw, "mode": d["mode"],
-                "vs": {k: ratio(sl, v.get("median_ms")) for k, v in recs.items() if _impl(fw, k).builtin},
-                "vs_main": ratio(sl, recs.get(main_key, {}).get("median_ms")), "main_builtin": main_key,
-            }
-            dispatch.append(row)
-            if row["vs_main"] is not None and fw in TINY_TARGETS:
-                lim = TINY_TARGETS[fw]
-                target(f"tiny batch {size_name(TINY)} eager ≤ {lim:g}× the built-in", f"{d['mode']} (vs {main_key})",
-                       row["vs_main"], lim)
-        if res.get("crossover"):
-            crossover = compile_crossover(res["crossover"])
-    return {"ratios": ratios, "dispatch": dispatch, "targets": targets, "crossover": crossover,
-            "memory_allowance_mib": mem_allowance}
-
-
-def compile_crossover(measured: dict[str, Any]) -> dict[str, Any]:
-    """From the torch ladder: compiled ÷ eager per size, and the smallest size (in logits) from
-    which the compiled kernels win at that size and at every larger one measured (None: at none)."""
-    compiled_key, eager_key = (i.key for i in CROSSOVER_IMPLS)
-    rows = []
-    for e in sorted(measured["sizes"], key=lambda e: (e["logits"], e["size"][1])):
-        c = e["results"].get(compiled_key, {})
-        rows.append({"size": e["size"], "logits": e["logits"], "compiled_ms": c.get("median_ms"),
-                     "eager_ms": e["results"].get(eager_key, {}).get("median_ms"),
-                     "compiled_first_call_ms": c.get("first_call_ms")})
-        rows[-1]["compiled_over_eager"] = ratio(rows[-1]["compiled_ms"], rows[-1]["eager_ms"])
-    at = None
-    for i in range(len(rows)):
-        rest = [r["compiled_over_eager"] for r in rows[i:]]
-        if all(v is not None and v < 1.0 for v in rest):
-            at = rows[i]
-            break
-    return {"sizes": rows, "threshold": measured.get("threshold"), "compile_failed": measured.get("compile_failed"),
-            "crossover_size": at["size"] if at else None, "crossover_logits": at["logits"] if at else None}
-
-
-def _fmt_ms(v: float | None) -> str:
-    if v is None:
-        return "—"
-    if v >= 100:
-        return f"{v:.0f}"
-    if v >= 10:
-        return f"{v:.1f}"
-    if v >= 1:
-        return f"{v:.2f}"
-    return f"{v:.3f}"
-
-
-def _fmt_mib(v: float | None) -> str:
-    if v is None:
-        return "—"
-    return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
-
-
-def _impl_label(impl: Impl, rec: dict[str, Any]) -> str:
-    """The implementation's label; torch's default smoothloss row says when it ran the compiled kernels."""
-    return impl.label + (" [compiled]" if impl.key == "smoothloss" and rec.get("compiled_kernels") else "")
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The frameworks' results as Markdown: timings with memory, ratios, the torch compiled-kernels
-    crossover, the tiny batch and the targets."""
-    lines: list[str] = []
-    eps = report["settings"]["smoothing"]
-    device = report["settings"].get("device", "cpu")
-    lines += [
-        f"Forward+backward with respect to float32 logits on the {device.upper() if device == 'cpu' else device}, "
-        f"integer labels, label_smoothing={eps}, mean reduction. Median of the interleaved samples; spread as "
-        "min–max and interquartile range (IQR). \"smoothloss ÷ this\" < 1 means smoothloss is faster. "
-        "\"÷ floor\": this implementation's median ÷ the floor's, the framework's own softmax of the logits "
-        "(2 reads + 1 write of the logits, the least a loss and its gradient can cost; neither a built-in nor "
-        "smoothloss). First call: the first step at this size in this process, tracing and compiling included. "
-        + ("On torch, `smoothloss.cross_entropy` runs in the default compile mode (compiled kernels from "
-           f"{_threshold_text(report)} logits up; [compiled] marks the sizes where it did) and, on the "
-           "\"eager kernels\" row, with `smoothloss.set_compile_mode(\"never\")`. "
-           if "torch" in report["frameworks"] else "")
-        + "Extra memory: peak "
-        + ("resident set" if device == "cpu" else "device memory")
-        + " of one step beyond the inputs (logits, labels) and the warmed-up framework; the gradient alone is "
-        "1× logits.",
-        "",
-        "| framework | B×K (logits MiB) | implementation | median ms | min–max ms | IQR ms | first call ms "
-        "| smoothloss ÷ this | ÷ floor | extra memory MiB (÷ logits) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for fw, res in report["frameworks"].items():
-        if "error" in res:
-            lines.append(f"| {fw} | — | failed: {res['error'][:200]} | | | | | | | |")
-            continue
-        mem = {(m["implementation"], tuple(m["size"])): m for m in res.get("memory", [])}
-        for entry in res["sizes"]:
-            size = tuple(entry["size"])
-            sl = entry["results"].get("smoothloss", {}).get("median_ms")
-            floor = entry["results"].get("floor", {}).get("median_ms")
-            for impl in IMPLS[fw]:
-                rec = entry["results"].get(impl.key)
-                if rec is None:
-                    continue
-                if "error" in rec:
-                    lines.append(f"| {fw} | {size_name(size)} | {impl.label} | failed: {rec['error'][:120]} "
-                                 "| | | | | | |")
-                    continue
-                m = mem.get((impl.key, size), {})
-                if m.get("extra_mib") is not None:
-                    memtxt = f"{_fmt_mib(m['extra_mib'])} ({m['extra_over_logits']:.2f}×)"
-                elif m.get("error"):
-                    memtxt = "failed"
-                else:
-                    memtxt = "—"
-                rel = "1.00×" if impl.key == "smoothloss" else fmt_ratio(ratio(sl, rec["median_ms"]))
-                lines.append(
-                    f"| {fw} | {size_name(size)} ({logits_mib(size):.2f}) | {_impl_label(impl, rec)} "
-                    f"| {_fmt_ms(rec['median_ms'])} | {_fmt_ms(rec['min_ms'])}–{_fmt_ms(rec['max_ms'])} "
-                    f"| {_fmt_ms(rec['q1_ms'])}–{_fmt_ms(rec['q3_ms'])} | {_fmt_ms(rec.get('first_call_ms'))} "
-                    f"| {rel} | {fmt_ratio(ratio(rec['median_ms'], floor))} | {memtxt} |"
-                )
-    summary = report["summary"]
-    if summary["ratios"]:
-        lines += [
-            "",
-            "smoothloss ÷ the built-ins and ÷ the floor, per framework and size (the fastest built-in is named):",
-            "",
-            "| framework | B×K | smoothloss ÷ fastest built-in | smoothloss ÷ main built-in | smoothloss ÷ floor "
-            "| default ÷ eager kernels | extra MiB: smoothloss / main built-in / least built-in |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in summary["ratios"]:
-            fastest = f"{fmt_ratio(r['vs_fastest'])} ({r['fastest_builtin']})" if r["fastest_builtin"] else "—"
-            lines.append(
-                f"| {r['framework']} | {size_name(r['size'])} | {fastest} | {fmt_ratio(r['vs_main'])} ({r['main_builtin']}) "
-                f"| {fmt_ratio(r.get('vs_floor'))} | {fmt_ratio(r.get('vs_eager_kernels'))} "
-                f"| {_fmt_mib(r['memory_extra_mib'])} / {_fmt_mib(r['memory_main_builtin_mib'])} "
-                f"/ {_fmt_mib(r['memory_min_builtin_mib'])} |"
-            )
-    if summary.get("crossover"):
-        lines += _crossover_markdown(summary["crossover"])
-    if summary["dispatch"]:
-        lines += [
-            "",
-            f"Tiny batch {size_name(TINY)} (dispatch overhead; torch eager, jax jitted, TensorFlow eager):",
-            "",
-            "| framework | mode | implementation | median µs | min–max µs | first call ms | smoothloss ÷ this |",
-            "|---|---|---|---:|---:|---:|---:|",
-        ]
-        for fw, res in report["frameworks"].items():
-            d = res.get("dispatch") if "error" not in res else None
-            if not d:
-                continue
-            sl = d["results"].get("smoothloss", {}).get("median_ms")
-            for impl in IMPLS[fw]:
-                rec = d["results"].get(impl.key)
-                if rec is None:
-                    continue
-                if "error" in rec:
-                    lines.append(f"| {fw} | {d['mode']} | {impl.label} | failed: {rec['error'][:120]} | | | |")
-                    continue
-                rel = "1.00×" if impl.key == "smoothloss" else fmt_ratio(ratio(sl, rec["median_ms"]))
-                label = impl.label.replace(" (tf.function)", "").replace(" (jit)", "")
-                lines.append(
-                    f"| {fw} | {d['mode']} | {label} | {rec['median_ms'] * 1e3:.0f} "
-                    f"| {rec['min_ms'] * 1e3:.0f}–{rec['max_ms'] * 1e3:.0f} | {_fmt_ms(rec.get('first_call_ms'))} "
-                    f"| {rel} |"
-                )
-    if summary["targets"]:
-        lines += [
-            "",
-            "Targets (ratios from this one run):",
-            "",
-            "| target | where | measured | limit | met |",
-            "|---|---|---:|---:|---|",
-        ]
-        for t in summary["targets"]:
-            unit = t.get("unit")
-            val = f"{t['value']:.2f} {unit}" if unit else f"{t['value']:.3f}×"
-            lim = f"{t['limit']:.2f} {unit}" if unit else f"{t['limit']:.2f}×"
-            lines.append(f"| {t['target']} | {t['where']} | {val} | {lim} | {'yes' if t['met'] else '**no**'} |")
-    notes = [
-        "Compiling is paid once per process: smoothloss's compiled torch kernels are compiled on the first call "
-        "of each dtype and option set (the first call ms of the first size that uses them) and reused for every "
-        "batch size and class count; `jax.jit` and `tf.function` trace and compile again for each new shape.",
-        "Keras CategoricalCrossentropy gets `tf.one_hot(y)` built inside the step, as optax gets `jax.nn.one_hot(y)`: "
-        "all implementations start from integer labels.",
-        "Keras SparseCategoricalCrossentropy has no label smoothing in Keras 3.15: it computes a different (unsmoothed) "
-        "loss and is listed for speed only.",
-        "The timm row is timm's LabelSmoothingCrossEntropy formula written out in torch (log_softmax, gather, mean).",
-    ]
-    lines += ["", *[f"- {n}" for n in notes]]
-    return "\n".join(lines) + "\n"
-
-
-def _threshold_text(report: dict[str, Any]) -> str:
-    threshold = report["frameworks"].get("torch", {}).get("compile_threshold")
-    return f"{threshold:,}" if threshold else "`COMPILE_THRESHOLD`"
-
-
-def _crossover_markdown(c: dict[str, Any]) -> list[str]:
-    lines = [
-        "",
-        "Compiled vs eager kernels by size (torch, `smoothloss.cross_entropy` with `set_compile_mode(\"always\")` "
-        "against `\"never\"`, forward+backward, float32, integer labels; compiled ÷ eager < 1: the compiled "
-        "kernels are faster):",
-        "",
-        "| B×K | logits | compiled ms | eager kernels ms | compiled ÷ eager | compiled first call ms |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in c["sizes"]:
-        lines.append(f"| {size_name(r['size'])} | {r['logits']:,} | {_fmt_ms(r['compiled_ms'])} "
-                     f"| {_fmt_ms(r['eager_ms'])} | {fmt_ratio(r['compiled_over_eager'])} "
-                     f"| {_fmt_ms(r['compiled_first_call_ms'])} |")
-    now = f"the default mode compiles from {c['threshold']:,} logits (`COMPILE_THRESHOLD`)" if c.get("threshold") \
-        else "the default mode's threshold is unknown"
-    if c.get("compile_failed"):
-        found = f"torch.compile failed here ({c['compile_failed']}): both rows ran the eager kernels"
-    elif c["crossover_size"] is None:
-        found = "the compiled kernels won at none of these sizes (or not at every larger one)"
-    elif c["crossover_size"] == c["sizes"][0]["size"]:
-        found = (f"the compiled kernels won at every size measured, from {size_name(c['crossover_size'])} "
-                 f"({c['crossover_logits']:,} logits)")
-    else:
-        found = (f"the compiled kernels win from {size_name(c['crossover_size'])} ({c['crossover_logits']:,} logits) "
-                 "up")
-    return [*lines, "", f"Measured crossover: {found}; {now}."]
-
-
-def plot(report: dict[str, Any], path: Path) -> str | None:
-    """Time against K, one line per implementation, one panel per framework; None if no matplotlib."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    fws = [fw for fw, res in report["frameworks"].items() if "error" not in res and res["sizes"]]
-    if not fws:
-        return None
-    fig = Figure(figsize=(5.2 * len(fws), 5.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(fws), squeeze=False)[0]
-    for ax, fw in zip(axes, fws):
-        entries = sorted(report["frameworks"][fw]["sizes"], key=lambda e: (e["size"][1], e["size"][0]))
-        for impl in IMPLS[fw]:
-            pts = [(e["size"], e["results"].get(impl.key, {})) for e in entries]
-            pts = [(s, r) for s, r in pts if "median_ms" in r]
-            if not pts:
-                continue
-            ks = [s[1] for s, _ in pts]
-            med = np.array([r["median_ms"] for _, r in pts])
-            lo = med - np.array([r["min_ms"] for _, r in pts])
-            hi = np.array([r["max_ms"] for _, r in pts]) - med
-            style: dict[str, Any] = {"lw": 1.3, "marker": "s", "ls": "--"}
-            if impl.floor:
-                style = {"lw": 1.3, "marker": "", "ls": ":", "color": "0.35"}
-            elif impl.key == "smoothloss":
-                style = {"lw": 2.4, "marker": "o"}
-            ax.errorbar(ks, med, yerr=[lo, hi], capsize=3, label=impl.label, **style)
-        ks_all = [e["size"][1] for e in entries]
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(ks_all, [f"K={e['size'][1]}\nB={e['size'][0]}" for e in entries], fontsize=8)
-        ax.minorticks_off()
-        ax.set_xlabel("classes K (batch B below)")
-        ax.set_ylabel("forward+backward, ms (median, min–max)")
-        ax.set_title(fw)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
-    fig.suptitle(f"smoothed cross-entropy, float32, ε={report['settings']['smoothing']} — "
-                 f"{report['machine']['cpu_model']} ({report['machine']['cpus_usable']} CPUs)", fontsize=9)
-    fig.savefig(path, dpi=110)
-    return str(path)
-
-
