@@ -8,7 +8,8 @@ are handed in.
 from smoothloss._formulas import smoothing_coefficients
 from smoothloss._losses import cross_entropy, cross_entropy_and_grad, linear_cross_entropy, linear_cross_entropy_and_grad
 from smoothloss._binary import binary_cross_entropy
-from smoothloss._mixing import FastCollateMixup, Mixup, MixupParams, mix_images, mixup_cross_entropy, mixup_target
+from smoothloss._mixing import mix_images, mixup_cross_entropy, mixup_target
+from smoothloss._mixup import FastCollateMixup, Mixup, MixupParams
 from smoothloss._targets import one_hot, smooth_labels
 from smoothloss.backends._base import compile_mode, set_compile_mode
 

@@ -1,5 +1,5 @@
-"""Mixup and CutMix on any Array-API backend: soft targets, image mixing, the sampler
-and a mixed cross-entropy without a B×K target.
+"""Mixup and CutMix on any Array-API backend: soft targets, image mixing, the CutMix
+boxes and a mixed cross-entropy without a B×K target.
 
 Each example i is mixed with a partner ``index[i]``; by default ``index[i] = B-1-i``
 (timm's ``flip(0)``), so an odd batch's middle example is its own partner and comes
@@ -11,13 +11,11 @@ out as it went in (up to rounding). With λ the share of the example itself:
 * targets: ``ỹ_i = λ_i·q(y_i) + (1-λ_i)·q(y_index[i])`` with the smoothed one-hot
   ``q(y) = (1-ε)·onehot(y) + ε/K`` (timm's ``mixup_target``)
 
-The sampler (:class:`Mixup`) draws λ, boxes and the cutmix switch on the host from a
-NumPy ``Generator``, in the order timm's ``Mixup`` draws them from the global NumPy
-state; :class:`FastCollateMixup` does the same inside a DataLoader's collate function,
-on uint8 images. :func:`mix_images`, :func:`mixup_target` and :func:`mixup_cross_entropy` take
-those parameters as Python numbers or arrays (also traced ones: under ``jax.jit`` and
-``tf.function`` the boxes become masks compared against ``arange``, with no
-data-dependent shape and no in-place write).
+The sampler (:class:`smoothloss.Mixup`, in :mod:`smoothloss._mixup`) draws λ, the boxes
+below and the cutmix switch on the host. :func:`mix_images`, :func:`mixup_target` and
+:func:`mixup_cross_entropy` take those parameters as Python numbers or arrays (also
+traced ones: under ``jax.jit`` and ``tf.function`` the boxes become masks compared
+against ``arange``, with no data-dependent shape and no in-place write).
 
 References:
     Zhang et al., "mixup: Beyond Empirical Risk Minimization" (2018);
@@ -27,28 +25,23 @@ References:
 
 from __future__ import annotations
 
-import copy
 import math
-import operator
-import sys
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from smoothloss import _validation as V
+from smoothloss import _options, _validation as V
 from smoothloss._formulas import reduce, smoothing_coefficients
 from smoothloss._losses import cross_entropy
 from smoothloss._targets import smooth_labels
 from smoothloss.backends import bind, framework
 
 __all__ = [
-    "BOX_RULES", "FastCollateMixup", "Mixup", "MixupParams", "cutmix_bbox_and_lam", "mix_images", "mixup_cross_entropy",
-    "mixup_target", "rand_bbox", "rand_bbox_minmax",
+    "BOX_RULES", "LAYOUTS", "cutmix_bbox_and_lam", "mix_images", "mixup_cross_entropy", "mixup_target", "rand_bbox",
+    "rand_bbox_minmax",
 ]
 
 LAYOUTS = ("NCHW", "NHWC")
-MODES = ("batch", "pair", "elem")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -56,9 +49,9 @@ def _host_param(value: Any, like: Any) -> Any:
     """A mixing parameter (lam, box, cutmix, index) made usable next to ``like``.
 
     Python numbers stay as they are and NumPy scalars become Python numbers. NumPy
-    arrays (what :meth:`Mixup.sample` returns) move into ``like``'s namespace, on its
-    device. An array of ``like``'s own framework passes through; one of a third
-    framework raises ``TypeError``.
+    arrays (what :meth:`smoothloss.Mixup.sample` returns) move into ``like``'s
+    namespace, on its device. An array of ``like``'s own framework passes through; one
+    of a third framework raises ``TypeError``.
     """
     if value is None or isinstance(value, (bool, int, float)):
         return value
@@ -69,11 +62,6 @@ def _host_param(value: Any, like: Any) -> Any:
         return fw.xp.asarray(value, device=fw.device(like))
     _, (_, value) = bind(like, value)  # raises when two frameworks are mixed
     return value
-
-
-def _check_unit(value: Any, name: str) -> float:
-    """A Python number in [0, 1]."""
-    return V.check_smoothing(value, name)
 
 
 def _is_array(value: Any) -> bool:
@@ -101,7 +89,7 @@ def _lam(fw: Any, lam: Any, batch: int) -> Any:
     if lam is None:
         raise ValueError("lam is required: the share λ of each example itself")
     if not _is_array(lam):
-        return _check_unit(lam, "lam")
+        return V.check_smoothing(lam, "lam")
     _check_lam_array(fw, lam, batch)
     return lam
 
@@ -133,10 +121,6 @@ def _partner_index(fw: Any, index: Any, batch: int, dev: Any) -> Any:
     return index
 
 
-def _spatial_axes(layout: str) -> tuple[int, int]:
-    return (2, 3) if layout == "NCHW" else (1, 2)
-
-
 # ----------------------------------------------------------------------------- targets
 def _dense_targets(xp: Any, targets: Any, num_classes: int, eps: float, dtype: Any) -> Any:
     """Dense (B, K) multi-label targets smoothed towards 0.5: ``t·(1-ε) + ε/2`` (timm's
@@ -150,6 +134,14 @@ def _dense_targets(xp: Any, targets: Any, num_classes: int, eps: float, dtype: A
         raise TypeError(f"multi-label targets must be real or boolean, got dtype {targets.dtype}")
     dtype = xp.float32 if dtype is None else dtype
     return xp.astype(targets, dtype) * (1.0 - eps) + 0.5 * eps
+
+
+def _check_class_labels(xp: Any, labels: Any, fn: str, hint: str) -> None:
+    """Integer class labels with a batch axis, or a TypeError / ValueError naming ``fn``."""
+    if not V.is_integer(xp, labels.dtype):
+        raise TypeError(f"{fn} needs integer class labels, got dtype {labels.dtype}; {hint}")
+    if labels.ndim == 0:
+        raise ValueError("labels must have a batch axis, got a scalar")
 
 
 def mixup_target(
@@ -209,13 +201,8 @@ def mixup_target(
     if multi_label:
         own = _dense_targets(xp, labels, num_classes, eps, dtype)
     else:
-        if not V.is_integer(xp, labels.dtype):
-            raise TypeError(
-                f"mixup_target needs integer class labels, got dtype {labels.dtype}; pass multi_label=True "
-                "for dense (B, K) targets, or mix soft targets with lam·t + (1-lam)·t[index] directly"
-            )
-        if labels.ndim == 0:
-            raise ValueError("labels must have a batch axis, got a scalar")
+        _check_class_labels(xp, labels, "mixup_target", "pass multi_label=True for dense (B, K) targets, or mix "
+                            "soft targets with lam·t + (1-lam)·t[index] directly")
         own = smooth_labels(labels, num_classes, label_smoothing=eps, dtype=dtype)
     batch = int(labels.shape[0])
     lam = _lam(fw, _host_param(lam, labels), batch)
@@ -273,7 +260,7 @@ def _interval(xp: Any, lo: Any, hi: Any, size: int, dev: Any) -> Any:
 def _box_mask(fw: Any, x: Any, box: Any, layout: str) -> Any:
     """Boolean mask of the box, broadcastable against the (B, C, H, W)/(B, H, W, C) batch."""
     xp = fw.xp
-    h_axis, w_axis = _spatial_axes(layout)
+    h_axis, w_axis = (2, 3) if layout == "NCHW" else (1, 2)
     H, W = int(x.shape[h_axis]), int(x.shape[w_axis])
     y0, y1, x0, x1 = _box_parts(xp, box, x, int(x.shape[0]))
     dev = fw.device(x)
@@ -286,13 +273,7 @@ def _box_mask(fw: Any, x: Any, box: Any, layout: str) -> Any:
 
 
 def mix_images(
-    x: Any,
-    *,
-    lam: Any = None,
-    index: Any = None,
-    box: Any = None,
-    cutmix: Any = None,
-    layout: str = "NCHW",
+    x: Any, *, lam: Any = None, index: Any = None, box: Any = None, cutmix: Any = None, layout: str = "NCHW"
 ) -> Any:
     """Mixup (blend) or CutMix (paste a box) of each example with its partner.
 
@@ -302,7 +283,7 @@ def mix_images(
     * ``box`` given: ``x̃_i = p_i`` inside rows [y0, y1) and columns [x0, x1), ``x_i``
       elsewhere; ``lam`` is not used
     * ``box`` and a boolean ``cutmix`` (per example) given: the paste where cutmix is
-      true, the blend elsewhere (what :class:`Mixup` does per example or pair)
+      true, the blend elsewhere (as :class:`smoothloss.Mixup` does per example or pair)
 
     Every parameter may be a Python number, a NumPy array (moved to ``x``'s device)
     or an array of ``x``'s framework, traced ones included: the box becomes a mask
@@ -381,12 +362,7 @@ def _check_box_rule(box_rule: Any) -> bool:
 
 
 def rand_bbox(
-    image_shape: tuple[int, ...],
-    lam: float,
-    *,
-    rng: Any,
-    margin: float = 0.0,
-    count: int | None = None,
+    image_shape: tuple[int, ...], lam: float, *, rng: Any, margin: float = 0.0, count: int | None = None,
     box_rule: str = "timm>=1.0.29",
 ) -> tuple[Any, Any, Any, Any]:
     """A CutMix box for λ (timm's ``rand_bbox``), drawn from ``rng``.
@@ -439,11 +415,7 @@ def rand_bbox(
 
 
 def rand_bbox_minmax(
-    image_shape: tuple[int, ...],
-    minmax: tuple[float, float],
-    *,
-    rng: Any,
-    count: int | None = None,
+    image_shape: tuple[int, ...], minmax: tuple[float, float], *, rng: Any, count: int | None = None,
     box_rule: str = "timm>=1.0.29",
 ) -> tuple[Any, Any, Any, Any]:
     """A rectangular CutMix box with sides a uniform fraction of the image (timm's
@@ -479,14 +451,8 @@ def rand_bbox_minmax(
 
 
 def cutmix_bbox_and_lam(
-    image_shape: tuple[int, ...],
-    lam: float,
-    *,
-    rng: Any,
-    ratio_minmax: tuple[float, float] | None = None,
-    correct_lam: bool = True,
-    count: int | None = None,
-    box_rule: str = "timm>=1.0.29",
+    image_shape: tuple[int, ...], lam: float, *, rng: Any, ratio_minmax: tuple[float, float] | None = None,
+    correct_lam: bool = True, count: int | None = None, box_rule: str = "timm>=1.0.29",
 ) -> tuple[tuple[Any, Any, Any, Any], Any]:
     """A CutMix box and its λ (timm's ``cutmix_bbox_and_lam``).
 
@@ -510,435 +476,6 @@ def cutmix_bbox_and_lam(
         area = (y1 - y0) * (x1 - x0)
         lam = 1.0 - area / float(image_shape[-2] * image_shape[-1])
     return (y0, y1, x0, x1), lam
-
-
-# ----------------------------------------------------------------------------- sampler
-def _torch_worker_info() -> Any:
-    """``torch.utils.data.get_worker_info()`` where torch's data package is already
-    imported (in a DataLoader worker it always is), else None: smoothloss never imports
-    torch itself."""
-    data = sys.modules.get("torch.utils.data")
-    get_worker_info = getattr(data, "get_worker_info", None)
-    return None if get_worker_info is None else get_worker_info()
-
-
-def _worker_generator(parent: np.random.Generator, worker_id: int, worker_seed: int) -> np.random.Generator:
-    """The Generator of one DataLoader worker, derived without touching ``parent``.
-
-    Entropy: 128 bits drawn from a copy of ``parent`` as the worker inherited it (the
-    same state in every worker of one loader iterator, and a function of the seed);
-    spawn key: the worker id and the loader's base seed (torch gives worker k the seed
-    ``base_seed + k``, with ``base_seed`` drawn anew for each iterator from the
-    DataLoader's ``generator`` or torch's global RNG).
-    """
-    words = copy.deepcopy(parent).integers(0, 2**32, size=4, dtype=np.uint64)
-    base_seed = (int(worker_seed) - int(worker_id)) % 2**64
-    seq = np.random.SeedSequence(entropy=[int(w) for w in words], spawn_key=(int(worker_id), base_seed))
-    return np.random.Generator(np.random.PCG64(seq))
-
-
-@dataclass(frozen=True, eq=False)
-class MixupParams:
-    """One draw of :class:`Mixup`, as NumPy values (pass them into a jitted step).
-
-    Attributes:
-        lam: λ after the cutmix correction: a float (``mode="batch"``) or a float32
-            array (B,) (``"pair"``, ``"elem"``). 1 where nothing is mixed.
-        box: int64 (y0, y1, x0, x1): shape (4,) for ``"batch"``, (B, 4) otherwise; zeros
-            where no box is pasted.
-        cutmix: whether the box is pasted (else the images are blended): a bool, or a
-            boolean array (B,).
-        index: int64 (B,): each example's partner, B-1-i.
-    """
-
-    lam: Any
-    box: np.ndarray
-    cutmix: Any
-    index: np.ndarray
-
-
-class Mixup:
-    """Mixup and CutMix for a batch of images and integer labels, on any backend.
-
-    timm's ``Mixup`` (as of timm 1.0.31, ``multi_label`` included) with the same options
-    and the same draws, in the same order, from an explicit NumPy ``Generator`` instead
-    of the global state; odd batches are allowed (the middle example pairs with itself)
-    and the inputs are never modified.
-
-    Per call, with probability ``prob`` (per batch, pair or example by ``mode``), λ is
-    drawn from Beta(α, α): cutmix with probability ``switch_prob`` when both
-    ``mixup_alpha`` and ``cutmix_alpha`` are > 0, else whichever is > 0. A cutmix box
-    comes from :func:`rand_bbox` (or :func:`rand_bbox_minmax` with ``cutmix_minmax``,
-    which forces ``cutmix_alpha = 1``) and λ is corrected to the pasted area when
-    ``correct_lam`` (always with ``cutmix_minmax``). The targets are
-    :func:`mixup_target` with ``label_smoothing``: from class indices (B,), or with
-    ``multi_label`` from dense (B, K) targets (multi-hot or soft), each entry smoothed
-    towards 0.5 as ``t·(1-ε) + ε/2`` before mixing.
-
-    Args:
-        mixup_alpha: α of mixup's Beta; mixup is on when > 0.
-        cutmix_alpha: α of cutmix's Beta; cutmix is on when > 0.
-        cutmix_minmax: (min, max) box side as a fraction of the image, or None.
-        prob: probability of mixing a batch / pair / example.
-        switch_prob: probability of cutmix instead of mixup when both are on.
-        mode: ``"batch"`` (one draw), ``"pair"`` (one per pair i, B-1-i) or ``"elem"``.
-        correct_lam: λ from the clipped box area instead of the drawn value.
-        label_smoothing: ε of the targets.
-        num_classes: K.
-        seed: an int, None (fresh entropy) or a ``numpy.random.Generator`` to draw from.
-        layout: ``"NCHW"`` or ``"NHWC"``: where :meth:`__call__` finds H and W.
-        box_rule: the CutMix box formulas: ``"timm>=1.0.29"`` (default, timm's current
-            ones) or ``"timm<=1.0.28"`` (timm's earlier ones, to reproduce older runs);
-            see :func:`rand_bbox` and :func:`rand_bbox_minmax`. Both draw the same
-            quantities in the same order; the boxes, and so the corrected λ, differ.
-        multi_label: the labels are dense (B, K) targets (timm 1.0.31's
-            ``multi_label``); the draws and the images are unchanged.
-
-    Attributes:
-        mixup_enabled: set to False to stop mixing (the targets are then only smoothed).
-        rng: the ``numpy.random.Generator`` drawn from (in the main process).
-
-    In ``torch.utils.data.DataLoader`` workers (e.g. mixing inside ``collate_fn``) a
-    forked or unpickled copy would repeat the same draws in every worker. There, on its
-    first draw, each worker derives its own Generator once (:class:`numpy.random.SeedSequence`)
-    from ``rng``'s state as the worker received it, its worker id and the loader's base
-    seed; ``rng`` itself is left alone. The workers' streams thus differ from each other
-    and from one iterator (epoch) to the next (unless ``persistent_workers``, where
-    each worker's stream just continues), and are reproduced by the same ``seed`` with
-    the same torch seed (``torch.manual_seed`` or the DataLoader's ``generator``, which
-    also drive its shuffling). Workers are recognised only where ``torch.utils.data``
-    is imported; smoothloss does not import torch.
-
-    Example:
-        >>> import numpy as np, smoothloss
-        >>> mix = smoothloss.Mixup(mixup_alpha=0.8, label_smoothing=0.1, num_classes=3, seed=0)
-        >>> x, t = mix(np.zeros((4, 3, 8, 8), np.float32), np.array([0, 1, 2, 0]))
-        >>> t.shape, bool(np.allclose(t.sum(-1), 1))
-        ((4, 3), True)
-    """
-
-    _MODES = MODES
-
-    def __init__(
-        self,
-        mixup_alpha: float = 1.0,
-        cutmix_alpha: float = 0.0,
-        cutmix_minmax: tuple[float, float] | None = None,
-        prob: float = 1.0,
-        switch_prob: float = 0.5,
-        mode: str = "batch",
-        correct_lam: bool = True,
-        label_smoothing: float = 0.1,
-        num_classes: int = 1000,
-        seed: Any = None,
-        layout: str = "NCHW",
-        box_rule: str = "timm>=1.0.29",
-        multi_label: bool = False,
-    ) -> None:
-        self.mixup_alpha = V.check_nonnegative(mixup_alpha, "mixup_alpha")
-        self.cutmix_alpha = V.check_nonnegative(cutmix_alpha, "cutmix_alpha")
-        if cutmix_minmax is not None:
-            if len(cutmix_minmax) != 2:
-                raise ValueError(f"cutmix_minmax must be (min, max), got {cutmix_minmax!r}")
-            lo, hi = (float(v) for v in cutmix_minmax)
-            if not 0.0 <= lo < hi <= 1.0:
-                raise ValueError(f"cutmix_minmax must satisfy 0 <= min < max <= 1, got {cutmix_minmax!r}")
-            cutmix_minmax = (lo, hi)
-            self.cutmix_alpha = 1.0  # as timm: λ ~ Beta(1, 1) is drawn, then replaced by the box area
-        self.cutmix_minmax = cutmix_minmax
-        if self.mixup_alpha == 0.0 and self.cutmix_alpha == 0.0:
-            raise ValueError("nothing to mix: set mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax")
-        self.mix_prob = _check_unit(prob, "prob")
-        self.switch_prob = _check_unit(switch_prob, "switch_prob")
-        self.mode = V.check_choice("mode", mode, self._MODES)
-        self.correct_lam = bool(correct_lam)
-        self.label_smoothing = V.check_smoothing(label_smoothing)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        self.num_classes = num_classes
-        self.layout = V.check_choice("layout", layout, LAYOUTS)
-        self.box_rule = box_rule
-        self.multi_label = bool(multi_label)
-        self.rng = np.random.default_rng(seed)
-        self.mixup_enabled = True
-        self._worker_rng: Any = None
-        self._worker_key: Any = None
-
-    @property
-    def box_rule(self) -> str:
-        """The CutMix box rule, ``"timm>=1.0.29"`` or ``"timm<=1.0.28"`` (may be set, e.g.
-        on the timm drop-in :class:`smoothloss.torch.Mixup`)."""
-        return self._box_rule
-
-    @box_rule.setter
-    def box_rule(self, value: str) -> None:
-        _check_box_rule(value)
-        self._box_rule = value
-
-    def _generator(self) -> Any:
-        """``rng``, or inside a torch DataLoader worker the worker's own Generator."""
-        info = _torch_worker_info()
-        if info is None or not isinstance(self.rng, np.random.Generator):
-            return self.rng
-        key = (info.id, info.seed, id(self.rng))
-        if self._worker_key != key:
-            self._worker_rng = _worker_generator(self.rng, info.id, info.seed)
-            self._worker_key = key
-        return self._worker_rng
-
-    # -- draws (timm's order) ---------------------------------------------------
-    def _params_per_elem(self, rng: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-        lam = np.ones(n, dtype=np.float32)
-        use_cutmix = np.zeros(n, dtype=bool)
-        if self.mixup_enabled:
-            ma, ca = self.mixup_alpha, self.cutmix_alpha
-            if ma > 0.0 and ca > 0.0:
-                use_cutmix = rng.random(n) < self.switch_prob
-                lam_cut = rng.beta(ca, ca, size=n)
-                lam_mix = np.where(use_cutmix, lam_cut, rng.beta(ma, ma, size=n))
-            elif ma > 0.0:
-                lam_mix = rng.beta(ma, ma, size=n)
-            else:
-                use_cutmix = np.ones(n, dtype=bool)
-                lam_mix = rng.beta(ca, ca, size=n)
-            lam = np.where(rng.random(n) < self.mix_prob, lam_mix.astype(np.float32), lam)
-        return lam, use_cutmix
-
-    def _params_per_batch(self, rng: Any) -> tuple[float, bool]:
-        lam, use_cutmix = 1.0, False
-        if self.mixup_enabled and rng.random() < self.mix_prob:
-            ma, ca = self.mixup_alpha, self.cutmix_alpha
-            if ma > 0.0 and ca > 0.0:
-                use_cutmix = bool(rng.random() < self.switch_prob)
-                lam = float(rng.beta(ca, ca) if use_cutmix else rng.beta(ma, ma))
-            elif ma > 0.0:
-                lam = float(rng.beta(ma, ma))
-            else:
-                use_cutmix = True
-                lam = float(rng.beta(ca, ca))
-        return lam, use_cutmix
-
-    def _box(self, rng: Any, hw: tuple[int, int], lam: Any) -> tuple[tuple[Any, Any, Any, Any], Any]:
-        return cutmix_bbox_and_lam(
-            hw, lam, rng=rng, ratio_minmax=self.cutmix_minmax, correct_lam=self.correct_lam,
-            box_rule=self.box_rule,
-        )
-
-    def _spatial(self, image_shape: Any) -> tuple[int, int]:
-        shape = tuple(int(s) for s in image_shape)
-        if len(shape) == 2:
-            return shape[0], shape[1]
-        if len(shape) in (3, 4):
-            return (shape[-2], shape[-1]) if self.layout == "NCHW" else (shape[-3], shape[-2])
-        raise ValueError(
-            f"image_shape must be (H, W), or an image's or batch's shape in {self.layout}, got {shape}"
-        )
-
-    def sample(self, batch_size: int, image_shape: Any) -> MixupParams:
-        """Draw the mixing parameters of one batch, without touching any array.
-
-        For use inside ``jax.jit`` / ``tf.function``: draw on the host, pass the
-        result's arrays into the traced step, and mix there with :func:`mix_images`
-        (``lam``, ``box``, ``cutmix``, ``index``) and :func:`mixup_target` or
-        :func:`mixup_cross_entropy` (``lam``, ``index``).
-
-        Args:
-            batch_size: B.
-            image_shape: (H, W), or the shape of one image or of the batch in this
-                Mixup's ``layout``.
-
-        Returns:
-            A :class:`MixupParams` of NumPy values.
-
-        Example:
-            >>> import numpy as np, smoothloss
-            >>> p = smoothloss.Mixup(cutmix_alpha=1.0, mode="elem", seed=0).sample(3, (8, 8))
-            >>> p.lam.shape, p.box.shape, p.index.tolist()
-            ((3,), (3, 4), [2, 1, 0])
-        """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
-            raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
-        hw = self._spatial(image_shape)
-        if min(hw) < 1:
-            raise ValueError(f"images must have H, W >= 1, got {hw}")
-        index = np.arange(batch_size - 1, -1, -1, dtype=np.int64)
-        rng = self._generator()
-        if self.mode == "batch":
-            lam, use_cutmix = self._params_per_batch(rng)
-            box = np.zeros(4, dtype=np.int64)
-            cut = False
-            if lam != 1.0 and use_cutmix:
-                corners, lam = self._box(rng, hw, lam)
-                box[:] = [int(v) for v in corners]
-                cut = True
-            return MixupParams(float(lam), box, cut, index)
-
-        n = batch_size if self.mode == "elem" else batch_size // 2  # "pair", "half": B // 2 draws
-        lam, use_cutmix = self._params_per_elem(rng, n)
-        boxes = np.zeros((n, 4), dtype=np.int64)
-        cut = np.zeros(n, dtype=bool)
-        for i in range(n):
-            if lam[i] != 1.0 and use_cutmix[i]:
-                corners, lam[i] = self._box(rng, hw, lam[i])
-                boxes[i] = [int(v) for v in corners]
-                cut[i] = True
-        if self.mode == "pair":  # example B-1-i shares the draw of i; an odd middle is left alone
-            middle = batch_size % 2
-            lam = np.concatenate([lam, np.ones(middle, np.float32), lam[::-1]])
-            boxes = np.concatenate([boxes, np.zeros((middle, 4), np.int64), boxes[::-1]])
-            cut = np.concatenate([cut, np.zeros(middle, bool), cut[::-1]])
-        elif self.mode == "half":  # the first B//2 examples drawn for; the rest (then dropped) keep λ = 1
-            rest = batch_size - n
-            lam = np.concatenate([lam, np.ones(rest, np.float32)])
-            boxes = np.concatenate([boxes, np.zeros((rest, 4), np.int64)])
-            cut = np.concatenate([cut, np.zeros(rest, bool)])
-        return MixupParams(lam, boxes, cut, index)
-
-    def __call__(self, x: Any, labels: Any) -> tuple[Any, Any]:
-        """Mix a batch: ``(mixed images, soft targets)``, new arrays of the inputs'
-        namespace and device (the inputs are left as they were).
-
-        Args:
-            x: floating images (B, C, H, W) or (B, H, W, C) per ``layout``.
-            labels: integer class indices (B,), or with ``multi_label`` dense targets (B, K).
-
-        Returns:
-            The mixed images (x's dtype) and the targets (B, K): float64 for float64
-            images, else float32. Call it eagerly: under ``jit`` the draw would be
-            frozen into the trace (use :meth:`sample` there).
-        """
-        fw, (x, labels) = bind(x, labels)
-        xp = fw.xp
-        if x.ndim != 4:
-            raise ValueError(
-                f"x must be a batch of images of rank 4 ({self.layout}), got shape {tuple(x.shape)}"
-            )
-        batch = int(x.shape[0])
-        self._check_labels(labels, batch)
-        dtype = xp.float64 if x.dtype == xp.float64 else xp.float32
-        mixed, lam = self._mix(fw, x, self.sample(batch, tuple(x.shape)))
-        return mixed, self._targets(labels, lam, dtype)
-
-    def _check_labels(self, labels: Any, batch: int) -> None:
-        expected = (batch, self.num_classes) if self.multi_label else (batch,)
-        if tuple(labels.shape) != expected:
-            what = "dense targets, multi_label=True" if self.multi_label else "one class index per image"
-            raise ValueError(f"labels must have shape {expected} ({what}), got {tuple(labels.shape)}")
-
-    def _targets(self, labels: Any, lam: Any, dtype: Any) -> Any:
-        return mixup_target(
-            labels, self.num_classes, lam=lam, label_smoothing=self.label_smoothing, dtype=dtype,
-            multi_label=self.multi_label,
-        )
-
-    def _mix(self, fw: Any, x: Any, p: MixupParams, blend: Any = None) -> tuple[Any, Any]:
-        """``(mixed images, λ)`` for the draw ``p``: λ a float in ``"batch"`` mode, else an
-        array on x's device. A mixup blend is computed in the dtype ``blend`` where given
-        (a cutmix box copies pixels, in x's own dtype)."""
-        xp = fw.xp
-
-        def blended(x: Any) -> Any:
-            return x if blend is None or x.dtype == blend else xp.astype(x, blend)
-
-        if self.mode == "batch":
-            if p.lam == 1.0:
-                return xp.asarray(x, copy=True), p.lam
-            if p.cutmix:
-                return mix_images(x, box=tuple(int(v) for v in p.box), layout=self.layout), p.lam
-            return mix_images(blended(x), lam=p.lam, layout=self.layout), p.lam
-        dev = fw.device(x)
-        lam = xp.asarray(p.lam, device=dev)
-        box = cut = None
-        if bool(np.any(p.cutmix)):
-            box, cut = xp.asarray(p.box, device=dev), xp.asarray(p.cutmix, device=dev)
-        return mix_images(blended(x), lam=lam, box=box, cutmix=cut, layout=self.layout), lam
-
-    def __repr__(self) -> str:
-        return (
-            f"Mixup(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
-            f"cutmix_minmax={self.cutmix_minmax}, prob={self.mix_prob}, switch_prob={self.switch_prob}, "
-            f"mode={self.mode!r}, correct_lam={self.correct_lam}, label_smoothing={self.label_smoothing}, "
-            f"num_classes={self.num_classes}, layout={self.layout!r}, box_rule={self.box_rule!r}"
-            + (", multi_label=True)" if self.multi_label else ")")
-        )
-
-
-class FastCollateMixup(Mixup):
-    """Mixup and CutMix while collating uint8 images (timm's ``FastCollateMixup``).
-
-    Pass it as a DataLoader's ``collate_fn``: it takes the list of ``(image, label)``
-    pairs of one batch, stacks the images and mixes them, so the batch leaves the
-    worker mixed and still in uint8 (timm's training script then normalises on the
-    device). The draws, boxes and targets are those of :class:`Mixup` with the same
-    options; blends are computed in float32 and rounded half to even back to uint8,
-    pastes copy the pixels. The images are never modified.
-
-    Options as :class:`Mixup`, with one more ``mode``: ``"half"`` draws for the first
-    B//2 examples, mixes each with its partner B-1-i from the second half, and returns
-    only the first half (B//2 examples). ``seed`` and the DataLoader workers: see
-    :class:`Mixup` (each worker draws its own stream).
-
-    Differences from timm: the result is in the images' namespace (NumPy images give
-    NumPy arrays, torch tensors give torch tensors; timm always returns torch
-    tensors); odd batches are allowed; labels must be integers (class indices), or
-    with ``multi_label`` dense targets of one shape (K,); the images must be uint8.
-
-    Example:
-        >>> import numpy as np
-        >>> from smoothloss._mixing import FastCollateMixup
-        >>> collate = FastCollateMixup(mixup_alpha=1.0, num_classes=3, seed=0)
-        >>> batch = [(np.full((3, 4, 4), 10 * i, np.uint8), i % 3) for i in range(4)]
-        >>> images, targets = collate(batch)
-        >>> images.dtype, images.shape, targets.shape
-        (dtype('uint8'), (4, 3, 4, 4), (4, 3))
-    """
-
-    _MODES = MODES + ("half",)
-
-    def __call__(self, batch: Any, _: Any = None) -> tuple[Any, Any]:
-        """Collate and mix ``batch``, a sequence of ``(image, label)``: images (C, H, W)
-        or (H, W, C) per ``layout``, uint8; labels integer class indices, or with
-        ``multi_label`` dense targets (K,) (arrays, tensors or sequences).
-
-        Returns:
-            ``(images, targets)``: uint8 images (B, C, H, W) or (B, H, W, C) and float32
-            soft targets (B, K), with B halved in ``"half"`` mode.
-        """
-        if not isinstance(batch, (list, tuple)) or not batch:
-            raise ValueError("batch must be a non-empty list of (image, label) pairs")
-        for item in batch:
-            if not isinstance(item, (list, tuple)) or len(item) != 2:
-                raise ValueError(f"each batch entry must be an (image, label) pair, got {type(item).__name__}")
-        fw, images = bind(*(item[0] for item in batch))
-        xp = fw.xp
-        for image in images:
-            if image.dtype != xp.uint8:
-                raise TypeError(f"FastCollateMixup mixes uint8 images, got dtype {image.dtype}")
-            if image.ndim != 3:
-                raise ValueError(f"each image must have rank 3 ({self.layout[1:]}), got shape {tuple(image.shape)}")
-        labels = self._collate_labels([item[1] for item in batch])
-        x = xp.stack(list(images))
-        size = int(x.shape[0])
-        dev = fw.device(x)
-        labels = xp.asarray(labels, device=dev)
-        self._check_labels(labels, size)
-        mixed, lam = self._mix(fw, x, self.sample(size, tuple(x.shape)), blend=xp.float32)
-        if mixed.dtype != xp.uint8:  # float32 blends: half to even, as timm's rint / round
-            mixed = xp.astype(xp.round(mixed), xp.uint8)
-        targets = self._targets(labels, lam, xp.float32)
-        if self.mode == "half":
-            keep = size // 2
-            mixed, targets = mixed[:keep, ...], targets[:keep, ...]
-        return mixed, targets
-
-    def _collate_labels(self, labels: list[Any]) -> np.ndarray:
-        """The batch's labels as one NumPy array: int64 (B,), or (B, K) with ``multi_label``."""
-        if self.multi_label:
-            return np.stack([np.asarray(label) for label in labels])
-        try:
-            return np.asarray([operator.index(label) for label in labels], dtype=np.int64)
-        except TypeError as e:
-            raise TypeError(f"labels must be integer class indices: {e}") from None
 
 
 # ----------------------------------------------------------------------------- loss
@@ -1007,7 +544,7 @@ def mixup_cross_entropy(
         logits: floating logits, the classes along ``axis``, the batch first.
         labels: integer class indices (the logits' shape without ``axis``).
         lam: λ: a float in [0, 1] or an array with one entry per example, (B,) or
-            (B, 1), e.g. from :meth:`Mixup.sample` (may be traced under jit).
+            (B, 1), e.g. from :meth:`smoothloss.Mixup.sample` (may be traced under jit).
         index: integer array (B,): each example's partner. None: timm's flip B-1-i.
         label_smoothing: ε in [0, 1].
         axis: the class axis, as in :func:`~smoothloss.cross_entropy`.
@@ -1034,18 +571,11 @@ def mixup_cross_entropy(
     xp = fw.xp
     reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
     eps = V.check_smoothing(label_smoothing)
-    if not V.is_integer(xp, labels.dtype):
-        raise TypeError(
-            f"mixup_cross_entropy needs integer class labels, got dtype {labels.dtype}; "
-            "for soft targets call cross_entropy(logits, targets)"
-        )
-    if labels.ndim == 0:
-        raise ValueError("labels must have a batch axis, got a scalar")
+    _check_class_labels(xp, labels, "mixup_cross_entropy", "for soft targets call cross_entropy(logits, targets)")
     labels = fw.index(labels)  # compared and gathered as integer values, whatever their dtype
     batch = int(labels.shape[0])
-    options = dict(
-        axis=axis, label_smoothing=eps, convention=convention, weight=weight, z_loss=z_loss, softcap=softcap
-    )
+    # the declared options but the reduction (per position here) and kl (its entropy is the mixture's, below)
+    options = {**_options.of(locals(), exclude=("reduction", "kl")), "label_smoothing": eps, "weight": weight}
     own = cross_entropy(logits, labels, reduction="none", **options)
     lam = _lam(fw, _host_param(lam, logits), batch)
     partner_labels = xp.take(labels, _partner_index(fw, _host_param(index, logits), batch, fw.device(labels)), axis=0)

@@ -15,8 +15,10 @@ run side by side, draw for draw, with smoothloss drawing from the same legacy Nu
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
+import inspect
 import math
 import pathlib
 
@@ -24,9 +26,8 @@ import numpy as np
 import pytest
 
 import smoothloss
-from smoothloss._mixing import (
-    FastCollateMixup, MixupParams, cutmix_bbox_and_lam, rand_bbox, rand_bbox_minmax,
-)
+from smoothloss._mixing import cutmix_bbox_and_lam, rand_bbox, rand_bbox_minmax
+from smoothloss._mixup import FastCollateMixup, MixupOptions, MixupParams
 from smoothloss.backends import framework_name
 from smoothloss.testing import reference_cross_entropy, rel_err
 
@@ -916,6 +917,72 @@ def test_mixup_outside_workers_draws_from_its_own_rng(monkeypatch):
     expected = np.random.default_rng(3).beta(1.0, 1.0, size=5).astype(np.float32)
     monkeypatch.setitem(sys.modules, "torch.utils.data", None)
     np.testing.assert_array_equal(mix.sample(5, (4, 4)).lam, expected)
+
+
+# ============================================================================ one option list
+DECLARED = {f.name: f.default for f in dataclasses.fields(MixupOptions)}
+# A value other than the default for every option (cutmix_minmax sets cutmix_alpha = 1).
+NOT_DEFAULT = dict(
+    mixup_alpha=0.5, cutmix_alpha=1.0, cutmix_minmax=(0.25, 0.75), prob=0.3, switch_prob=0.2, mode="elem",
+    correct_lam=False, label_smoothing=0.2, num_classes=7, seed=5, layout="NHWC", box_rule=OLD_BOXES,
+    multi_label=True,
+)
+
+
+def _sampler(where, cls):
+    module = smoothloss if where == "core" else pytest.importorskip("smoothloss.torch")
+    return getattr(module, cls)
+
+
+@pytest.mark.parametrize("cls", ["Mixup", "FastCollateMixup"])
+@pytest.mark.parametrize("where", ["core", "torch"])
+def test_sampler_constructors_take_the_declared_options(where, cls):
+    """The core sampler and the torch drop-ins take exactly the options of MixupOptions,
+    with its defaults (the drop-ins all but ``layout``: their images are NCHW), named in
+    their signatures, so the constructors and the declaration cannot drift apart."""
+    params = inspect.signature(_sampler(where, cls)).parameters
+    expected = dict(DECLARED) if where == "core" else {k: v for k, v in DECLARED.items() if k != "layout"}
+    assert set(params) == set(expected)
+    for name, p in params.items():
+        assert p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY), name
+        assert (type(p.default), p.default) == (type(expected[name]), expected[name]), name
+    if where == "core":
+        assert list(params) == list(DECLARED)  # the core keeps the declaration's order
+    assert set(NOT_DEFAULT) == set(DECLARED)
+    assert all(NOT_DEFAULT[name] != default for name, default in DECLARED.items())
+
+
+@pytest.mark.parametrize("cls", ["Mixup", "FastCollateMixup"])
+@pytest.mark.parametrize("where", ["core", "torch"])
+def test_sampler_constructors_hand_on_every_option(where, cls):
+    """Each option given to a constructor reaches the sampler, as its attribute (``prob``
+    as timm's ``mix_prob``) and in its repr; ``seed`` seeds ``rng``."""
+    sampler = _sampler(where, cls)
+    given = {k: v for k, v in NOT_DEFAULT.items() if k in inspect.signature(sampler).parameters}
+    mix = sampler(**given)
+    checked = type(mix)._OPTIONS(**given)
+    assert checked.cutmix_alpha == 1.0  # timm's rule, applied once
+    for name, attribute in MixupOptions.kept_as().items():
+        assert getattr(mix, attribute) == getattr(checked, name), name
+        if name in given:
+            assert getattr(mix, attribute) == (1.0 if name == "cutmix_alpha" else given[name]), name
+    assert mix.layout == given.get("layout", "NCHW")
+    assert mix.rng.random() == np.random.default_rng(5).random()
+    assert repr(mix) == (
+        f"Mixup(mixup_alpha=0.5, cutmix_alpha=1.0, cutmix_minmax=(0.25, 0.75), prob=0.3, switch_prob=0.2, "
+        f"mode='elem', correct_lam=False, label_smoothing=0.2, num_classes=7, layout={mix.layout!r}, "
+        f"box_rule='timm<=1.0.28', multi_label=True)"
+    )
+
+
+def test_fast_collate_options_add_the_half_mode_only():
+    collate, core = FastCollateMixup._OPTIONS, smoothloss.Mixup._OPTIONS
+    assert [(f.name, f.default) for f in dataclasses.fields(collate)] == list(DECLARED.items())
+    assert collate(mode="half").mode == "half"
+    with pytest.raises(ValueError, match="unknown mode 'half'"):
+        core(mode="half")
+    with pytest.raises(ValueError, match="unknown mode 'x'"):
+        collate(mode="x")
 
 
 # ============================================================================ mix_images
