@@ -40,7 +40,8 @@ used, as Keras uses them.
 
 ``LinearCrossEntropyHead`` is a layer rather than a loss: it owns the output projection
 of a classifier or language-model head and computes the loss with
-:func:`smoothloss.linear_cross_entropy`, so the N×V logits are never held.
+:func:`smoothloss.linear_cross_entropy`, so the N×V logits are never held (the class
+of :mod:`smoothloss.keras_linear`).
 
 Importing this module registers the classes and functions with Keras (package
 ``"smoothloss"``), so ``keras.models.load_model`` finds them without ``custom_objects`` once
@@ -51,13 +52,16 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import keras
 from keras import ops
 
 import smoothloss
-from smoothloss import _validation as V
+from smoothloss._options import Options
+from smoothloss._keras_support import check_bool as _check_bool, check_int as _check_int
+from smoothloss._keras_support import index_dtype as _index_dtype
+from smoothloss.keras_linear import LinearCrossEntropyHead
 
 try:  # Keras's own helper for the mask a loss hands to keras.losses.Loss
     from keras.src.backend import set_keras_mask as _set_keras_mask
@@ -76,13 +80,8 @@ except ImportError:  # pragma: no cover - then only equal shapes are accepted
 
 
 __all__ = [
-    "BinaryCrossentropy",
-    "CategoricalCrossentropy",
-    "LinearCrossEntropyHead",
-    "SparseCategoricalCrossentropy",
-    "binary_crossentropy",
-    "categorical_crossentropy",
-    "sparse_categorical_crossentropy",
+    "BinaryCrossentropy", "CategoricalCrossentropy", "LinearCrossEntropyHead", "SparseCategoricalCrossentropy",
+    "binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy",
 ]
 
 
@@ -122,144 +121,73 @@ def _softmax_logits(y_pred: Any, op_type: str = "Softmax", *, from_logits: bool 
     return logits
 
 
-def _dtype_config(loss: keras.losses.Loss, dtype: Any) -> Any:
-    """``dtype`` as ``get_config`` returns it: None, a string, or a serialized policy."""
-    if dtype is None or isinstance(dtype, str):
-        return dtype
-    return keras.dtype_policies.serialize(loss._dtype_policy)  # which Loss.__init__ accepts back
-
-
-def _index_dtype() -> str:
-    """The dtype of class indices handed to the core: int64 for torch's gather, int32 on
-    JAX (where int64 needs x64 mode)."""
-    return "int32" if keras.backend.backend() == "jax" else "int64"
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _check_int(value: Any, name: str, *, minimum: int | None = None, optional: bool = False) -> Any:
-    """``value`` if it is an int (at least ``minimum``), or None where ``optional``."""
-    if value is None and optional:
-        return None
-    what = ("None or " if optional else "") + "an int" + ("" if minimum is None else f" >= {minimum}")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be {what}, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be {what}, got {value}")
-    return value
-
-
 # ----------------------------------------------------------------------------- shared by classes and functions
 # Each loss is one validation (the class's constructor, or the function before it runs)
-# and one computation (the class's ``call``, or the function after validating).
+# and one computation (the class's ``call``, or the function after validating). The
+# smoothloss options each takes, by their names in smoothloss._options:
+_OPTIONS = ("label_smoothing", "axis", "convention", "z_loss", "softcap")
+_BINARY_OPTIONS = ("label_smoothing", "axis")
 
-_OPTIONS = ("from_logits", "label_smoothing", "axis", "convention", "z_loss", "softcap")
-_BINARY_OPTIONS = ("from_logits", "label_smoothing", "axis")
 
-
-def _crossentropy_options(
-    from_logits: Any, label_smoothing: Any, axis: Any, convention: Any, z_loss: Any, softcap: Any
-) -> dict[str, Any]:
-    """The validated options (``_OPTIONS``) of the categorical and sparse losses."""
-    options = {
-        "from_logits": _check_bool(from_logits, "from_logits"),
-        "label_smoothing": V.check_smoothing(label_smoothing),
-        "axis": _check_int(axis, "axis"),
-        "convention": V.check_choice("convention", convention, V.CONVENTIONS),
-        "z_loss": V.check_nonnegative(z_loss, "z_loss"),
-        "softcap": V.check_softcap(softcap),
-    }
-    if not from_logits and (options["z_loss"] or options["softcap"] is not None):
+def _checked(names: tuple[str, ...], given: dict[str, Any]) -> dict[str, Any]:
+    """``from_logits``, the smoothloss options ``names`` and ``ignore_class`` where
+    ``given`` (the constructor's or function's ``locals()``) has it, checked: Keras's
+    arguments and ``axis`` as Keras takes them (a bool, Python ints), the smoothloss
+    options by their declared checks."""
+    from_logits = _check_bool(given["from_logits"], "from_logits")
+    _check_int(given["axis"], "axis")
+    options = Options.checked(**{name: given[name] for name in names})
+    if not from_logits and (options.z_loss or options.softcap is not None):
         raise ValueError(
             "z_loss and softcap act on logits; pass logits to the loss and set "
-            f"from_logits=True (got from_logits=False, z_loss={z_loss}, softcap={softcap})"
+            f"from_logits=True (got from_logits=False, z_loss={given['z_loss']}, softcap={given['softcap']})"
         )
-    return options
+    checked = {"from_logits": from_logits, **{name: getattr(options, name) for name in names}}
+    if "ignore_class" in given:
+        checked["ignore_class"] = _check_int(given["ignore_class"], "ignore_class", optional=True)
+    return checked
 
 
-def _binary_options(from_logits: Any, label_smoothing: Any, axis: Any) -> dict[str, Any]:
-    """The validated options (``_BINARY_OPTIONS``) of the binary loss."""
-    return {
-        "from_logits": _check_bool(from_logits, "from_logits"),
-        "label_smoothing": V.check_smoothing(label_smoothing),
-        "axis": _check_int(axis, "axis"),
-    }
-
-
-def _logits(y_pred: Any, *, from_logits: bool, axis: int, fn_name: str, follow_softmax: bool = True) -> Any:
-    """``y_pred`` itself, or the logits of the probabilities ``y_pred`` (see module doc);
-    on TensorFlow the logits of a softmax output where ``follow_softmax``."""
-    if follow_softmax:
-        logits = _softmax_logits(y_pred, "Softmax", from_logits=from_logits, fn_name=fn_name)
+def _logits(y_pred: Any, *, from_logits: bool, fn_name: str, axis: int = -1, follow: bool = True) -> Any:
+    """``y_pred`` itself, or the logits of the probabilities ``y_pred`` (see the module
+    doc): ``log(p) - log(1-p)`` for ``binary_crossentropy``, else the clipped
+    log-probabilities along ``axis``; on TensorFlow, where ``follow``, the logits of a
+    softmax's (for ``binary_crossentropy`` a sigmoid's) output."""
+    binary = fn_name == "binary_crossentropy"
+    if follow:
+        logits = _softmax_logits(y_pred, "Sigmoid" if binary else "Softmax", from_logits=from_logits, fn_name=fn_name)
         if logits is not None:
             return logits
     if from_logits:
         return y_pred
     eps = keras.backend.epsilon()
-    p = y_pred / ops.sum(y_pred, axis=axis, keepdims=True)
-    return ops.log(ops.clip(p, eps, 1.0 - eps))
-
-
-def _binary_logits(y_pred: Any, *, from_logits: bool) -> Any:
-    """``y_pred`` itself, or the logits of the probabilities ``y_pred`` (see
-    :class:`BinaryCrossentropy`); on TensorFlow the logits of a sigmoid output."""
-    logits = _softmax_logits(y_pred, "Sigmoid", from_logits=from_logits, fn_name="binary_crossentropy")
-    if logits is not None:
-        return logits
-    if from_logits:
-        return y_pred
+    if not binary:
+        return ops.log(ops.clip(y_pred / ops.sum(y_pred, axis=axis, keepdims=True), eps, 1.0 - eps))
     if keras.backend.standardize_dtype(y_pred.dtype) in ("float16", "bfloat16"):
         y_pred = ops.cast(y_pred, "float32")
-    eps = keras.backend.epsilon()
     p = ops.clip(y_pred, eps, 1.0 - eps)
     return ops.log(p) - ops.log(1.0 - p)
 
 
-def _cross_entropy(
-    logits: Any,
-    targets: Any,
-    *,
-    axis: int,
-    label_smoothing: float,
-    convention: str,
-    z_loss: float,
-    softcap: float | None,
-    ignore_index: int | None = None,
-) -> Any:
-    return smoothloss.cross_entropy(
-        logits,
-        targets,
-        axis=axis,
-        label_smoothing=label_smoothing,
-        convention=convention,
-        ignore_index=ignore_index,
-        reduction="none",
-        z_loss=z_loss,
-        softcap=softcap,
-    )
-
-
-def _check_same_shape(y_true: Any, y_pred: Any) -> None:
-    """Keras's backend check of dense targets, with its text: the same rank, and the same
-    size on every axis whose size is known."""
+def _dense(y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+    """Dense targets and predictions as tensors of ``y_pred``'s dtype, after Keras's
+    backend check, with its text: the same rank, and the same size on every axis whose
+    size is known."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(y_true, y_pred.dtype)
     received = f"Received: target.shape={y_true.shape}, output.shape={y_pred.shape}"
     if len(y_true.shape) != len(y_pred.shape):
         raise ValueError(f"Arguments `target` and `output` must have the same rank (ndim). {received}")
     for a, b in zip(y_true.shape, y_pred.shape):
         if a is not None and b is not None and a != b:
             raise ValueError(f"Arguments `target` and `output` must have the same shape. {received}")
+    return y_true, y_pred
 
 
 def _categorical(y_true: Any, y_pred: Any, *, from_logits: bool, **options: Any) -> Any:
     """Per-example loss of :class:`CategoricalCrossentropy` and
     :func:`categorical_crossentropy`: ``y_pred``'s shape without ``axis``."""
-    y_pred = ops.convert_to_tensor(y_pred)
-    y_true = ops.cast(y_true, y_pred.dtype)
-    _check_same_shape(y_true, y_pred)
+    y_true, y_pred = _dense(y_true, y_pred)
     if y_pred.shape[-1] == 1:  # Keras's check and text (the last axis, whatever ``axis`` is)
         _warn(
             "In loss categorical_crossentropy, expected y_pred.shape to be (batch_size, "
@@ -267,8 +195,8 @@ def _categorical(y_true: Any, y_pred: Any, *, from_logits: bool, **options: Any)
             "Consider using 'binary_crossentropy' if you only have 2 classes.",
             SyntaxWarning,
         )
-    logits = _logits(y_pred, from_logits=from_logits, axis=options["axis"], fn_name="categorical_crossentropy")
-    return _cross_entropy(logits, y_true, **options)
+    logits = _logits(y_pred, from_logits=from_logits, fn_name="categorical_crossentropy", axis=options["axis"])
+    return smoothloss.cross_entropy(logits, y_true, reduction="none", **options)
 
 
 def _sparse(y_true: Any, y_pred: Any, *, ignore_class: int | None, from_logits: bool, **options: Any) -> Any:
@@ -284,11 +212,9 @@ def _sparse(y_true: Any, y_pred: Any, *, ignore_class: int | None, from_logits: 
     labels = ops.cast(y_true, _index_dtype())
     # Keras replaces ignored rows of y_pred before its crossentropy, which loses the
     # softmax's logits (and the warning); follow them only without ignore_class, as Keras does.
-    logits = _logits(
-        y_pred, from_logits=from_logits, axis=axis, fn_name="sparse_categorical_crossentropy",
-        follow_softmax=ignore_class is None,
-    )
-    loss = _cross_entropy(logits, labels, ignore_index=ignore_class, **options)
+    fn_name, follow = "sparse_categorical_crossentropy", ignore_class is None
+    logits = _logits(y_pred, from_logits=from_logits, fn_name=fn_name, axis=axis, follow=follow)
+    loss = smoothloss.cross_entropy(logits, labels, ignore_index=ignore_class, reduction="none", **options)
     if ignore_class is not None:
         _set_keras_mask(loss, ops.not_equal(labels, ignore_class))
     return loss
@@ -297,40 +223,33 @@ def _sparse(y_true: Any, y_pred: Any, *, ignore_class: int | None, from_logits: 
 def _binary(y_true: Any, y_pred: Any, *, from_logits: bool, label_smoothing: float, axis: int) -> Any:
     """Per-example loss of :class:`BinaryCrossentropy` and :func:`binary_crossentropy`:
     the mean of the element-wise losses along ``axis``."""
-    y_pred = ops.convert_to_tensor(y_pred)
-    y_true = ops.cast(y_true, y_pred.dtype)
-    _check_same_shape(y_true, y_pred)
-    loss = smoothloss.binary_cross_entropy(
-        _binary_logits(y_pred, from_logits=from_logits), y_true, label_smoothing=label_smoothing, reduction="none"
-    )
+    y_true, y_pred = _dense(y_true, y_pred)
+    logits = _logits(y_pred, from_logits=from_logits, fn_name="binary_crossentropy")
+    loss = smoothloss.binary_cross_entropy(logits, y_true, label_smoothing=label_smoothing, reduction="none")
     return ops.mean(loss, axis=axis)
 
 
-class _Crossentropy(keras.losses.Loss):
-    """Shared configuration and forwarding of the two losses below."""
+class _Loss(keras.losses.Loss):
+    """Configuration and ``get_config`` of the losses below: Keras's ``reduction``,
+    ``name`` and ``dtype`` go to :class:`keras.losses.Loss`; the rest is checked by
+    ``_checked`` and kept as attributes, and ``call`` hands it on."""
 
-    def __init__(
-        self,
-        *,
-        from_logits: bool,
-        label_smoothing: float,
-        axis: int,
-        convention: str,
-        z_loss: float,
-        softcap: float | None,
-        reduction: str | None,
-        name: str,
-        dtype: Any,
-    ) -> None:
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        options = _crossentropy_options(from_logits, label_smoothing, axis, convention, z_loss, softcap)
-        for key, value in options.items():
+    _OPTIONS: ClassVar[tuple[str, ...]] = _OPTIONS  # the smoothloss options it takes
+
+    def __init__(self, given: dict[str, Any]) -> None:
+        """``given``: the arguments of the subclass's constructor (its ``locals()``)."""
+        dtype = given["dtype"]
+        super().__init__(name=given["name"], reduction=given["reduction"], dtype=dtype)
+        checked = _checked(self._OPTIONS, given)
+        for key, value in checked.items():
             setattr(self, key, value)
-        self._dtype_config = _dtype_config(self, dtype)
+        self._keys = tuple(checked)
+        policy = dtype is not None and not isinstance(dtype, str)  # get_config gives it back serialized
+        self._dtype_config = keras.dtype_policies.serialize(self._dtype_policy) if policy else dtype
 
     def _options(self) -> dict[str, Any]:
-        """The options as keyword arguments of ``_categorical`` and ``_sparse``."""
-        return {key: getattr(self, key) for key in _OPTIONS}
+        """The checked arguments, as keyword arguments of the computation."""
+        return {key: getattr(self, key) for key in self._keys}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()  # name, reduction
@@ -339,7 +258,7 @@ class _Crossentropy(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="smoothloss")
-class CategoricalCrossentropy(_Crossentropy):
+class CategoricalCrossentropy(_Loss):
     r"""Cross-entropy between one-hot (or soft) labels and predictions, label-smoothed.
 
     Drop-in for ``keras.losses.CategoricalCrossentropy``: same arguments, same values.
@@ -390,11 +309,7 @@ class CategoricalCrossentropy(_Crossentropy):
         z_loss: float = 0.0,
         softcap: float | None = None,
     ) -> None:
-        super().__init__(
-            from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
-            convention=convention, z_loss=z_loss, softcap=softcap,
-            reduction=reduction, name=name, dtype=dtype,
-        )
+        super().__init__(locals())
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-example loss: ``y_pred``'s shape without ``axis``. As in Keras's class, a
@@ -404,7 +319,7 @@ class CategoricalCrossentropy(_Crossentropy):
 
 
 @keras.saving.register_keras_serializable(package="smoothloss")
-class SparseCategoricalCrossentropy(_Crossentropy):
+class SparseCategoricalCrossentropy(_Loss):
     r"""Cross-entropy between integer labels and predictions, with label smoothing.
 
     Drop-in for ``keras.losses.SparseCategoricalCrossentropy`` (same arguments, same
@@ -458,25 +373,15 @@ class SparseCategoricalCrossentropy(_Crossentropy):
         z_loss: float = 0.0,
         softcap: float | None = None,
     ) -> None:
-        super().__init__(
-            from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
-            convention=convention, z_loss=z_loss, softcap=softcap,
-            reduction=reduction, name=name, dtype=dtype,
-        )
-        self.ignore_class = _check_int(ignore_class, "ignore_class", optional=True)
+        super().__init__(locals())
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-example loss (0 at ``ignore_class``, which is also set as the Keras mask)."""
-        return _sparse(y_true, y_pred, ignore_class=self.ignore_class, **self._options())
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config["ignore_class"] = self.ignore_class
-        return config
+        return _sparse(y_true, y_pred, **self._options())
 
 
 @keras.saving.register_keras_serializable(package="smoothloss")
-class BinaryCrossentropy(keras.losses.Loss):
+class BinaryCrossentropy(_Loss):
     r"""Binary (sigmoid) cross-entropy with label smoothing towards 0.5.
 
     Drop-in for ``keras.losses.BinaryCrossentropy``: same arguments, same values. With
@@ -517,6 +422,8 @@ class BinaryCrossentropy(keras.losses.Loss):
         1.2276
     """
 
+    _OPTIONS = _BINARY_OPTIONS
+
     def __init__(
         self,
         from_logits: bool = False,
@@ -526,25 +433,13 @@ class BinaryCrossentropy(keras.losses.Loss):
         name: str = "binary_crossentropy",
         dtype: Any = None,
     ) -> None:
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        for key, value in _binary_options(from_logits, label_smoothing, axis).items():
-            setattr(self, key, value)
-        self._dtype_config = _dtype_config(self, dtype)
-
-    def _options(self) -> dict[str, Any]:
-        """The options as keyword arguments of ``_binary``."""
-        return {key: getattr(self, key) for key in _BINARY_OPTIONS}
+        super().__init__(locals())
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-example loss: the mean of the element-wise losses along ``axis``. As in
         Keras's class, labels (N,) with predictions (N, 1), or the reverse, are first
         brought to the same rank."""
         return _binary(*_same_rank(y_true, y_pred), **self._options())
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()  # name, reduction
-        config.update(self._options(), dtype=self._dtype_config)
-        return config
 
 
 # ----------------------------------------------------------------------------- functional forms
@@ -602,8 +497,7 @@ def categorical_crossentropy(
         >>> print(np.round(keras.ops.convert_to_numpy(loss), 4))
         [0.3793 2.2266]
     """
-    options = _crossentropy_options(from_logits, label_smoothing, axis, convention, z_loss, softcap)
-    return _categorical(y_true, y_pred, **options)
+    return _categorical(y_true, y_pred, **_checked(_OPTIONS, locals()))
 
 
 @keras.saving.register_keras_serializable(package="smoothloss")
@@ -661,9 +555,7 @@ def sparse_categorical_crossentropy(
         >>> print(np.round(keras.ops.convert_to_numpy(loss), 4))
         [0.685 0.   ]
     """
-    options = _crossentropy_options(from_logits, label_smoothing, axis, convention, z_loss, softcap)
-    ignore_class = _check_int(ignore_class, "ignore_class", optional=True)
-    return _sparse(y_true, y_pred, ignore_class=ignore_class, **options)
+    return _sparse(y_true, y_pred, **_checked(_OPTIONS, locals()))
 
 
 @keras.saving.register_keras_serializable(package="smoothloss")
@@ -701,144 +593,4 @@ def binary_crossentropy(
         >>> print(np.round(keras.ops.convert_to_numpy(binary_crossentropy(y_true, logits, True, 0.1)), 4))
         [0.7129 1.7423]
     """
-    return _binary(y_true, y_pred, **_binary_options(from_logits, label_smoothing, axis))
-
-
-@keras.saving.register_keras_serializable(package="smoothloss")
-class LinearCrossEntropyHead(keras.layers.Layer):
-    r"""An output projection whose loss never materialises the logits.
-
-    The layer holds a ``Dense(units)`` projection, kernel (H, V) and bias (V,) in
-    ``keras.layers.Dense``'s layout and order, so a Dense layer's weights load into it
-    with ``set_weights``. ``call(inputs, labels)`` returns the label-smoothed
-    cross-entropy of the logits ``inputs @ kernel + bias`` against integer ``labels``,
-    averaged over the entries whose label is not ``ignore_class``, and adds it to the
-    layer's losses. The loss and its gradient for ``inputs``, kernel and bias come from
-    :func:`smoothloss.linear_cross_entropy`, a chunk of rows at a time, so the
-    ``(N, V)`` logits (N = all of ``inputs``' leading axes) never exist at once.
-    ``call(inputs)`` without labels, and :meth:`logits`, return the logits for
-    inference.
-
-    The loss is attached with ``add_loss``: a model whose output is this layer's loss
-    is compiled without ``loss=`` and fitted on ``x=[inputs, labels]`` (no ``y``), on
-    every Keras backend. Build a second model on the same layer to predict logits; the
-    training model's output is the loss, one scalar per batch. A batch size known only
-    at run time (TensorFlow's retrace after a partial last batch) runs the chunks in a
-    ``tf.while_loop``.
-
-    Args:
-        units: V, the number of classes.
-        use_bias: whether the projection has a bias.
-        kernel_initializer: initializer of the (H, V) kernel.
-        bias_initializer: initializer of the (V,) bias.
-        label_smoothing: ε in [0, 1].
-        ignore_class: a label value whose entries add nothing and leave the mean's
-            denominator (Keras's name for ``ignore_index``), or ``None``.
-        z_loss: coefficient of ``z_loss·logsumexp(logits)²`` per valid entry.
-        softcap: if given, ``logits ← softcap·tanh(logits/softcap)`` in the loss.
-        chunk_size: rows per chunk; ``None`` picks about 64 MiB of logits per chunk.
-        convention: ``"uniform"`` (ε/V to every class, Keras) or ``"others"`` (the
-            target keeps 1-ε, every other class gets ε/(V-1)).
-        **kwargs: :class:`keras.layers.Layer`'s arguments (``name``, ``dtype``, ...).
-
-    Example:
-        >>> import keras, numpy as np
-        >>> from smoothloss.keras import LinearCrossEntropyHead
-        >>> hidden, labels = keras.Input((16,)), keras.Input((), dtype="int32")
-        >>> head = LinearCrossEntropyHead(10, label_smoothing=0.1, ignore_class=-1)
-        >>> trainer = keras.Model([hidden, labels], head(hidden, labels))
-        >>> trainer.compile(optimizer="adam")  # no loss=: the head adds it
-        >>> rng = np.random.default_rng(0)
-        >>> x, y = rng.normal(size=(64, 16)).astype("float32"), rng.integers(-1, 10, 64)
-        >>> loss = trainer.fit([x, y], epochs=3, batch_size=16, verbose=0).history["loss"]
-        >>> loss[-1] < loss[0]
-        True
-        >>> predictor = keras.Model(hidden, head(hidden))  # same weights, logits out
-        >>> predictor.predict(x, verbose=0).shape
-        (64, 10)
-    """
-
-    def __init__(
-        self,
-        units: int,
-        use_bias: bool = True,
-        kernel_initializer: Any = "glorot_uniform",
-        bias_initializer: Any = "zeros",
-        label_smoothing: float = 0.0,
-        ignore_class: int | None = None,
-        z_loss: float = 0.0,
-        softcap: float | None = None,
-        chunk_size: int | None = None,
-        convention: str = "uniform",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.units = _check_int(units, "units", minimum=2)
-        self.use_bias = _check_bool(use_bias, "use_bias")
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.label_smoothing = V.check_smoothing(label_smoothing)
-        self.ignore_class = _check_int(ignore_class, "ignore_class", optional=True)
-        self.z_loss = V.check_nonnegative(z_loss, "z_loss")
-        self.softcap = V.check_softcap(softcap)
-        self.chunk_size = _check_int(chunk_size, "chunk_size", minimum=1, optional=True)
-        self.convention = V.check_choice("convention", convention, V.CONVENTIONS)
-
-    def build(self, input_shape: Any) -> None:
-        self.kernel = self.add_weight(
-            name="kernel", shape=(input_shape[-1], self.units), initializer=self.kernel_initializer
-        )
-        self.bias = (
-            self.add_weight(name="bias", shape=(self.units,), initializer=self.bias_initializer)
-            if self.use_bias
-            else None
-        )
-
-    def logits(self, inputs: Any) -> Any:
-        """``inputs @ kernel + bias``: shape ``inputs.shape[:-1] + (units,)``."""
-        logits = ops.matmul(ops.convert_to_tensor(inputs, self.compute_dtype), self.kernel)
-        return logits if self.bias is None else ops.add(logits, self.bias)
-
-    def call(self, inputs: Any, labels: Any = None) -> Any:
-        """The mean loss over the valid entries (added with ``add_loss``) when ``labels``
-        (integer classes of ``inputs.shape[:-1]``) are given, else the logits."""
-        if labels is None:
-            return self.logits(inputs)
-        loss = smoothloss.linear_cross_entropy(
-            ops.convert_to_tensor(inputs, self.compute_dtype),
-            ops.transpose(self.kernel),
-            ops.cast(labels, _index_dtype()),
-            bias=None if self.bias is None else self.bias.value,  # the backend's array
-            chunk_size=self.chunk_size,
-            label_smoothing=self.label_smoothing,
-            convention=self.convention,
-            ignore_index=self.ignore_class,
-            z_loss=self.z_loss,
-            softcap=self.softcap,
-        )
-        self.add_loss(loss)
-        return loss
-
-    def compute_output_spec(self, inputs: Any, labels: Any = None) -> keras.KerasTensor:
-        """The shape and dtype of :meth:`call`'s result, without running the loss."""
-        if labels is None:
-            return keras.KerasTensor((*inputs.shape[:-1], self.units), dtype=self.compute_dtype)
-        # the core accumulates 16-bit inputs in float32 and returns a float32 loss
-        low = keras.backend.standardize_dtype(self.compute_dtype) in ("float16", "bfloat16")
-        return keras.KerasTensor((), dtype="float32" if low else self.compute_dtype)
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()  # name, trainable, dtype
-        config.update(
-            units=self.units,
-            use_bias=self.use_bias,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            bias_initializer=keras.initializers.serialize(self.bias_initializer),
-            label_smoothing=self.label_smoothing,
-            ignore_class=self.ignore_class,
-            z_loss=self.z_loss,
-            softcap=self.softcap,
-            chunk_size=self.chunk_size,
-            convention=self.convention,
-        )
-        return config
+    return _binary(y_true, y_pred, **_checked(_BINARY_OPTIONS, locals()))

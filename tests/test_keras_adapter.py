@@ -632,3 +632,79 @@ def test_binary_on_every_keras_backend(backend):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     assert _run(BCE_ON_BACKEND, backend).strip().endswith("OK")
+
+
+# ============================================================================= the declared options
+from smoothloss import _options  # noqa: E402
+from smoothloss.keras import (  # noqa: E402
+    binary_crossentropy,
+    categorical_crossentropy,
+    sparse_categorical_crossentropy,
+)
+
+# each class, its functional form, and the arguments it takes that are Keras's own (and
+# not smoothloss options) besides from_logits and keras.losses.Loss's name/reduction/dtype
+TAKERS = {
+    BinaryCrossentropy: (binary_crossentropy, set()),
+    CategoricalCrossentropy: (categorical_crossentropy, set()),
+    SparseCategoricalCrossentropy: (sparse_categorical_crossentropy, {"ignore_class"}),
+}
+
+
+@pytest.mark.parametrize("cls", list(TAKERS), ids=lambda cls: cls.__name__)
+def test_config_is_from_logits_the_declared_options_and_keras_keys(cls):
+    """get_config's keys are from_logits, the smoothloss options the class takes (names
+    of the declaration) and Keras's own; the constructor and the functional form take
+    each of those options with the declaration's default, so the three cannot drift."""
+    fn, keras_own = TAKERS[cls]
+    taken = cls._OPTIONS
+    assert set(taken) <= set(_options.NAMES) and len(set(taken)) == len(taken)
+    loss_keys = set(keras.losses.Loss().get_config()) | {"dtype"}  # name, reduction; dtype
+    assert set(cls().get_config()) == {"from_logits", *taken} | loss_keys | keras_own
+    defaults = _options.defaults()
+    for target in (cls.__init__, fn):
+        params = inspect.signature(target).parameters
+        # (reduction is Keras's own argument: Keras's reductions, another set of values)
+        assert {name for name in params if name in _options.NAMES} - {"reduction"} == set(taken), target
+        for name in taken:
+            default = params[name].default
+            assert default == defaults[name] and type(default) is type(defaults[name]), (target, name, default)
+    assert defaults["axis"] == -1 and defaults["label_smoothing"] == 0.0 and defaults["convention"] == "uniform"
+    assert defaults["z_loss"] == 0.0 and defaults["softcap"] is None
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, error, text",
+    [
+        (CategoricalCrossentropy, {"axis": True}, TypeError, "axis must be an int, got True"),
+        (CategoricalCrossentropy, {"axis": np.int64(1)}, TypeError, f"axis must be an int, got {np.int64(1)!r}"),
+        (BinaryCrossentropy, {"axis": 1.0}, TypeError, "axis must be an int, got 1.0"),
+        (CategoricalCrossentropy, {"from_logits": "yes"}, TypeError, "from_logits must be True or False, got 'yes'"),
+        (BinaryCrossentropy, {"label_smoothing": 1.5}, ValueError, "label_smoothing must lie in [0, 1], got 1.5"),
+        (
+            SparseCategoricalCrossentropy, {"label_smoothing": None}, TypeError,
+            "label_smoothing must be a Python float in [0, 1], got NoneType",
+        ),
+        (
+            CategoricalCrossentropy, {"convention": "fairseq"}, ValueError,
+            "unknown convention 'fairseq'; expected one of ['uniform', 'others']",
+        ),
+        (
+            CategoricalCrossentropy, {"z_loss": 1e-4}, ValueError,
+            (
+                "z_loss and softcap act on logits; pass logits to the loss and set "
+                "from_logits=True (got from_logits=False, z_loss=0.0001, softcap=None)"
+            ),
+        ),
+        (
+            SparseCategoricalCrossentropy, {"from_logits": True, "softcap": -1.0}, ValueError,
+            "softcap must be None or a finite number > 0, got -1.0",
+        ),
+        (SparseCategoricalCrossentropy, {"ignore_class": 1.5}, TypeError, "ignore_class must be None or an int, got 1.5"),
+    ],
+)
+def test_bad_argument_messages(cls, kwargs, error, text):
+    """The messages of the checks, Keras's (from_logits, axis, ignore_class) and the declared ones."""
+    with pytest.raises(error) as info:
+        cls(**kwargs)
+    assert str(info.value) == text

@@ -289,10 +289,40 @@ def test_bad_arguments_fail_at_construction(kwargs, error):
 
 def test_registered_and_public():
     import smoothloss.keras as sk
+    import smoothloss.keras_linear as kl
 
     assert "LinearCrossEntropyHead" in sk.__all__
+    assert sk.LinearCrossEntropyHead is kl.LinearCrossEntropyHead is LinearCrossEntropyHead
     assert keras.saving.get_registered_name(LinearCrossEntropyHead) == "smoothloss>LinearCrossEntropyHead"
     assert issubclass(LinearCrossEntropyHead, keras.layers.Layer)
+
+
+def test_loads_a_config_saved_before_the_split():
+    """Models saved when the class lived in smoothloss.keras name that module; Keras
+    finds the class by its registered name, so they load unchanged."""
+    head = LinearCrossEntropyHead(V, label_smoothing=0.1, ignore_class=IGNORE)
+    saved = {**keras.saving.serialize_keras_object(head), "module": "smoothloss.keras"}
+    restored = keras.saving.deserialize_keras_object(saved)
+    assert type(restored) is LinearCrossEntropyHead and restored.get_config() == head.get_config()
+
+
+def test_config_is_the_declared_options_and_keras_keys():
+    """get_config's keys are the layer's own, Keras's Layer keys and the smoothloss
+    options the head takes (names of the declaration), each with the declaration's
+    default in the constructor."""
+    from smoothloss import _options
+    from smoothloss.keras_linear import _OPTIONS
+
+    assert set(_OPTIONS) <= set(_options.NAMES)
+    own = {"units", "use_bias", "kernel_initializer", "bias_initializer", "ignore_class", "chunk_size"}
+    head = LinearCrossEntropyHead(V)
+    layer_keys = set(keras.layers.Layer.get_config(head))  # name, trainable, dtype
+    assert set(head.get_config()) == own | layer_keys | set(_OPTIONS)
+    params = inspect.signature(LinearCrossEntropyHead.__init__).parameters
+    assert {name for name in params if name in _options.NAMES} == set(_OPTIONS)
+    for name in _OPTIONS:
+        default, expected = params[name].default, _options.defaults()[name]
+        assert default == expected and type(default) is type(expected), (name, default)
 
 
 def _main() -> None:
