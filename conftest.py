@@ -14,7 +14,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TensorFlow's start-up banner
 
-from smoothloss.backends.drivers import DRIVERS, get_driver  # noqa: E402
+from smoothloss.testing.drivers import DRIVERS, get_driver  # noqa: E402
 
 BACKENDS = list(DRIVERS)
 FRAMEWORK_BACKENDS = ["torch", "jax", "jax-jit", "tensorflow", "tensorflow-function"]

@@ -161,7 +161,7 @@ def _find_devices(
 ) -> tuple[dict[str, list[str] | None], dict[str, list[str]]]:
     """Per driver name: the device kinds its framework has here (None: not installed),
     and the devices to run it on (``device`` alone, or [] where it is missing)."""
-    from smoothloss.backends.drivers import DRIVERS, get_driver
+    from smoothloss.testing.drivers import DRIVERS, get_driver
 
     found: dict[str, list[str] | None] = {}
     runs: dict[str, list[str]] = {}
@@ -186,7 +186,7 @@ def _find_devices(
 def _no_device_line(device: str, frameworks: tuple[str, ...], found: dict[str, list[str] | None]) -> str:
     """'no cuda device: torch has cpu; jax has cpu; tensorflow has cpu' (the CPU-only
     array libraries named only when nothing else was asked for)."""
-    from smoothloss.backends.drivers import DRIVERS
+    from smoothloss.testing.drivers import DRIVERS
 
     names = [n for n in frameworks if DRIVERS[n].framework not in CPU_ONLY] or list(frameworks)
     parts: dict[str, str] = {}  # framework -> what it has (jax and jax-jit: one entry)
@@ -200,7 +200,7 @@ def _no_device_line(device: str, frameworks: tuple[str, ...], found: dict[str, l
 def _check_framework(name: str, cls: Any, devices: list[str], rows: list[Any], per_case: dict[Any, Any], out: Any) -> None:
     """Run every dtype's cases on each device of one driver; append a row per device and
     dtype, its device the one the arrays were on."""
-    from smoothloss.backends.drivers import get_driver
+    from smoothloss.testing.drivers import get_driver
 
     for dev in devices:
         driver = get_driver(name, dev)
@@ -248,7 +248,7 @@ def check(device: str | None = None, frameworks: tuple[str, ...] = CHECK_DRIVERS
         min_log_level = int(os.environ["TF_CPP_MIN_LOG_LEVEL"])
     except ValueError:
         min_log_level = 0
-    from smoothloss.backends.drivers import DRIVERS
+    from smoothloss.testing.drivers import DRIVERS
 
     unknown = [f for f in frameworks if f not in DRIVERS]
     if unknown:
@@ -310,7 +310,7 @@ def check(device: str | None = None, frameworks: tuple[str, ...] = CHECK_DRIVERS
 
 def _framework_names(text: str) -> tuple[str, ...]:
     """``--frameworks``: comma-separated driver names, each one of ``DRIVERS``."""
-    from smoothloss.backends.drivers import DRIVERS
+    from smoothloss.testing.drivers import DRIVERS
 
     names = tuple(f.strip() for f in text.split(",") if f.strip())
     unknown = [f for f in names if f not in DRIVERS]

@@ -18,11 +18,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from smoothloss import _validation as V
+from smoothloss import _options, _validation as V
 from smoothloss._formulas import (
-    Options, compute_dtype, integer_grad_coefficients, integer_loss, is_zero, known_count, reduce, shifted_nll,
+    compute_dtype, integer_grad_coefficients, integer_loss, is_zero, known_count, reduce, shifted_nll,
     smoothing_coefficients, soft_cap, soft_cap_grad,
 )
+from smoothloss._options import Options
 
 __all__ = ["Options", "backward", "forward", "forward_and_grad", "jvp", "split_stats", "validate"]
 
@@ -33,21 +34,7 @@ def split_stats(stats: Any) -> tuple[Any, Any]:
     return stats if isinstance(stats, tuple) else (stats[..., 0], stats[..., 1])
 
 
-def validate(
-    fw: Any,
-    logits: Any,
-    targets: Any,
-    weight: Any,
-    *,
-    axis: int = -1,
-    label_smoothing: float = 0.0,
-    convention: str = "uniform",
-    ignore_index: int | None = None,
-    reduction: str = "mean",
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    kl: bool = False,
-) -> Options:
+def validate(fw: Any, logits: Any, targets: Any, weight: Any, **options: Any) -> Options:
     """Check every argument and return the normalised :class:`Options`.
 
     Value checks (label ranges) run only on labels whose values can be read without a
@@ -55,17 +42,13 @@ def validate(
     once per combination of them (:func:`_static_checks`); the label values are
     checked on every call.
     """
-    key = _static_key(fw, logits, targets, weight, (axis, label_smoothing, convention, ignore_index, reduction,
-                                                   z_loss, softcap, kl))
+    key = _static_key(fw, logits, targets, weight, options)
     try:
         static = None if key is None else _STATIC.get(key)
     except TypeError:  # unhashable: an array option, a symbolic dimension
         key = static = None
     if static is None:
-        static = _static_checks(
-            fw, logits, targets, weight, axis=axis, label_smoothing=label_smoothing, convention=convention,
-            ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
-        )
+        static = _static_checks(fw, logits, targets, weight, options)
         if key is not None:
             if len(_STATIC) >= _STATIC_SIZE:
                 _STATIC.clear()
@@ -83,7 +66,7 @@ _STATIC: dict[tuple[Any, ...], tuple[Options, Any, Any]] = {}
 _STATIC_SIZE = 1024
 
 
-def _static_key(fw: Any, logits: Any, targets: Any, weight: Any, options: tuple[Any, ...]) -> tuple[Any, ...] | None:
+def _static_key(fw: Any, logits: Any, targets: Any, weight: Any, options: dict[str, Any]) -> tuple[Any, ...] | None:
     """What :func:`_static_checks` depends on; None while a call is being compiled. (It
     may still not hash, e.g. with an array option or a symbolic dimension: the lookup
     then keeps nothing.)"""
@@ -92,25 +75,25 @@ def _static_key(fw: Any, logits: Any, targets: Any, weight: Any, options: tuple[
     return (
         fw, logits.dtype, tuple(logits.shape), targets.dtype, tuple(targets.shape),
         None if weight is None else (weight.dtype, tuple(weight.shape)),
-        # each option's type too: True == 1 and 1 == 1.0, but bool options are refused
-        options, tuple(map(type, options)),
+        _options.key(options),
     )
 
 
-def _static_checks(fw: Any, logits: Any, targets: Any, weight: Any, **options: Any) -> tuple[Options, Any, Any]:
+def _static_checks(fw: Any, logits: Any, targets: Any, weight: Any, options: dict[str, Any]) -> tuple[Options, Any, Any]:
     """The checks that depend on dtypes, shapes and options only: ``(opts, K, unmasked)``,
     with ``unmasked`` the options to use when the label values turn out not to need an
     ignore mask (None: the labels' values are not checked, as for probability targets or
     a class count known at run time only)."""
     xp = fw.xp
     V.check_logits(xp, logits)
-    opts = V.check_options(axis=V.normalize_axis(options.pop("axis"), logits.ndim), **options)
+    opts = Options.checked(**options)
+    opts = replace(opts, axis=V.normalize_axis(opts.axis, logits.ndim))
     K = None if V.unknown_class_count(logits, opts.axis, opts.kl) else int(logits.shape[opts.axis])
     integer = V.check_targets(xp, logits, targets, opts.axis)
     if K is not None:
         V.check_num_classes(K, opts.convention, opts.label_smoothing)
     V.check_weight(xp, weight, K)
-    if options["ignore_index"] is not None and not integer:
+    if opts.ignore_index is not None and not integer:
         raise ValueError(
             "ignore_index applies to integer class targets only; probability targets "
             "have no class index to ignore (give such positions zero weight instead)"
@@ -236,7 +219,7 @@ def forward_and_grad(fw: Any, logits: Any, targets: Any, weight: Any, opts: Opti
 def _reads_stats(P: _Prepared, opts: Options) -> bool:
     """Whether the logits' gradient reads the row statistics other than through
     ``softmax_affine``: for the z-loss and for probability targets."""
-    return bool(opts.z_loss) or not P.integer
+    return not is_zero(opts.z_loss) or not P.integer
 
 
 def _forward(P: _Prepared, opts: Options, stats: bool = True, keep: Any = None) -> tuple[Any, Any, Any, Any]:
@@ -272,7 +255,7 @@ def _forward(P: _Prepared, opts: Options, stats: bool = True, keep: Any = None) 
             positive = q > 0
             log_q = xp.log(xp.where(positive, q, 1.0))
             loss = loss + xp.sum(xp.where(positive, mass * log_q, 0.0), axis=-1)
-    if opts.z_loss:
+    if not is_zero(opts.z_loss):
         lse = m + lse_rel
         loss = loss + (opts.z_loss * pre) * (lse * lse)
     if P.bad is not None:
@@ -286,15 +269,7 @@ def _forward(P: _Prepared, opts: Options, stats: bool = True, keep: Any = None) 
 
 
 def backward(
-    fw: Any,
-    logits: Any,
-    targets: Any,
-    weight: Any,
-    opts: Options,
-    stats: Any,
-    scale: Any,
-    loss: Any,
-    cotangent: Any,
+    fw: Any, logits: Any, targets: Any, weight: Any, opts: Options, stats: Any, scale: Any, loss: Any, cotangent: Any,
     needs: tuple[bool, bool, bool] = (True, False, False),
 ) -> tuple[Any, Any, Any]:
     """Closed-form vector-Jacobian product: the gradients for (logits, targets, weight).
@@ -322,7 +297,7 @@ def _backward(
     """:func:`backward` on prepared inputs, with the statistics as ``(m, lse_rel)``."""
     xp, x, w, K = P.xp, P.x, P.w, P.K
     kernels = P.kernels
-    lse = m + lse_rel if opts.z_loss else None
+    lse = None if is_zero(opts.z_loss) else m + lse_rel
     s, s_k = _position_scale(P, scale, cotangent)
 
     hit = None
@@ -337,7 +312,7 @@ def _backward(
             q = P.soft_q()
             mass = q if w is None else q * w
             coef = xp.sum(mass, axis=-1)
-            if opts.z_loss:
+            if not is_zero(opts.z_loss):
                 coef = coef + 2.0 * opts.z_loss * lse
             g = kernels.softmax_affine(x, (m, lse_rel), xp.expand_dims(coef, axis=-1) * s_k, mass * s_k)
         g = soft_cap_grad(g, P.capped)
@@ -413,18 +388,13 @@ def exp_grad_terms(
     xp = P.xp
     m, lse_rel = split_stats(stats)
     s, s_k = _position_scale(P, scale, cotangent)
-    coef, shift, at_label = _integer_logit_terms(P, opts, m + lse_rel if opts.z_loss else None, s, s_k)
+    coef, shift, at_label = _integer_logit_terms(P, opts, None if is_zero(opts.z_loss) else m + lse_rel, s, s_k)
     # softmax = exp(x - m - lse_rel) = e·exp(-lse_rel)
     return xp.expand_dims(xp.exp(-lse_rel), axis=-1) * coef, shift, P.y, at_label
 
 
 def jvp(
-    fw: Any,
-    logits: Any,
-    targets: Any,
-    weight: Any,
-    opts: Options,
-    tangents: tuple[Any, Any, Any],
+    fw: Any, logits: Any, targets: Any, weight: Any, opts: Options, tangents: tuple[Any, Any, Any]
 ) -> tuple[Any, Any]:
     """``(loss, loss_tangent)``: the loss and its forward-mode derivative along the
     tangents of (logits, targets, weight) (None: no tangent), from the closed form.

@@ -16,36 +16,13 @@ gradient is ``dℓ/dx = (Σ_c a_c)·softmax(x) - a`` with a_c = w_c q_c.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "CONVENTIONS", "Options", "REDUCTIONS", "compute_dtype", "integer_grad_coefficients", "integer_loss", "is_zero",
+    "compute_dtype", "integer_grad_coefficients", "integer_loss", "is_zero",
     "known_count", "mean_scale", "reduce", "shifted_nll", "smoothing_coefficients", "soft_cap", "soft_cap_grad",
     "xlogx",
 ]
-
-REDUCTIONS = ("mean", "sum", "none")
-CONVENTIONS = ("uniform", "others")
-
-
-@dataclass(frozen=True)
-class Options:
-    """Validated, hashable options of one cross-entropy call (static under jit).
-
-    ``axis`` is the class axis (normalised to be non-negative; -1 where the class axis
-    is last by construction, as in the chunked and vocab-parallel losses).
-    """
-
-    axis: int
-    label_smoothing: float
-    convention: str
-    ignore_index: int | None
-    reduction: str
-    z_loss: float
-    softcap: float | None
-    kl: bool
-
 
 def smoothing_coefficients(label_smoothing: float, num_classes: Any, convention: str) -> tuple[Any, Any]:
     """``(on, off)``: the smoothed probability of the target class and of every other class.
@@ -55,7 +32,7 @@ def smoothing_coefficients(label_smoothing: float, num_classes: Any, convention:
     eps = label_smoothing
     if convention != "uniform" and isinstance(num_classes, (int, float)) and num_classes < 2:
         raise ValueError(f"convention='others' needs K >= 2 classes, got K={num_classes}")
-    if eps == 0.0:
+    if is_zero(eps):
         return 1.0, 0.0
     if convention == "uniform":
         off = eps / num_classes
@@ -139,7 +116,7 @@ def integer_grad_coefficients(
     z-loss only (None without it)."""
     hard = on - off
     total = w_y * hard if is_zero(off) else w_y * hard + sum_w * off
-    coef = total + 2.0 * z_loss * lse if z_loss else total
+    coef = total if is_zero(z_loss) else total + 2.0 * z_loss * lse
     return coef * s, w_y * hard * s
 
 

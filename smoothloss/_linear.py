@@ -15,8 +15,11 @@ are made once per training step. For ``"none"`` (one cotangent per row) the back
 makes each chunk's logits again from the saved per-row log-sum-exp.
 
 No loss formula lives here: smoothing, ignore_index, z_loss and softcap are the core's.
-Each framework binding (``smoothloss.backends``) registers this backward as the loss's
-gradient and supplies the loop over the chunks; NumPy and array-api-strict use
+Every function takes ``run``, the closed form to apply to each chunk
+(:class:`smoothloss.backends._autodiff.Closed`: ``run.fw``, the binding's facts and
+kernels; ``run.forward``/``run.backward``, the core's, or a compiled version of them;
+``run.loop``, the loop over the chunks). Each framework's autodiff layer registers the
+backward as the loss's gradient; NumPy and array-api-strict use
 ``linear_cross_entropy_and_grad``.
 """
 
@@ -78,18 +81,8 @@ def _reduction_scale(fw: Any, labels: Any, opts: Options, dtype: Any) -> Any:
 
 
 def chunk_step(
-    fw: Any,
-    h: Any,
-    y: Any,
-    weight: Any,
-    bias: Any,
-    row_opts: Options,
-    stats_c: Any,
-    scale: Any,
-    cot: Any,
-    needs: tuple[bool, bool, bool],
-    d_weight: Any,
-    d_bias: Any,
+    run: Any, h: Any, y: Any, weight: Any, bias: Any, row_opts: Options, stats_c: Any, scale: Any, cot: Any,
+    needs: tuple[bool, bool, bool], d_weight: Any, d_bias: Any,
 ) -> tuple[Any, Any, Any, Any, Any]:
     """One chunk of rows ``h`` (C, H) with labels ``y``: ``(loss_c, stats_c, dh_c, d_weight, d_bias)``.
 
@@ -97,17 +90,18 @@ def chunk_step(
     forward); otherwise ``loss_c`` is None. For the gradients named by ``needs`` (hidden,
     weight, bias) at cotangent ``cot``: ``dh_c = g @ W`` of this chunk, and the running
     sums ``d_weight += g.T @ h``, ``d_bias += Σ_rows g`` (started when given as None), in
-    the compute dtype. ``g = dℓ/dz`` is the core's closed form.
+    the compute dtype. ``g = dℓ/dz`` is the core's closed form, by ``run``.
     """
+    fw = run.fw
     xp = fw.xp
     acc = compute_dtype(xp, h.dtype)
     z = _logits(xp, h, weight, bias)
     loss_c = dh_c = None
     if stats_c is None:
-        loss_c, stats_c, _ = fw.closed_forward(z, y, None, row_opts)
+        loss_c, stats_c, _ = run.forward(z, y, None, row_opts)
     if not any(needs):
         return loss_c, stats_c, dh_c, d_weight, d_bias
-    g, _, _ = fw.closed_backward(z, y, None, row_opts, stats_c, scale, None, cot, (True, False, False))
+    g, _, _ = run.backward(z, y, None, row_opts, stats_c, scale, None, cot, (True, False, False))
     del z
     if needs[0]:
         dh_c = xp.matmul(g, weight)
@@ -124,17 +118,17 @@ def chunk_step(
 
 
 def python_loop(
-    fw: Any, step: Any, hidden: Any, weight: Any, bias: Any, labels: Any, row_opts: Options, chunk: int,
+    run: Any, step: Any, hidden: Any, weight: Any, bias: Any, labels: Any, row_opts: Options, chunk: int,
     stats: Any, scale: Any, cotangent: Any, needs: tuple[bool, bool, bool],
 ) -> tuple[Any, Any, Any, Any, Any]:
     """:func:`_sweep`'s loop as a Python ``for`` over the chunks (eager frameworks, NumPy)."""
-    xp = fw.xp
+    xp = run.fw.xp
     per_row_cotangent = getattr(cotangent, "ndim", 0) > 0
     parts: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
     d_weight = d_bias = None
     for i, j in _bounds(int(hidden.shape[0]), chunk):
         loss_c, stats_c, dh_c, d_weight, d_bias = step(
-            fw, hidden[i:j, ...], labels[i:j], weight, bias, row_opts, None if stats is None else stats[i:j, ...],
+            run, hidden[i:j, ...], labels[i:j], weight, bias, row_opts, None if stats is None else stats[i:j, ...],
             scale, cotangent[i:j] if per_row_cotangent else cotangent, needs, d_weight, d_bias,
         )
         for part, value in zip(parts, (loss_c, stats_c, dh_c)):
@@ -149,17 +143,8 @@ def python_loop(
 
 
 def _sweep(
-    fw: Any,
-    hidden: Any,
-    weight: Any,
-    bias: Any,
-    labels: Any,
-    opts: Options,
-    chunk: int,
-    stats: Any,
-    scale: Any,
-    cotangent: Any,
-    needs: tuple[bool, bool, bool],
+    run: Any, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Options, chunk: int, stats: Any, scale: Any,
+    cotangent: Any, needs: tuple[bool, bool, bool],
 ) -> tuple[Any, Any, Any, Any, Any]:
     """One pass of :func:`chunk_step` over the row chunks: ``(losses, stats, d_hidden,
     d_weight, d_bias)``.
@@ -168,17 +153,17 @@ def _sweep(
     forward) and returned; otherwise ``stats`` is the forward's and no loss is computed.
     The gradients named by ``needs`` are accumulated at ``cotangent`` (a scalar, or one
     per row); the others, and every loss/stats that was not computed, are None. The loop
-    over the chunks is the binding's ``fw.chunk_loop``: a Python ``for``, except in JAX
+    over the chunks is ``run.loop``: a Python ``for``, except in JAX
     (a ``lax.scan``) and in a TensorFlow graph (a ``tf.while_loop``, which also serves a
     batch axis unknown until run time): XLA and TensorFlow's executor would run an
     unrolled loop's chunks side by side and hold their logits at once. Every loop runs
     the same :func:`chunk_step`.
     """
-    xp = fw.xp
+    xp = run.fw.xp
     row_opts = _per_row(opts)
     needs = (needs[0], needs[1], needs[2] and bias is not None)
-    losses, stats, d_hidden, d_weight, d_bias = fw.chunk_loop(
-        chunk_step, hidden, weight, bias, labels, row_opts, chunk, stats, scale, cotangent, needs
+    losses, stats, d_hidden, d_weight, d_bias = run.loop(
+        run, chunk_step, hidden, weight, bias, labels, row_opts, chunk, stats, scale, cotangent, needs
     )
     if d_weight is not None and d_weight.dtype != weight.dtype:
         d_weight = xp.astype(d_weight, weight.dtype)
@@ -188,13 +173,7 @@ def _sweep(
 
 
 def chunked_forward(
-    fw: Any,
-    hidden: Any,
-    weight: Any,
-    bias: Any,
-    labels: Any,
-    opts: Options,
-    chunk: int,
+    run: Any, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Options, chunk: int,
     needs: tuple[bool, bool, bool] = (False, False, False),
 ) -> tuple[Any, Any, Any, Any]:
     """``(loss, stats, scale, grads)`` over 2-D ``hidden`` (N, H) and 1-D ``labels`` (N,).
@@ -209,28 +188,19 @@ def chunked_forward(
     every chunk's logits a second time. For ``"none"`` (one cotangent per row) and when
     no gradient is needed, ``grads`` is None: :func:`chunked_backward` makes them.
     """
-    xp = fw.xp
-    scale = _reduction_scale(fw, labels, opts, compute_dtype(xp, hidden.dtype))
+    xp = run.fw.xp
+    scale = _reduction_scale(run.fw, labels, opts, compute_dtype(xp, hidden.dtype))
     early = opts.reduction != "none" and any(needs)
     losses, stats, d_h, d_w, d_b = _sweep(
-        fw, hidden, weight, bias, labels, opts, chunk, None, scale, 1.0, needs if early else (False, False, False)
+        run, hidden, weight, bias, labels, opts, chunk, None, scale, 1.0, needs if early else (False, False, False)
     )
     loss = losses if opts.reduction == "none" else xp.sum(losses) * scale
     return loss, stats, scale, ((d_h, d_w, d_b) if early else None)
 
 
 def chunked_backward(
-    fw: Any,
-    hidden: Any,
-    weight: Any,
-    bias: Any,
-    labels: Any,
-    opts: Options,
-    chunk: int,
-    stats: Any,
-    scale: Any,
-    cotangent: Any,
-    needs: tuple[bool, bool, bool] = (True, True, True),
+    run: Any, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Options, chunk: int, stats: Any, scale: Any,
+    cotangent: Any, needs: tuple[bool, bool, bool] = (True, True, True),
 ) -> tuple[Any, Any, Any]:
     """``(d_hidden, d_weight, d_bias)`` for 2-D ``hidden``, making each chunk's logits
     again; entries of ``needs`` that are False (and ``d_bias`` without a bias) give None.
@@ -238,7 +208,7 @@ def chunked_backward(
     ``stats`` and ``scale`` come from :func:`chunked_forward`; ``cotangent`` is the
     incoming cotangent, a scalar or, for ``reduction="none"``, one per row.
     """
-    return _sweep(fw, hidden, weight, bias, labels, opts, chunk, stats, scale, cotangent, needs)[2:]
+    return _sweep(run, hidden, weight, bias, labels, opts, chunk, stats, scale, cotangent, needs)[2:]
 
 
 def prepare(

@@ -1,14 +1,16 @@
 """The public cross-entropies: each finds the framework binding of its inputs, checks
-the arguments and forwards to the binding, which registers the closed-form gradient
-(see :mod:`smoothloss._core` and :mod:`smoothloss._linear`)."""
+the arguments and forwards to the framework's loss entry points
+(:func:`smoothloss.backends.losses`), which register the closed-form gradient (see
+:mod:`smoothloss._core` and :mod:`smoothloss._linear`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from smoothloss import _options
 from smoothloss._core import validate
-from smoothloss._linear import chunked_backward, chunked_forward, prepare
-from smoothloss.backends import bind
+from smoothloss._linear import prepare
+from smoothloss.backends import bind, losses
 
 __all__ = ["cross_entropy", "cross_entropy_and_grad", "linear_cross_entropy", "linear_cross_entropy_and_grad"]
 
@@ -72,12 +74,10 @@ def cross_entropy(
         Szegedy et al., "Rethinking the Inception Architecture" (2016), section 7;
         PyTorch ``F.cross_entropy(label_smoothing=...)``; t5x ``compute_weighted_cross_entropy``.
     """
+    options = _options.of(locals())
     fw, (logits, targets, weight) = bind(logits, targets, weight)
-    opts = validate(
-        fw, logits, targets, weight, axis=axis, label_smoothing=label_smoothing, convention=convention,
-        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
-    )
-    return fw.cross_entropy(logits, targets, weight, opts)
+    opts = validate(fw, logits, targets, weight, **options)
+    return losses(fw).cross_entropy(logits, targets, weight, opts)
 
 
 def cross_entropy_and_grad(
@@ -108,12 +108,10 @@ def cross_entropy_and_grad(
         >>> g.tolist()
         [[0.25, 0.25, -0.75, 0.25]]
     """
+    options = _options.of(locals())
     fw, (logits, targets, weight) = bind(logits, targets, weight)
-    opts = validate(
-        fw, logits, targets, weight, axis=axis, label_smoothing=label_smoothing, convention=convention,
-        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
-    )
-    return fw.cross_entropy_and_grad(logits, targets, weight, opts)
+    opts = validate(fw, logits, targets, weight, **options)
+    return losses(fw).cross_entropy_and_grad(logits, targets, weight, opts)
 
 
 def linear_cross_entropy(
@@ -173,13 +171,10 @@ def linear_cross_entropy(
         >>> bool(np.isclose(chunked, smoothloss.cross_entropy(h @ W.T, y, label_smoothing=0.1)))
         True
     """
-    options = dict(
-        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
-        reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
-    )
+    options = _options.of(locals())
     fw, (hidden, weight, labels, bias) = bind(hidden, weight, labels, bias)
     hidden2, weight, labels1, bias, opts, chunk = prepare(fw, hidden, weight, labels, bias, chunk_size, options)
-    loss = fw.linear_cross_entropy(hidden2, weight, bias, labels1, opts, chunk)
+    loss = losses(fw).linear_cross_entropy(hidden2, weight, bias, labels1, opts, chunk)
     if opts.reduction == "none":
         loss = fw.xp.reshape(loss, fw.dynamic_shape(labels))
     return loss
@@ -215,17 +210,11 @@ def linear_cross_entropy_and_grad(
         >>> round(float(loss), 6), dh.shape, dW.shape, db.tolist()
         (1.386294, (2, 3), (4, 3), [0.25, -0.25, -0.25, 0.25])
     """
-    options = dict(
-        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
-        reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
-    )
+    options = _options.of(locals())
     fw, (hidden, weight, labels, bias) = bind(hidden, weight, labels, bias)
     hidden2, weight, labels1, bias, opts, chunk = prepare(fw, hidden, weight, labels, bias, chunk_size, options)
     xp = fw.xp
-    fw = fw.fused(hidden2, chunk * int(weight.shape[0]))  # the binding that runs each chunk's closed form
-    loss, stats, scale, grads = chunked_forward(fw, hidden2, weight, bias, labels1, opts, chunk, (True, True, True))
-    if grads is None:  # reduction="none": a second pass, at cotangent 1 per row
-        grads = chunked_backward(fw, hidden2, weight, bias, labels1, opts, chunk, stats, scale, 1.0)
+    loss, grads = losses(fw).linear_cross_entropy_and_grad(hidden2, weight, bias, labels1, opts, chunk)
     d_h, d_w, d_b = grads
     if opts.reduction == "none":
         loss = xp.reshape(loss, fw.dynamic_shape(labels))

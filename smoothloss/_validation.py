@@ -9,57 +9,13 @@ syncs with the host.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Any
 
-from smoothloss._formulas import CONVENTIONS, REDUCTIONS, Options
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {list(choices)}")
-    return value
-
-
-def is_real_scalar(value: Any) -> bool:
-    """A Python or NumPy real scalar (``np.float32(0.1)``, ``np.int64(3)``), never a bool
-    or an array: the options are static, so arrays and tracers are refused."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
-
-
-def is_int_scalar(value: Any) -> bool:
-    """A Python or NumPy integer scalar, never a bool or an array."""
-    return isinstance(value, numbers.Integral) and is_real_scalar(value)
-
-
-def check_smoothing(value: Any, name: str = "label_smoothing") -> float:
-    if not is_real_scalar(value):
-        raise TypeError(f"{name} must be a Python float in [0, 1], got {type(value).__name__}")
-    value = float(value)
-    if not (0.0 <= value <= 1.0):  # also rejects NaN
-        raise ValueError(f"{name} must lie in [0, 1], got {value}")
-    return value
-
-
-def check_nonnegative(value: Any, name: str) -> float:
-    if not is_real_scalar(value):
-        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
-    value = float(value)
-    if not (0.0 <= value < math.inf):  # also rejects NaN; traceable by torch.compile
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return value
-
-
-def check_softcap(value: Any) -> float | None:
-    if value is None:
-        return None
-    if not is_real_scalar(value):
-        raise TypeError(f"softcap must be None or a Python float > 0, got {type(value).__name__}")
-    value = float(value)
-    if not (0.0 < value < math.inf):  # also rejects NaN; traceable by torch.compile
-        raise ValueError(f"softcap must be None or a finite number > 0, got {value}")
-    return value
+from smoothloss._options import (  # noqa: F401 (the scalar checks, for the modules that check here)
+    CONVENTIONS, REDUCTIONS, Options, check_choice, check_nonnegative, check_smoothing, check_softcap, is_int_scalar,
+    is_real_scalar,
+)
 
 
 def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
@@ -176,33 +132,10 @@ def renamed_smoothing(label_smoothing: Any, smoothing: Any, *, required: bool = 
     return smoothing
 
 
-def check_options(
-    *,
-    axis: int,
-    label_smoothing: float = 0.0,
-    convention: str = "uniform",
-    ignore_index: int | None = None,
-    reduction: str = "mean",
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    kl: bool = False,
-) -> Options:
+def check_options(**options: Any) -> Options:
     """The checks on Python values every cross-entropy shares, as :class:`Options`
     (``axis`` is taken as given: the caller normalises it against the logits' rank)."""
-    if ignore_index is not None:
-        if not is_int_scalar(ignore_index):
-            raise TypeError(f"ignore_index must be None or an int, got {type(ignore_index).__name__}")
-        ignore_index = int(ignore_index)
-    return Options(
-        axis,
-        check_smoothing(label_smoothing),
-        check_choice("convention", convention, CONVENTIONS),
-        ignore_index,
-        check_choice("reduction", reduction, REDUCTIONS),
-        check_nonnegative(z_loss, "z_loss"),
-        check_softcap(softcap),
-        bool(kl),
-    )
+    return Options.checked(**options)
 
 
 def check_label_values(fw: Any, labels: Any, num_classes: int, ignore_index: int | None) -> bool:

@@ -45,9 +45,10 @@ from typing import Any, Callable
 
 from smoothloss import _validation as V
 from smoothloss._formulas import (
-    Options, compute_dtype, integer_grad_coefficients, integer_loss, reduce, smoothing_coefficients, soft_cap,
+    compute_dtype, integer_grad_coefficients, integer_loss, is_zero, reduce, smoothing_coefficients, soft_cap,
     soft_cap_grad,
 )
+from smoothloss._options import Options
 
 __all__ = ["options", "vocab_parallel_backward", "vocab_parallel_forward"]
 
@@ -89,13 +90,7 @@ class _Local:
 
 
 def vocab_parallel_forward(
-    fw: Any,
-    local_logits: Any,
-    labels: Any,
-    offset: Any,
-    num_classes: int,
-    opts: Options,
-    all_max: Collective,
+    fw: Any, local_logits: Any, labels: Any, offset: Any, num_classes: int, opts: Options, all_max: Collective,
     all_sum: Collective,
 ) -> tuple[Any, Any, Any]:
     r"""``(loss, stats, scale)`` of the sharded loss; the same loss on every rank.
@@ -140,7 +135,7 @@ def vocab_parallel_forward(
     loss = integer_loss(
         lse_rel + stats[..., 1], sum_nll, on=L.on, off=L.off, w_y=1.0, sum_w=float(L.K), kl=opts.kl
     )
-    if opts.z_loss:
+    if not is_zero(opts.z_loss):
         lse = m + lse_rel
         loss = loss + opts.z_loss * (lse * lse)
     loss = xp.where(L.bad, xp.nan, loss)  # a label outside [0, K): no rank owns it
@@ -153,14 +148,7 @@ def vocab_parallel_forward(
 
 
 def vocab_parallel_backward(
-    fw: Any,
-    local_logits: Any,
-    labels: Any,
-    offset: Any,
-    num_classes: int,
-    opts: Options,
-    stats: Any,
-    scale: Any,
+    fw: Any, local_logits: Any, labels: Any, offset: Any, num_classes: int, opts: Options, stats: Any, scale: Any,
     cotangent: Any,
 ) -> Any:
     r"""This rank's (..., V_local) slice of d(loss)/d(logits), in closed form, no collective.
@@ -192,7 +180,7 @@ def vocab_parallel_backward(
     if L.valid is not None:
         s = xp.where(L.valid, s, xp.zeros_like(s))
     row, on_mass = integer_grad_coefficients(
-        m + lse_rel if opts.z_loss else None, s, on=L.on, off=L.off, w_y=1.0, sum_w=float(L.K), z_loss=opts.z_loss
+        None if is_zero(opts.z_loss) else m + lse_rel, s, on=L.on, off=L.off, w_y=1.0, sum_w=float(L.K), z_loss=opts.z_loss
     )
     shift = xp.expand_dims(s, axis=-1) * L.off if L.off else 0.0
     # the statistics are global: the native softmax kernels would normalise over the local classes

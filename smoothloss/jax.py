@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 
 import smoothloss
-from smoothloss import _validation as V
+from smoothloss import _options, _validation as V
 from smoothloss.jax_parallel import vocab_parallel_cross_entropy
 
 __all__ = [
@@ -429,6 +429,5 @@ def linear_cross_entropy(
     hidden, weight, labels = jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(labels)
     return smoothloss.linear_cross_entropy(
         hidden, weight, labels, bias=None if bias is None else jnp.asarray(bias), chunk_size=chunk_size,
-        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
-        reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+        **_options.of(locals()),
     )

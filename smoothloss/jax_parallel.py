@@ -9,8 +9,9 @@ from typing import Any, Hashable
 
 import jax
 
+from smoothloss import _options
 from smoothloss._vocab_parallel import options as vocab_parallel_options
-from smoothloss.backends import bind
+from smoothloss.backends import bind, losses
 
 __all__ = ["vocab_parallel_cross_entropy"]
 
@@ -80,9 +81,6 @@ def vocab_parallel_cross_entropy(
     else:  # older JAX: psum of a Python constant is the static axis size
         shards = int(jax.lax.psum(1, axis_name))
     num_classes = shards * int(local_logits.shape[-1])
-    opts = vocab_parallel_options(
-        num_classes, label_smoothing=label_smoothing, convention=convention,
-        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
-    )
+    opts = vocab_parallel_options(num_classes, **_options.of(locals()))
     fw, (local_logits, labels) = bind(local_logits, labels)
-    return fw.vocab_parallel(local_logits, labels, axis_name, num_classes, opts)
+    return losses(fw).vocab_parallel(local_logits, labels, axis_name, num_classes, opts)

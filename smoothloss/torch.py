@@ -19,16 +19,16 @@ the precision of its internal reductions.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
-from typing import Any
-
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 import smoothloss
-from smoothloss import _validation as V
+from smoothloss import _options, _validation as V
+from smoothloss._torch_support import autocast_enabled as _autocast_enabled, check_tensor as _check_tensor
+from smoothloss._torch_support import forward as _forward, legacy_reduction as _legacy_reduction
+from smoothloss._torch_support import no_autocast as _no_autocast, wide as _wide
+from smoothloss._options import Options
+from smoothloss.torch_mixup import FastCollateMixup, Mixup
 from smoothloss.torch_parallel import vocab_parallel_cross_entropy
 
 __all__ = [
@@ -43,84 +43,6 @@ __all__ = [
     "linear_cross_entropy",
     "vocab_parallel_cross_entropy",
 ]
-
-_LEGACY_WARNING = "size_average and reduce args will be deprecated, please use reduction='{}' instead."
-
-
-def _legacy_reduction(size_average: bool | None, reduce: bool | None, stacklevel: int) -> str:
-    """PyTorch's mapping of the deprecated ``size_average`` / ``reduce`` flags.
-
-    Same table and same ``UserWarning`` text as ``torch.nn._reduction.legacy_get_string``:
-    ``None`` counts as True; reduce=False → "none"; else size_average=False → "sum";
-    else "mean".
-    """
-    size_average = True if size_average is None else size_average
-    reduce = True if reduce is None else reduce
-    if size_average and reduce:
-        reduction = "mean"
-    elif reduce:
-        reduction = "sum"
-    else:
-        reduction = "none"
-    warnings.warn(_LEGACY_WARNING.format(reduction), UserWarning, stacklevel=stacklevel + 1)
-    return reduction
-
-
-def _check_tensor(name: str, value: Any, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if not isinstance(value, Tensor):
-        raise TypeError(
-            f"{name} must be a torch.Tensor, got {type(value).__module__}.{type(value).__name__}; "
-            "use smoothloss.cross_entropy for other array types"
-        )
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    available = getattr(torch.amp, "is_autocast_available", None)
-    if available is not None:  # torch >= 2.4
-        return bool(available(device_type) and torch.is_autocast_enabled(device_type))
-    if device_type == "cpu":  # pragma: no cover - torch 2.3
-        return bool(torch.is_autocast_cpu_enabled())
-    if device_type == "cuda":  # pragma: no cover - torch 2.3
-        return bool(torch.is_autocast_enabled())
-    return False  # pragma: no cover
-
-
-# Integer label dtypes other than int64: torch's gather/take_along_dim index with int64.
-_NARROW_INTS = tuple(
-    getattr(torch, name)
-    for name in ("uint8", "int8", "int16", "int32", "uint16", "uint32", "uint64")
-    if hasattr(torch, name)
-)
-
-
-def _forward(
-    logits: Tensor, targets: Tensor, *, loss: Callable[..., Tensor] = smoothloss.cross_entropy, **options: Any
-) -> Tensor:
-    """Call the core's ``loss`` (default :func:`smoothloss.cross_entropy`) on
-    ``(logits, targets)``, outside any enclosing autocast region (:func:`_no_autocast`).
-    Class indices of a narrower integer dtype are widened to int64 first.
-    """
-    return _no_autocast(logits.device.type, loss, logits, _wide(targets), **options)
-
-
-def _wide(targets: Tensor) -> Tensor:
-    """Class indices of a narrower integer dtype widened to int64 (torch's gather indexes with int64)."""
-    return targets.to(torch.int64) if targets.dtype in _NARROW_INTS else targets
-
-
-def _no_autocast(device_type: str, fn: Callable[..., Tensor], *args: Any, **options: Any) -> Tensor:
-    """``fn(*args, **options)`` with autocast disabled on ``device_type`` if it is on.
-
-    Autocast would otherwise choose 16-bit kernels for some of the core's float32 ops;
-    the core does its own upcasting of 16-bit logits.
-    """
-    if _autocast_enabled(device_type):
-        with torch.autocast(device_type=device_type, enabled=False):
-            return fn(*args, **options)
-    return fn(*args, **options)
-
 
 def cross_entropy(
     input: Tensor,
@@ -199,19 +121,8 @@ def cross_entropy(
             f"ignore_index={ignore_index} is not supported for probability (floating) targets, "
             "as in PyTorch; leave it at -100 or None, or give such positions an all-zero target"
         )
-    return _forward(
-        input,
-        target,
-        axis=1 if input.ndim >= 2 else 0,
-        label_smoothing=label_smoothing,
-        convention=convention,
-        weight=weight,
-        ignore_index=None if probabilities else ignore_index,
-        reduction=reduction,
-        z_loss=z_loss,
-        softcap=softcap,
-        kl=kl,
-    )
+    options = {**_options.of(locals()), "ignore_index": None if probabilities else ignore_index}
+    return _forward(input, target, axis=1 if input.ndim >= 2 else 0, weight=weight, **options)
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
@@ -309,15 +220,8 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         if size_average is not None or reduce is not None:
             reduction = _legacy_reduction(size_average, reduce, stacklevel=2)
             size_average = reduce = None
-        V.check_choice("reduction", reduction, V.REDUCTIONS)
-        V.check_smoothing(label_smoothing)
-        V.check_choice("convention", convention, V.CONVENTIONS)
-        V.check_nonnegative(z_loss, "z_loss")
-        V.check_softcap(softcap)
-        if ignore_index is not None:
-            if not V.is_int_scalar(ignore_index):
-                raise TypeError(f"ignore_index must be None or an int, got {type(ignore_index).__name__}")
-            ignore_index = int(ignore_index)
+        checked = Options.checked(**_options.of(locals()))
+        ignore_index = checked.ignore_index
         super().__init__(weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
         self.convention = convention
         self.z_loss = z_loss
@@ -326,34 +230,12 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         """The loss of ``input`` (logits, classes on axis 1, or 0 if unbatched) against ``target``."""
-        return cross_entropy(
-            input,
-            target,
-            weight=self.weight,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            label_smoothing=self.label_smoothing,
-            convention=self.convention,
-            z_loss=self.z_loss,
-            softcap=self.softcap,
-            kl=self.kl,
-        )
+        return cross_entropy(input, target, weight=self.weight, **_options.of(vars(self)))
 
     def extra_repr(self) -> str:
-        parts = [f"reduction={self.reduction!r}"]
-        if self.ignore_index != -100:
-            parts.append(f"ignore_index={self.ignore_index}")
-        if self.label_smoothing:
-            parts.append(f"label_smoothing={self.label_smoothing}")
-        if self.convention != "uniform":
-            parts.append(f"convention={self.convention!r}")
-        if self.z_loss:
-            parts.append(f"z_loss={self.z_loss}")
-        if self.softcap is not None:
-            parts.append(f"softcap={self.softcap}")
-        if self.kl:
-            parts.append("kl=True")
-        return ", ".join(parts)
+        shown = _options.non_defaults(vars(self), drop_in={"ignore_index": -100})
+        shown.pop("reduction", None)
+        return ", ".join(f"{k}={v!r}" for k, v in {"reduction": self.reduction, **shown}.items())
 
 
 class LabelSmoothingCrossEntropy(nn.Module):
@@ -648,8 +530,7 @@ def linear_cross_entropy(
         bias = None if bias is None else bias.to(dtype)
     return _no_autocast(
         device_type, smoothloss.linear_cross_entropy, input, weight, _wide(target),
-        bias=bias, chunk_size=chunk_size, label_smoothing=label_smoothing, convention=convention,
-        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+        bias=bias, chunk_size=chunk_size, **_options.of(locals()),
     )
 
 
@@ -717,204 +598,3 @@ class LinearCrossEntropyLoss(nn.Module):
             f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}, softcap={self.softcap}, "
             f"convention={self.convention!r}, chunk_size={self.chunk_size}"
         )
-
-
-def _integer_or_dense(target: Tensor, multi_label: bool) -> Tensor:
-    """Class indices widened to int64; with ``multi_label``, dense targets as given."""
-    if multi_label:
-        return target
-    if target.is_floating_point() or target.dtype == torch.bool:
-        raise TypeError(
-            f"target must hold integer class indices, got dtype {target.dtype}; "
-            "pass multi_label=True for dense (B, num_classes) targets"
-        )
-    return _wide(target)
-
-
-class Mixup(smoothloss.Mixup):
-    r"""Drop-in for ``timm.data.Mixup``: ``mixup_fn(x, target) -> (x, soft_target)``.
-
-    A thin subclass of :class:`smoothloss.Mixup` for NCHW image tensors: timm's
-    constructor (same names, order and defaults, ``multi_label`` included) plus ``seed``
-    and ``box_rule``, timm's draws in timm's order, and the targets of timm's
-    ``mixup_target`` (class indices smoothed with ε/K first, dense ``multi_label``
-    targets towards 0.5, then ``λ·y + (1-λ)·y.flip(0)``). See :class:`smoothloss.Mixup`
-    for the options.
-
-    Deliberate differences from timm:
-
-    * The randomness comes from an explicit NumPy ``Generator`` (``seed``: an int, a
-      Generator, or None for fresh entropy), not from the global ``np.random`` state.
-    * The result is new tensors on ``x``'s device: ``x`` is left unchanged (timm mixes
-      it in place and returns it).
-    * Odd batch sizes are allowed (timm asserts an even batch): example i pairs with
-      B-1-i, so the middle example pairs with itself and comes out unchanged (up to
-      rounding); in ``"pair"`` mode it gets no draw and λ = 1.
-    * Without ``multi_label``, ``target`` must hold integer class indices (timm
-      truncates floating ones with ``.long()``): ``TypeError`` otherwise. Bad options
-      raise ``ValueError`` at construction (timm asserts or fails later).
-    * The soft targets are float64 for float64 images and float32 otherwise, on
-      ``x``'s device.
-
-    Args:
-        mixup_alpha: α of mixup's Beta(α, α); mixup is on when > 0.
-        cutmix_alpha: α of cutmix's Beta(α, α); cutmix is on when > 0.
-        cutmix_minmax: (min, max) box side as a fraction of the image, or None (forces
-            ``cutmix_alpha = 1``, as timm).
-        prob: probability of mixing a batch, pair or example.
-        switch_prob: probability of cutmix instead of mixup when both are on.
-        mode: ``"batch"`` (one draw), ``"pair"`` (one per pair i, B-1-i) or ``"elem"``.
-        correct_lam: λ from the clipped box area instead of the drawn value.
-        label_smoothing: ε of the targets (default 0.1, as timm).
-        num_classes: K (default 1000, as timm).
-        multi_label: the targets are dense (B, K) multi-hot or soft targets, each entry
-            smoothed towards 0.5 (``t·(1-ε) + ε/2``) and then mixed, as timm 1.0.31's
-            ``multi_label``; default False: class indices.
-        seed: an int, None or a ``numpy.random.Generator``: where the draws come from.
-        box_rule: the CutMix boxes, keyword-only: ``"timm>=1.0.29"`` (default, timm
-            1.0.31's) or ``"timm<=1.0.28"`` (to reproduce runs made with older timm).
-
-    Example:
-        >>> import torch
-        >>> from smoothloss.torch import Mixup
-        >>> mixup_fn = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10, seed=0)
-        >>> x, y = torch.rand(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4])  # an odd batch is fine
-        >>> mixed, target = mixup_fn(x, y)
-        >>> mixed.shape, target.shape, target.dtype
-        (torch.Size([5, 3, 8, 8]), torch.Size([5, 10]), torch.float32)
-        >>> torch.allclose(target.sum(-1), torch.ones(5)), mixed is x
-        (True, False)
-        >>> multi = Mixup(label_smoothing=0.2, num_classes=3, multi_label=True, seed=0)
-        >>> _, t = multi(torch.rand(2, 3, 8, 8), torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
-        >>> t.shape, torch.allclose(t + t.flip(0), torch.ones(2, 3))  # complementary multi-hot rows
-        (torch.Size([2, 3]), True)
-    """
-
-    def __init__(
-        self,
-        mixup_alpha: float = 1.0,
-        cutmix_alpha: float = 0.0,
-        cutmix_minmax: tuple[float, float] | None = None,
-        prob: float = 1.0,
-        switch_prob: float = 0.5,
-        mode: str = "batch",
-        correct_lam: bool = True,
-        label_smoothing: float = 0.1,
-        num_classes: int = 1000,
-        multi_label: bool = False,
-        seed: Any = None,
-        *,
-        box_rule: str = "timm>=1.0.29",
-    ) -> None:
-        super().__init__(
-            mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, cutmix_minmax=cutmix_minmax, prob=prob,
-            switch_prob=switch_prob, mode=mode, correct_lam=correct_lam, label_smoothing=label_smoothing,
-            num_classes=num_classes, seed=seed, layout="NCHW", box_rule=box_rule, multi_label=multi_label,
-        )
-
-    def __call__(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Mix images ``x`` (B, C, H, W) and class indices ``target`` (B,) (or, with
-        ``multi_label``, dense targets (B, K)): new tensors ``(mixed x, soft targets
-        (B, num_classes))`` on ``x``'s device."""
-        _check_tensor("x", x)
-        _check_tensor("target", target)
-        return super().__call__(x, _integer_or_dense(target, self.multi_label))
-
-
-class FastCollateMixup(smoothloss.FastCollateMixup):
-    r"""Drop-in for ``timm.data.FastCollateMixup``: a DataLoader ``collate_fn`` that
-    stacks and mixes uint8 images, ``collate(batch) -> (images, soft_targets)``.
-
-    ``batch`` is the list of ``(image, label)`` pairs a DataLoader hands to its
-    ``collate_fn``: uint8 images (C, H, W), torch tensors or NumPy arrays; labels class
-    indices (Python or NumPy ints, 0-d integer tensors), or with ``multi_label`` dense
-    targets (K,). The result is torch tensors, as timm's: uint8 images (B, C, H, W) and
-    float32 targets (B, K), with B halved in ``"half"`` mode. timm's constructor (same
-    names, order and defaults) plus ``seed`` and ``box_rule``, timm's draws in timm's
-    order, blends computed in float32 and rounded half to even, pastes copying the
-    pixels: computed by :class:`smoothloss.FastCollateMixup`.
-
-    Deliberate differences from timm:
-
-    * The randomness comes from an explicit NumPy ``Generator`` (``seed``), not from the
-      global ``np.random`` state; in DataLoader workers each worker draws its own
-      stream (see :class:`smoothloss.Mixup`).
-    * The images of ``batch`` are never modified (timm's ``"pair"`` CutMix writes into
-      them), and odd batch sizes are allowed (timm asserts an even batch).
-    * Without ``multi_label`` the labels must be integer class indices (``TypeError``
-      otherwise); bad options raise ``ValueError`` at construction.
-    * The result lies on the images' device (timm's is on the CPU).
-
-    Args:
-        mixup_alpha: α of mixup's Beta(α, α); mixup is on when > 0.
-        cutmix_alpha: α of cutmix's Beta(α, α); cutmix is on when > 0.
-        cutmix_minmax: (min, max) box side as a fraction of the image, or None (forces
-            ``cutmix_alpha = 1``, as timm).
-        prob: probability of mixing a batch, pair or example.
-        switch_prob: probability of cutmix instead of mixup when both are on.
-        mode: ``"batch"`` (one draw), ``"pair"`` (one per pair i, B-1-i) or ``"elem"``,
-            or ``"half"`` (draws for the first B//2 examples, mixes each with B-1-i, returns
-            only the first half).
-        correct_lam: λ from the clipped box area instead of the drawn value.
-        label_smoothing: ε of the targets (default 0.1, as timm).
-        num_classes: K (default 1000, as timm).
-        multi_label: the targets are dense (B, K) multi-hot or soft targets, each entry
-            smoothed towards 0.5 (``t·(1-ε) + ε/2``) and then mixed, as timm 1.0.31's
-            ``multi_label``; default False: class indices.
-        seed: an int, None or a ``numpy.random.Generator``: where the draws come from.
-        box_rule: the CutMix boxes, keyword-only: ``"timm>=1.0.29"`` (default, timm
-            1.0.31's) or ``"timm<=1.0.28"`` (to reproduce runs made with older timm).
-
-    Example:
-        >>> import numpy as np, torch
-        >>> from smoothloss.torch import FastCollateMixup
-        >>> collate = FastCollateMixup(mixup_alpha=1.0, cutmix_alpha=1.0, num_classes=3, seed=0)
-        >>> batch = [(np.full((3, 4, 4), 10 * i, np.uint8), i % 3) for i in range(4)]
-        >>> images, targets = collate(batch)
-        >>> images.dtype, images.shape, targets.dtype, targets.shape
-        (torch.uint8, torch.Size([4, 3, 4, 4]), torch.float32, torch.Size([4, 3]))
-        >>> loader = torch.utils.data.DataLoader(batch, batch_size=4, collate_fn=collate)
-        >>> [tuple(t.shape) for t in next(iter(loader))]
-        [(4, 3, 4, 4), (4, 3)]
-    """
-
-    def __init__(
-        self,
-        mixup_alpha: float = 1.0,
-        cutmix_alpha: float = 0.0,
-        cutmix_minmax: tuple[float, float] | None = None,
-        prob: float = 1.0,
-        switch_prob: float = 0.5,
-        mode: str = "batch",
-        correct_lam: bool = True,
-        label_smoothing: float = 0.1,
-        num_classes: int = 1000,
-        multi_label: bool = False,
-        seed: Any = None,
-        *,
-        box_rule: str = "timm>=1.0.29",
-    ) -> None:
-        super().__init__(
-            mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, cutmix_minmax=cutmix_minmax, prob=prob,
-            switch_prob=switch_prob, mode=mode, correct_lam=correct_lam, label_smoothing=label_smoothing,
-            num_classes=num_classes, seed=seed, layout="NCHW", box_rule=box_rule, multi_label=multi_label,
-        )
-
-    def __call__(self, batch: Any, _: Any = None) -> tuple[Tensor, Tensor]:
-        """Collate and mix ``batch``: ``(uint8 images (B, C, H, W), float32 targets (B, K))``."""
-        if not isinstance(batch, (list, tuple)) or not batch:
-            raise ValueError("batch must be a non-empty list of (image, label) pairs")
-        pairs = []
-        for item in batch:
-            if not isinstance(item, (list, tuple)) or len(item) != 2:
-                raise ValueError(f"each batch entry must be an (image, label) pair, got {type(item).__name__}")
-            image, label = item
-            if isinstance(image, np.ndarray):
-                image = torch.from_numpy(image)
-            _check_tensor("image", image)
-            if isinstance(label, Tensor) and not self.multi_label:
-                if label.ndim != 0 or label.is_floating_point() or label.dtype == torch.bool:
-                    raise TypeError(f"labels must be integer class indices, got a tensor of dtype {label.dtype}")
-                label = int(label)
-            pairs.append((image, label))
-        return super().__call__(pairs)

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from smoothloss import _validation as V
+from smoothloss import _options
 from smoothloss._vocab_parallel import options as vocab_parallel_options
-from smoothloss.backends import framework
+from smoothloss.backends import framework, losses
 
 __all__ = ["vocab_parallel_cross_entropy"]
 
@@ -92,10 +93,7 @@ def vocab_parallel_cross_entropy(
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     v_local = int(local_logits.shape[-1])
     num_classes = world * v_local
-    opts = vocab_parallel_options(
-        num_classes, label_smoothing=label_smoothing, convention=convention,
-        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
-    )
+    opts = vocab_parallel_options(num_classes, **_options.of(locals()))
     fw = framework(local_logits, labels)
     V.check_label_values(fw, labels, num_classes, opts.ignore_index)
-    return fw.vocab_parallel(local_logits, labels, rank * v_local, num_classes, opts, group)
+    return losses(fw).vocab_parallel(local_logits, labels, rank * v_local, num_classes, opts, group)

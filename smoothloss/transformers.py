@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from smoothloss import _validation as V
-from smoothloss.torch import _forward
+from smoothloss._torch_support import forward as _forward
 
 __all__ = ["LabelSmoother", "causal_lm_loss"]
 

@@ -716,7 +716,7 @@ def _imported_modules(module) -> set[str]:
 def test_imports_point_one_way():
     """cli -> dense_report -> dense -> dense_steps, and dense, linear -> common: no cycle; the
     harness uses smoothloss's public names only (and ``smoothloss._linear.CHUNK_BYTES``,
-    ``smoothloss.backends.torch``'s ``COMPILE_THRESHOLD`` and ``COMPILED``, and the drivers that
+    ``smoothloss.backends.torch_compiled``'s ``COMPILE_THRESHOLD`` and ``COMPILED``, and the drivers that
     ``python -m smoothloss check`` finds devices with)."""
     imports = {m: _imported_modules(m) for m in (cli, dense, dense_steps, dense_report, linear, common)}
 
@@ -732,7 +732,7 @@ def test_imports_point_one_way():
     for m in imports:
         private = {i for i in imports[m] if i.startswith(("smoothloss._", "smoothloss.backends"))}
         # the compiled kernels' threshold and call count; the drivers' device discovery (as ``check``'s)
-        assert private <= {"smoothloss._linear", "smoothloss.backends.torch", "smoothloss.backends.drivers"}, (
+        assert private <= {"smoothloss._linear", "smoothloss.backends.torch_compiled", "smoothloss.testing.drivers"}, (
             m.__name__, private)
     # importing the package (``python -m smoothloss bench`` does) loads neither the harness nor a framework
     code = ("import sys, smoothloss.bench\n"

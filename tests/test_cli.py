@@ -90,7 +90,7 @@ def test_check_on_a_missing_device_prints_one_line_naming_the_devices_found():
 def test_check_rows_name_the_device_the_arrays_were_on(monkeypatch):
     """A driver that says it has a device but puts its arrays on the CPU (what tf.device
     does when the GPU is missing) gets rows that say cpu, and fails."""
-    from smoothloss.backends.drivers import NumpyDriver
+    from smoothloss.testing.drivers import NumpyDriver
 
     monkeypatch.setattr(NumpyDriver, "devices", lambda self: ["cpu", "cuda"])
     buf = io.StringIO()
@@ -107,7 +107,7 @@ def test_tensorflow_driver_refuses_a_missing_gpu():
     """tf.device('/GPU:0') without a GPU places on the CPU without a word; the driver's
     device check says no before anything runs."""
     tf = pytest.importorskip("tensorflow")
-    from smoothloss.backends.drivers import get_driver
+    from smoothloss.testing.drivers import get_driver
 
     if tf.config.list_logical_devices("GPU"):
         pytest.skip("this machine has a GPU")
@@ -138,7 +138,7 @@ def test_unknown_framework_is_a_usage_error_listing_the_valid_names():
     assert out.returncode == 2, out.stdout + out.stderr
     assert "KeyError" not in out.stderr
     assert "'pytorch'" in out.stderr and "did you mean 'torch'" in out.stderr
-    from smoothloss.backends.drivers import DRIVERS
+    from smoothloss.testing.drivers import DRIVERS
 
     valid = out.stderr.split("valid names:", 1)[1]
     assert all(name in valid for name in DRIVERS), out.stderr

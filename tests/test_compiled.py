@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 
 import smoothloss
+from smoothloss import _core
 from smoothloss.testing import reference_cross_entropy, reference_linear_cross_entropy, rel_err, tolerance
 from smoothloss.testing.cases import LINEAR_COMPILED_OPTIONS, Case, compiled_cases, linear_compiled_problem
 
 torch = pytest.importorskip("torch")
-binding = pytest.importorskip("smoothloss.backends.torch")
+binding = pytest.importorskip("smoothloss.backends.torch_compiled")
 
 # pytest -n auto (README): compiled graphs are cached per process: one worker compiles each once
 pytestmark = pytest.mark.xdist_group("compiled")
@@ -103,7 +104,7 @@ def test_compiled_gradient_from_the_forward_exponentials_with_a_fixed_weight(cas
     opts["weight"] = opts["weight"].detach()
     mode("always")
     loss = smoothloss.cross_entropy(x, t, **opts)
-    kept = binding.COMPILED.keeps_exp(x, t, binding._core.validate(binding.FW, x, t, opts["weight"], **{
+    kept = binding.COMPILED.keeps_exp(x, t, _core.validate(binding.FW, x, t, opts["weight"], **{
         k: v for k, v in opts.items() if k != "weight"}))
     assert type(loss.grad_fn).__name__ == ("_ExpKeptCrossEntropyFunctionBackward" if kept else
                                            "CrossEntropyFunctionBackward")
@@ -161,8 +162,7 @@ def test_compiled_gradient_from_the_forward_exponentials_twice_and_again(mode, d
 def _graph_count() -> int:
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
-    graphs = (binding._forward_graph, binding._backward_graph, binding._forward_kept_graph, binding._exp_grad_graph)
-    return sum(len(_debug_get_cache_entry_list(f.__code__)) for f in graphs)
+    return sum(len(_debug_get_cache_entry_list(f.__code__)) for f in binding.GRAPH_FUNCTIONS)
 
 
 def test_one_graph_serves_every_batch_size_class_count_and_value(mode, device):
@@ -194,6 +194,8 @@ def test_one_graph_serves_every_batch_size_class_count_and_value(mode, device):
 def test_auto_compiles_at_the_threshold_only(mode, device, monkeypatch):
     mode("auto")
     monkeypatch.setattr(binding, "COMPILE_THRESHOLD", 64)
+    monkeypatch.setattr(binding, "WARMUP_CALLS", 0)
+    monkeypatch.setattr(binding, "_SEEN", {})
     x = torch.randn(4, 10, dtype=torch.float64, device=device, requires_grad=True)
     y = torch.tensor([1, 2, 3, 4], device=device)
     calls = binding.COMPILED.calls
@@ -207,6 +209,91 @@ def test_auto_compiles_at_the_threshold_only(mode, device, monkeypatch):
     mode("never")
     smoothloss.cross_entropy(x, y, label_smoothing=0.1).backward()
     assert binding.COMPILED.calls == calls + 2
+
+
+def test_auto_compiles_a_signature_only_once_it_repeats(mode, device, monkeypatch):
+    """Under "auto" a call signature's first WARMUP_CALLS calls run the eager kernels
+    (a one-off call never compiles); the next ones run the compiled kernels. A new batch
+    size or smoothing value is the same signature; a new dtype, target kind or weight is
+    another, with its own warm-up. "always" compiles from the first call."""
+    mode("auto")
+    monkeypatch.setattr(binding, "COMPILE_THRESHOLD", 1)
+    monkeypatch.setattr(binding, "WARMUP_CALLS", 3)
+    monkeypatch.setattr(binding, "_SEEN", {})
+    rng = np.random.default_rng(0)
+
+    def step(n, eps, dtype=torch.float64, weight=None):
+        x = torch.tensor(rng.normal(size=(n, 6)), dtype=dtype, device=device, requires_grad=True)
+        y = torch.tensor(rng.integers(0, 6, n), device=device)
+        before = binding.COMPILED.calls
+        loss = smoothloss.cross_entropy(x, y, label_smoothing=eps, weight=weight)
+        (g,) = torch.autograd.grad(loss, x)
+        ref_loss, ref_grad = reference_cross_entropy(
+            x.detach().double().cpu().numpy(), _labels(y), label_smoothing=eps,
+            weight=None if weight is None else _numpy(weight),
+        )
+        tol = tolerance(str(dtype).split(".")[-1])
+        assert rel_err(_numpy(loss), ref_loss) <= tol and rel_err(_numpy(g), ref_grad) <= tol
+        return binding.COMPILED.calls - before
+
+    assert [step(5 + i, 0.1 * (i + 1)) for i in range(3)] == [0, 0, 0]  # eager: warming up
+    assert step(9, 0.35) == 2 and step(4, 0.05) == 2  # the signature repeats: compiled (forward, backward)
+    assert step(5, 0.1, dtype=torch.float32) == 0  # another dtype: its own warm-up
+    assert step(5, 0.1, weight=torch.ones(6, dtype=torch.float64, device=device)) == 0
+    mode("always")
+    assert step(5, 0.1, dtype=torch.float32) == 2
+
+
+def test_a_first_call_in_a_fresh_process_does_not_compile(tmp_path):
+    """A fresh process, an empty Inductor cache, the default mode: the first eager call at
+    4096x1000 runs the eager kernels (no compile), and gives the float64 reference's loss."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, time, torch, numpy as np, smoothloss\n"
+        "from smoothloss.backends import torch_compiled\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = torch.tensor(rng.normal(size=(4096, 1000)).astype(np.float32), requires_grad=True)\n"
+        "y = torch.tensor(rng.integers(0, 1000, 4096))\n"
+        "t0 = time.perf_counter()\n"
+        "loss = smoothloss.cross_entropy(x, y, label_smoothing=0.1)\n"
+        "loss.backward()\n"
+        "print(json.dumps({'s': time.perf_counter() - t0, 'loss': loss.item(), 'calls': torch_compiled.COMPILED.calls,"
+        " 'inductor': 'torch._inductor.compile_fx' in __import__('sys').modules}))\n"
+    )
+    env = {**__import__("os").environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+           "SMOOTHLOSS_COMPILE": "auto"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["calls"] == 0 and not result["inductor"]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4096, 1000)).astype(np.float32).astype(np.float64)
+    ref_loss, _ = reference_cross_entropy(x, rng.integers(0, 1000, 4096), label_smoothing=0.1)
+    assert rel_err(result["loss"], ref_loss) <= tolerance("float32")
+
+
+def test_a_missing_cpp_compiler_is_found_before_compiling(mode, monkeypatch):
+    """No C++ compiler on the PATH: the first call that would compile warns at once
+    (nothing is traced or built), and the eager kernels give the right numbers."""
+    mode("always")
+    monkeypatch.setattr(binding.COMPILED, "graphs", {})
+    monkeypatch.setattr(binding.COMPILED, "broken", None)
+    monkeypatch.setattr(binding.COMPILED, "cxx_checked", False)
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CXX", raising=False)
+    traced = []
+    monkeypatch.setattr(binding.COMPILED, "graph", lambda name, fn: traced.append(name))
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    with pytest.warns(RuntimeWarning, match=r"could not compile.*no C\+\+ compiler found"):
+        loss = smoothloss.cross_entropy(x, y, label_smoothing=0.2)
+    (g,) = torch.autograd.grad(loss, x)
+    assert traced == [] and "no C++ compiler found" in binding.COMPILED.broken
+    ref_loss, ref_grad = reference_cross_entropy(_numpy(x), _labels(y), label_smoothing=0.2)
+    assert rel_err(_numpy(loss), ref_loss) <= 1e-12 and rel_err(_numpy(g), ref_grad) <= 1e-12
 
 
 def test_inference_runs_the_compiled_forward(mode, device):
@@ -436,7 +523,7 @@ def test_out_of_memory_is_raised_not_taken_for_a_compile_failure(mode, device, m
     def full(*args, **kwargs):
         raise torch.OutOfMemoryError("out of memory")
 
-    monkeypatch.setattr(binding.COMPILED, "_graph", lambda name, fn: full)
+    monkeypatch.setattr(binding.COMPILED, "graph", lambda name, fn: full)
     x = torch.randn(5, 3, dtype=torch.float64, device=device)
     with pytest.raises(torch.OutOfMemoryError):
         smoothloss.cross_entropy(x, torch.tensor([0, 1, 2, 0, 1], device=device))

@@ -20,7 +20,8 @@ from smoothloss.testing import reference_cross_entropy, reference_linear_cross_e
 from smoothloss.testing.cases import LINEAR_COMPILED_OPTIONS, compiled_cases, linear_compiled_problem
 
 tf = pytest.importorskip("tensorflow")
-tf_binding = pytest.importorskip("smoothloss.backends.tensorflow")
+tf_binding = pytest.importorskip("smoothloss.backends.tensorflow_compiled")
+tf_facts = pytest.importorskip("smoothloss.backends.tensorflow")
 
 CASES = compiled_cases()
 
@@ -57,7 +58,7 @@ def test_xla_matches_eager_and_reference_tensorflow(case, graph, rows, mode, dri
     # both forms of the forward statistics: off log_softmax (short rows), and off the sums
     # over x - m and the softmax (long rows; the grid's rows are short, so made long here)
     if rows == "long":
-        monkeypatch.setattr(tf_binding, "SHORT_ROWS", 0)
+        monkeypatch.setattr(tf_facts, "SHORT_ROWS", 0)
         monkeypatch.setattr(tf_binding, "XLA_SUMS_FROM", 0)  # the sums' XLA kernel at any size
     driver = driver_for("tensorflow")
     logits, targets, opts = case.make()
@@ -71,14 +72,14 @@ def test_xla_matches_eager_and_reference_tensorflow(case, graph, rows, mode, dri
     mode("never")
     eager, cot = _tf_loss_and_grads(x, t, opts, graph)
     mode("always")
-    calls = dict(tf_binding._XLA.calls)
+    calls = dict(tf_binding.XLA.calls)
     compiled, _ = _tf_loss_and_grads(x, t, opts, graph)
-    assert tf_binding._XLA.broken is None
+    assert tf_binding.XLA.broken is None
     if not graph:
-        assert tf_binding._XLA.calls["backward"] == calls["backward"] + 1  # the backward ran compiled
+        assert tf_binding.XLA.calls["backward"] == calls["backward"] + 1  # the backward ran compiled
         # the forward's sums over x - m: long rows, integer labels, smoothing
         summed = rows == "long" and case.targets == "int" and opts.get("label_smoothing", 0.0) > 0
-        assert tf_binding._XLA.calls["sums"] == calls["sums"] + summed
+        assert tf_binding.XLA.calls["sums"] == calls["sums"] + summed
     tol = tolerance(case.dtype)
     for c, e in zip(compiled, eager):
         assert c.dtype == e.dtype and c.shape == e.shape
@@ -93,31 +94,31 @@ def test_xla_forward_sums_only_from_their_size(mode, monkeypatch):
     """Below ``XLA_SUMS_FROM`` logits the forward's row sums are TensorFlow's own ops (faster
     there) while the backward still runs compiled; from it, the XLA kernel; both give the
     reference."""
-    monkeypatch.setattr(tf_binding, "SHORT_ROWS", 0)
+    monkeypatch.setattr(tf_facts, "SHORT_ROWS", 0)
     mode("always")
     x = tf.constant(np.random.default_rng(5).normal(size=(6, 4)))
     y = tf.constant([0, 1, 2, 3, 0, 1])
     ref_loss, ref_grad = reference_cross_entropy(x.numpy(), y.numpy(), label_smoothing=0.1)
     for start, summed in ((25, 0), (24, 1)):
         monkeypatch.setattr(tf_binding, "XLA_SUMS_FROM", start)
-        calls = dict(tf_binding._XLA.calls)
+        calls = dict(tf_binding.XLA.calls)
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = smoothloss.cross_entropy(x, y, label_smoothing=0.1)
         g = tape.gradient(loss, x)
-        assert tf_binding._XLA.calls["sums"] == calls["sums"] + summed
-        assert tf_binding._XLA.calls["backward"] == calls["backward"] + 1
+        assert tf_binding.XLA.calls["sums"] == calls["sums"] + summed
+        assert tf_binding.XLA.calls["backward"] == calls["backward"] + 1
         assert rel_err(loss.numpy(), ref_loss) <= 1e-10 and rel_err(g.numpy(), ref_grad) <= 1e-10
 
 
 def test_xla_in_a_graph_follows_the_mode_and_the_known_size(mode, monkeypatch):
     seen = []
     monkeypatch.setattr(tf_binding, "COMPILE_THRESHOLD", 40)
-    real = tf_binding._XLA._kernels["backward"][0]
+    real = tf_binding.XLA.kernels_by_name["backward"][0]
 
-    def spy(*args):
+    def spy(rank, *args):  # (the compiled kernels take the first array's rank first)
         seen.append(args[0].shape.as_list())
-        return real(*args)
+        return real(rank, *args)
 
     _replace_kernel(monkeypatch, "backward", spy)
     mode("auto")
@@ -171,13 +172,13 @@ def test_xla_with_unknown_class_count_and_new_sizes(options, mode):
 
 def _replace_kernel(monkeypatch, name, compiled):
     """The XLA binding's compiled kernel ``name`` ("sums", "backward") replaced by ``compiled``."""
-    monkeypatch.setitem(tf_binding._XLA._kernels, name, (compiled, tf_binding._XLA._kernels[name][1]))
+    monkeypatch.setitem(tf_binding.XLA.kernels_by_name, name, (compiled, tf_binding.XLA.kernels_by_name[name][1]))
 
 
 def _failing_xla(mode, monkeypatch, error, name="backward"):
     """Compiling on, the XLA binding not yet broken, and its kernel ``name`` raising ``error``."""
     mode("always")
-    monkeypatch.setattr(tf_binding._XLA, "broken", None)
+    monkeypatch.setattr(tf_binding.XLA, "broken", None)
 
     def fail(*args):
         raise error
@@ -198,7 +199,7 @@ def test_xla_failure_warns_once_and_runs_eager(mode, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per process: no second warning
         again = tape.gradient(loss, x)
-    assert "XLA is not available here" in tf_binding._XLA.broken
+    assert "XLA is not available here" in tf_binding.XLA.broken
     assert rel_err(loss.numpy(), ref_loss) <= 1e-10
     for value in (g, again):
         assert rel_err(value.numpy(), ref_grad) <= 1e-10
@@ -223,11 +224,11 @@ def test_linear_chunks_run_the_xla_kernels(name, graph, mode):
     for m in ("never", "always"):
         mode(m)
         run = tf.function(step) if graph else step  # (a function keeps the mode it was traced under)
-        calls = tf_binding._XLA.calls["backward"]
+        calls = tf_binding.XLA.calls["backward"]
         results[m] = [np.asarray(a, np.float64) for a in run(*map(tf.constant, (h_np, W_np, b_np, y_np)))]
         if not graph:  # 3 chunks, each through the backward kernel
-            assert tf_binding._XLA.calls["backward"] - calls == (3 if m == "always" else 0)
-    assert tf_binding._XLA.broken is None
+            assert tf_binding.XLA.calls["backward"] - calls == (3 if m == "always" else 0)
+    assert tf_binding.XLA.broken is None
     ref = reference_linear_cross_entropy(h_np, W_np, b_np, y_np, **options)
     for c, e, r in zip(results["always"], results["never"], ref):
         assert rel_err(c, e) <= 1e-10
@@ -236,7 +237,7 @@ def test_linear_chunks_run_the_xla_kernels(name, graph, mode):
 
 def test_xla_failure_in_the_forward_warns_once_and_runs_eager(mode, monkeypatch):
     _failing_xla(mode, monkeypatch, tf.errors.UnimplementedError(None, None, "no XLA for the sums"), "sums")
-    monkeypatch.setattr(tf_binding, "SHORT_ROWS", 0)  # rows of any length take the sums
+    monkeypatch.setattr(tf_facts, "SHORT_ROWS", 0)  # rows of any length take the sums
     monkeypatch.setattr(tf_binding, "XLA_SUMS_FROM", 0)  # ... compiled at any size
     x = tf.constant(np.random.default_rng(2).normal(size=(5, 3)))
     y = tf.constant([0, 1, 2, 0, 1])
@@ -260,7 +261,7 @@ def test_out_of_memory_is_raised_not_taken_for_an_xla_failure(mode, monkeypatch)
         loss = smoothloss.cross_entropy(x, tf.constant([0, 1, 2, 0, 1]), label_smoothing=0.1)
     with pytest.raises(tf.errors.ResourceExhaustedError):
         tape.gradient(loss, x)
-    assert tf_binding._XLA.broken is None  # compiling stays on
+    assert tf_binding.XLA.broken is None  # compiling stays on
 
 
 @pytest.mark.parametrize("compiled", ["never", "always"])
@@ -272,7 +273,7 @@ def test_long_rows_forward_on_hostile_inputs(hostile, compiled, mode, monkeypatc
     """The long-row forward (sums over x - m, then the softmax) on float32 logits with a
     common offset of 10⁴ (lse itself is never formed), a -inf masked class, and a class
     weight with ignored positions: the loss and gradient of the float64 reference."""
-    monkeypatch.setattr(tf_binding, "SHORT_ROWS", 0)
+    monkeypatch.setattr(tf_facts, "SHORT_ROWS", 0)
     mode(compiled)
     rng = np.random.default_rng(11)
     x = rng.normal(size=(6, 7)).astype(np.float32)

@@ -11,10 +11,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "smoothloss"
 FRAMEWORKS = ("torch", "jax", "jaxlib", "tensorflow", "keras", "optax")
 
-# The Array-API layers: formulas, checks and the core over arrays handed in.
-CORE = ("_formulas", "_validation", "_core", "_linear", "_vocab_parallel")
+# The Array-API layers: the declared options, formulas, checks and the core over arrays handed in.
+CORE = ("_options", "_formulas", "_validation", "_core", "_linear", "_vocab_parallel")
 # The public functions above the bindings, framework-free too.
-PUBLIC = ("_losses", "_targets", "_binary", "_mixing", "__init__")
+PUBLIC = ("_losses", "_targets", "_binary", "_mixing", "_mixup", "__init__")
+# Each binding's facts and kernels: leaves that never import the algorithm.
+FACTS = ("backends/_base", "backends/torch", "backends/jax", "backends/tensorflow", "backends/tensorflow_namespace")
+ALGORITHM = ("smoothloss._core", "smoothloss._linear", "smoothloss._vocab_parallel", "smoothloss._losses")
 
 
 def _module_name(path: Path) -> str:
@@ -104,7 +107,7 @@ def test_core_layers_do_not_import_upwards(name):
     the bindings, nor the public functions above it."""
     path = PACKAGE / f"{name}.py"
     upward = ("smoothloss.backends", "smoothloss._losses", "smoothloss._targets", "smoothloss._binary",
-              "smoothloss._mixing", "smoothloss.torch", "smoothloss.jax", "smoothloss.keras",
+              "smoothloss._mixing", "smoothloss._mixup", "smoothloss.testing", "smoothloss.torch", "smoothloss.jax", "smoothloss.keras",
               "smoothloss.tensorflow")
     bad = [(m, line) for m, line in _imports(path) if m.startswith(upward)]
     assert not bad, f"{path.name} imports upwards: {bad}"
@@ -132,3 +135,55 @@ def test_torch_adapter_imports_torch_distributed_lazily():
         names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
         assert not any(m.startswith("torch.distributed") for m in names), (name, names)
+
+
+@pytest.mark.parametrize("name", FACTS)
+def test_binding_facts_are_leaves(name):
+    """A binding's facts and kernels never import the algorithm, nor the autodiff and
+    compiled layers above them: the core takes the facts as an argument, and a call goes
+    down once (adapter -> public function -> autodiff layer -> core -> kernels)."""
+    path = PACKAGE / f"{name}.py"
+    above = ALGORITHM + ("smoothloss.backends._autodiff", "smoothloss.testing")
+    bad = [(m, line) for m, line in _imports(path)
+           if m.startswith(above) or m.endswith(("_autodiff", "_compiled"))]
+    assert not bad, f"{path.name} imports the layers above it: {bad}"
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_compiled_kernels_sit_under_the_autodiff_layer(framework):
+    path = PACKAGE / "backends" / f"{framework}_compiled.py"
+    bad = [(m, line) for m, line in _imports(path) if m.endswith("_autodiff") and m != "smoothloss.backends._autodiff"]
+    assert not bad, bad
+
+
+def test_only_the_autodiff_layers_choose_a_path():
+    """The choice between eager and compiled closed forms (``closed(...)``) is made in
+    the ``Losses`` classes only: no other module asks a binding for ``fused`` kernels."""
+    offenders = [p.name for p in PACKAGE.rglob("*.py") if ".fused(" in p.read_text(encoding="utf-8")]
+    assert not offenders, offenders
+
+
+def test_no_test_driver_ships_in_the_backends():
+    assert not (PACKAGE / "backends" / "drivers.py").exists()
+    assert (PACKAGE / "testing" / "drivers.py").exists()
+
+
+ADAPTERS = ("torch", "jax", "keras", "keras_linear", "tensorflow", "transformers", "torch_parallel", "jax_parallel",
+            "torch_mixup")
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_adapters_use_no_private_name_of_a_sibling_adapter(name):
+    """Adapters import public names, the declared options, or helpers from a module of
+    their own (``_torch_support``), never a private helper of another adapter."""
+    tree = ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8"))
+    siblings = {f"smoothloss.{a}" for a in ADAPTERS}
+    bad = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+           and node.module in siblings for alias in node.names if alias.name.startswith("_")]
+    assert not bad, bad
+
+
+def test_no_module_is_over_600_lines():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600}
+    assert not long, long

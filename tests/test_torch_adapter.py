@@ -738,14 +738,14 @@ def test_native_row_kernels_match_the_composition(shape):
     """TorchKernels' statistics and softmax, in both forms (torch's fused softmax kernels
     and the in-place composition, chosen by shape on the CPU), against the Array-API
     composition in float64, with a large common offset."""
-    from smoothloss.backends.torch import FW, _row_kernels
+    from smoothloss.backends.torch import FW, row_kernels
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(*shape, generator=gen, dtype=torch.float64) * 3 + 1e4
     K = shape[-1]
     w = torch.rand(K, generator=gen, dtype=torch.float64)
     y = torch.randint(0, K, shape[:-1], generator=gen)
-    assert _row_kernels(x) == (shape in [(32, 10), (8, 1500)])
+    assert row_kernels(x) == (shape in [(32, 10), (8, 1500)])
     for weight, sum_w in ((None, float(K)), (w, w.sum())):
         native = FW.native.log_softmax_stats(x, weight, sum_w, y)
         ref = FW.reference.log_softmax_stats(x, weight, sum_w, y)
@@ -781,7 +781,7 @@ def test_small_eager_calls_make_the_gradient_in_the_forward():
     """A small eager call with a scalar loss runs the function that makes the gradient in
     the forward: the backward scales it by the cotangent, a retained graph gives it twice,
     and create_graph still differentiates again."""
-    from smoothloss.backends import torch as binding
+    from smoothloss.backends import torch_autodiff as binding
     from smoothloss.testing import reference_cross_entropy
 
     gen = torch.Generator().manual_seed(5)

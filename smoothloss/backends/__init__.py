@@ -2,9 +2,10 @@
 
 :func:`framework` returns one cached binding object per framework
 (:class:`~smoothloss.backends._base.Framework`): the namespace, the test for arrays
-whose values cannot be read now, the native kernels, the chunk loop and the gradient
-bindings of the dense, chunked and vocab-parallel losses. :func:`bind` also applies
-each framework's rule for mixed inputs.
+whose values cannot be read now, the index dtype and the native kernels.
+:func:`losses` returns the entry points one layer up (the gradient bindings of the
+dense, chunked and vocab-parallel losses, and the choice of path). :func:`bind` also
+applies each framework's rule for mixed inputs.
 
 Nothing here imports a framework at module level: a framework is recognised only when
 it is already in ``sys.modules`` (the caller handed us one of its arrays), as
@@ -21,9 +22,13 @@ import array_api_compat
 
 from smoothloss.backends._base import Framework, native_kernels, use_native_kernels
 
-__all__ = ["Framework", "array_namespace", "bind", "framework", "framework_name", "native_kernels", "use_native_kernels"]
+__all__ = [
+    "Framework", "array_namespace", "bind", "framework", "framework_name", "losses", "native_kernels",
+    "use_native_kernels",
+]
 
 _BOUND: dict[str, Framework] = {}
+_LOSSES: dict[str, Any] = {}
 _FOREIGN = (bool, int, float)
 
 
@@ -57,19 +62,24 @@ def _binding(name: str, example: Any) -> Framework:
     fw = _BOUND.get(name)
     if fw is None:
         # plain import statements, not importlib: torch.compile can trace these when the
-        # first call to smoothloss happens inside a compiled function
+        # first call to smoothloss happens inside a compiled function. A framework's loss
+        # entry points (its autodiff layer) are imported with its facts.
         if name == "torch":
-            from smoothloss.backends import torch as module
+            from smoothloss.backends import torch as module, torch_autodiff as autodiff
         elif name == "jax":
-            from smoothloss.backends import jax as module
+            from smoothloss.backends import jax as module, jax_autodiff as autodiff
         elif name == "tensorflow":
-            from smoothloss.backends import tensorflow as module
+            from smoothloss.backends import tensorflow as module, tensorflow_autodiff as autodiff
         else:
-            module = None
+            module = autodiff = None
         if module is not None:
             fw = module.binding()
+            _LOSSES[name] = autodiff.LOSSES
         else:
+            from smoothloss.backends._autodiff import Losses
+
             fw = Framework(array_api_compat.array_namespace(example), name)
+            _LOSSES[name] = Losses(fw)
         _BOUND[name] = fw
     return fw
 
@@ -145,6 +155,13 @@ def _own(fw: Framework, a: Any) -> Any:
     if fw.name == "jax" and array_api_compat.is_numpy_array(a):
         return sys.modules["jax.numpy"].asarray(a)
     return a
+
+
+def losses(fw: Framework) -> Any:
+    """The loss entry points of the framework whose facts are ``fw``
+    (:class:`~smoothloss.backends._autodiff.Losses`: the autodiff registration and the
+    one choice of path per framework), bound with the facts by :func:`framework`."""
+    return _LOSSES[fw.name]
 
 
 def array_namespace(*arrays: Any) -> Any:

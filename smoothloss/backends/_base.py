@@ -1,7 +1,12 @@
-"""What every framework binding has: the Array-API kernels, the value and device
-lookups, the chunk loop and the gradient-free losses. :class:`Framework` is the
-binding of NumPy and array-api-strict (no autodiff); torch, JAX and TensorFlow subclass
-it in their own modules. Imports no framework.
+"""What every framework binding's facts are: the namespace, the value and device
+lookups, the index dtype, and the kernels (the Array-API composition here, the native
+ones in each framework's module). :class:`Framework` holds the facts of NumPy and
+array-api-strict; torch, JAX and TensorFlow subclass it in their own modules.
+
+A binding is a leaf: it never imports the algorithm (``_core``, ``_linear``,
+``_vocab_parallel``), which takes it as an argument. The losses' entry points, with
+their autodiff and their choice of path, are one layer up (``_autodiff`` and each
+framework's ``*_autodiff`` module). Imports no framework.
 """
 
 from __future__ import annotations
@@ -10,18 +15,17 @@ import contextlib
 import contextvars
 import math
 import os
+import threading
 import warnings
 from typing import Any, Iterator
 
 import array_api_compat
 
-from smoothloss import _core, _linear
 from smoothloss._formulas import shifted_nll
 
 __all__ = [
-    "COMPILE_MODES", "Framework", "Kernels", "compile_failed", "compile_mode", "compile_wanted", "native_kernels",
-    "set_compile_mode",
-    "use_native_kernels",
+    "COMPILE_MODES", "Framework", "Kernels", "before_first_block", "compile_failed", "compile_mode", "compile_wanted",
+    "native_kernels", "native_kernels_everywhere", "set_compile_mode", "use_native_kernels",
 ]
 
 _NATIVE = contextvars.ContextVar("smoothloss_native_kernels", default=True)
@@ -98,16 +102,41 @@ def native_kernels(enabled: bool) -> Iterator[None]:
     """Use (or not) the framework-native kernels inside the block, in this thread or
     task only (a :class:`contextvars.ContextVar`). A traced function keeps the choice
     that was in force when it was traced."""
+    while _BEFORE_FIRST_BLOCK:  # (a binding's one-time set-up for reading the switch in a trace)
+        _BEFORE_FIRST_BLOCK.pop()()
     token = _NATIVE.set(bool(enabled))
+    with _OPEN_LOCK:
+        _OPEN[0] += 1
     try:
         yield
     finally:
+        with _OPEN_LOCK:
+            _OPEN[0] -= 1
         _NATIVE.reset(token)
 
 
 def use_native_kernels() -> bool:
     """Whether the framework-native kernels are in use here (see :func:`native_kernels`)."""
     return _NATIVE.get()
+
+
+def native_kernels_everywhere() -> bool:
+    """True while no :func:`native_kernels` block is open in any thread: every caller
+    then uses the native kernels, with no need to read the switch (which a compiler's
+    tracer may not be able to read)."""
+    return _OPEN[0] == 0
+
+
+def before_first_block(fn: Any) -> None:
+    """Run ``fn()`` once, before the first :func:`native_kernels` block opens (a
+    binding's set-up for reading the switch inside traced code)."""
+    _BEFORE_FIRST_BLOCK.append(fn)
+
+
+# the number of native_kernels blocks open in any thread, and the set-ups still to run
+_OPEN = [0]
+_OPEN_LOCK = threading.Lock()
+_BEFORE_FIRST_BLOCK: list[Any] = []
 
 
 class Kernels:
@@ -215,12 +244,10 @@ def _integer_range(xp: Any, dtype: Any) -> tuple[int, int]:
 
 
 class Framework:
-    """One framework's binding. This base serves NumPy and array-api-strict: no
-    autodiff, so the losses are their forward passes."""
+    """One framework's facts and kernels. This base serves NumPy and array-api-strict."""
 
     name = "array-api"
     native_kernel_class = Kernels
-    compiled = False  # whether closed_forward and closed_backward are compiled kernels of their own
 
     def __init__(self, xp: Any, name: str | None = None) -> None:
         self.xp = xp
@@ -305,47 +332,3 @@ class Framework:
         if xp.isdtype(labels.dtype, "unsigned integer") and xp.iinfo(labels.dtype).bits >= xp.iinfo(dtype).bits:
             y = xp.where(y < 0, xp.iinfo(dtype).max, y)
         return y
-
-    # ------------------------------------------------------------------ losses
-    def closed_forward(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
-        """:func:`smoothloss._core.forward` with this binding; a compiled binding (torch
-        Inductor, TensorFlow XLA) runs it as its compiled kernel."""
-        return _core.forward(self, logits, targets, weight, opts)
-
-    def closed_backward(self, *args: Any) -> Any:
-        """:func:`smoothloss._core.backward` with this binding (as :meth:`closed_forward`)."""
-        return _core.backward(self, *args)
-
-    def closed_forward_and_grad(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
-        """``(loss, d loss/d logits)`` at cotangent 1: :func:`smoothloss._core.forward_and_grad`
-        with this binding; a compiled binding runs its two compiled kernels."""
-        if self.compiled:
-            loss, stats, scale = self.closed_forward(logits, targets, weight, opts)
-            return loss, self.closed_backward(logits, targets, weight, opts, stats, scale, loss, 1.0)[0]
-        return _core.forward_and_grad(self, logits, targets, weight, opts)
-
-    def fused(self, like: Any, numel: int | None) -> "Framework":
-        """The binding that runs the closed form on ``numel`` logits of ``like``'s kind: a
-        compiled one where the framework has one and the compile mode and its measured
-        threshold want it, else this one."""
-        return self
-
-    def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
-        """The dense loss, its gradient registered where the framework has autodiff."""
-        return _core.forward(self, logits, targets, weight, opts)[0]
-
-    def cross_entropy_and_grad(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> tuple[Any, Any]:
-        """``(loss, d loss/d logits)`` of the dense loss from the closed form (the gradient
-        of the sum of the per-position losses for ``"none"``), without autodiff."""
-        return self.fused(logits, _numel(logits)).closed_forward_and_grad(logits, targets, weight, opts)
-
-    def linear_cross_entropy(
-        self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: _core.Options, chunk: int
-    ) -> Any:
-        """The chunked linear loss, its gradient registered where the framework has autodiff."""
-        fw = self.fused(hidden, chunk * int(weight.shape[0]))  # the binding of each chunk's closed form
-        return _linear.chunked_forward(fw, hidden, weight, bias, labels, opts, chunk)[0]
-
-    def chunk_loop(self, *args: Any) -> Any:
-        """The loop over row chunks of the linear loss (a Python loop here)."""
-        return _linear.python_loop(self, *args)

@@ -301,7 +301,7 @@ def frameworks_on(device: str, frameworks: list[str]) -> tuple[str, list[str], s
     """``device`` spelled as ``python -m smoothloss check`` spells it ('GPU:1' -> 'cuda:1'), the
     frameworks of ``frameworks`` that have it here (each is imported and asked through its
     conformance driver, as ``check`` asks), and the line naming what each has, for a refusal."""
-    from smoothloss.backends.drivers import DRIVERS, get_driver
+    from smoothloss.testing.drivers import DRIVERS, get_driver
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     kind, _, index = device.partition(":")

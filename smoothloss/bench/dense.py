@@ -211,6 +211,13 @@ def _inputs(size: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 # --------------------------------------------------------------------------- timing
 
 
+def _torch_warmup_calls() -> int:
+    """The eager calls a torch call signature makes before its compiled kernels run."""
+    from smoothloss.backends.torch_compiled import WARMUP_CALLS
+
+    return WARMUP_CALLS
+
+
 def _time_size(framework: str, size: tuple[int, int], eps: float, repeats: int, warmup: int,
                min_sample_s: float, eager: bool, device: str = "cpu",
                impls: Sequence[Impl] | None = None) -> dict[str, dict[str, Any]]:
@@ -229,13 +236,16 @@ def _time_size(framework: str, size: tuple[int, int], eps: float, repeats: int, 
             t0 = time.perf_counter()
             loss = step()
             rec["first_call_ms"] = (time.perf_counter() - t0) * 1e3  # includes tracing / compiling
-            if calls is not None:  # torch: whether this step ran smoothloss's compiled kernels
-                rec["compiled_kernels"] = steps.compiled_calls() > calls  # type: ignore[misc]
             if not impl.floor:
                 rec["loss"] = steps.to_float(loss)
             del loss
-            for _ in range(max(0, warmup - 1)):
+            # (torch: past the eager calls a signature makes before its compiled kernels are built)
+            for _ in range(max(0, warmup - 1) + (_torch_warmup_calls() if calls is not None else 0)):
                 step()
+            if calls is not None:  # torch: whether the warmed-up step runs smoothloss's compiled kernels
+                before = steps.compiled_calls()  # type: ignore[misc]
+                step()
+                rec["compiled_kernels"] = steps.compiled_calls() > before  # type: ignore[misc]
             t0 = time.perf_counter()
             step()
             one = max(time.perf_counter() - t0, 1e-7)
@@ -278,7 +288,7 @@ def _worker_time(spec: dict[str, Any]) -> dict[str, Any]:
                               "memory": [], "crossover": None}
     log(f"{fw:<10} threads: {threads_text(fw, info, spec.get('threads'))}; device {device}")
     if fw == "torch":
-        from smoothloss.backends.torch import COMPILE_THRESHOLD
+        from smoothloss.backends.torch_compiled import COMPILE_THRESHOLD
 
         result["compile_threshold"] = COMPILE_THRESHOLD
     timing = (spec["smoothing"], spec["repeats"], spec["warmup"])
@@ -306,7 +316,7 @@ def _worker_time(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _worker_crossover(spec: dict[str, Any], timing: tuple[float, int, int], device: str) -> dict[str, Any]:
     """torch: smoothloss with compile mode "always" against "never", interleaved, per size."""
-    from smoothloss.backends.torch import COMPILE_THRESHOLD, COMPILED
+    from smoothloss.backends.torch_compiled import COMPILE_THRESHOLD, COMPILED
 
     entries = []
     for size in spec["crossover_sizes"]:
@@ -362,7 +372,7 @@ def _worker_first_call(spec: dict[str, Any]) -> dict[str, Any]:
     rec["calls_ms"] = [t * 1e3 for t in calls_s]
     rec["steady_ms"] = float(np.median(rec["calls_ms"][-FIRST_CALL_STEADY:]))
     if key == "smoothloss":  # a fresh process: every compiled call counted was one of these
-        from smoothloss.backends.torch import COMPILED
+        from smoothloss.backends.torch_compiled import COMPILED
 
         rec["compiled_kernels"] = COMPILED.calls > 0
         rec["compile_failed"] = COMPILED.broken
@@ -395,6 +405,10 @@ def _measure_memory(framework: str, key: str, size: tuple[int, int], eps: float,
         loss = step()  # the first full-size step: compiles / traces for this shape
         del loss
         steps.reset()
+        if framework == "torch" and key.startswith("smoothloss"):  # past the signature's eager warm-up calls
+            for _ in range(_torch_warmup_calls()):
+                step()
+                steps.reset()
         rec["extra_mib_first_step_ru_maxrss"] = (ru_maxrss() - ru0) / MIB
         if key in steps.extra:  # jax: XLA's own account of the compiled step
             ma = steps.extra[key]()

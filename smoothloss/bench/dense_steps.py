@@ -50,7 +50,7 @@ def _torch_steps(x_np: np.ndarray, y_np: np.ndarray, eps: float, eager: bool, de
     import torch.nn.functional as F
 
     import smoothloss
-    from smoothloss.backends.torch import COMPILED
+    from smoothloss.backends.torch_compiled import COMPILED
 
     dev = torch_device(device)
     on_gpu = dev.type != "cpu"
