@@ -1,7 +1,7 @@
 """The compiled path on TensorFlow: the core's closed-form backward compiled by XLA
 (``tf.function(jit_compile=True)``), eagerly and nested in a caller's ``tf.function``;
-the forward's row sums compiled too, or its statistics off TensorFlow's fused
-log_softmax on short rows.
+the forward's statistics off TensorFlow's fused log_softmax on short rows, off the sums
+over x - m and the softmax on long ones.
 
 Every case of tests/test_compiled.py runs through the XLA kernel and through the
 eager ones; both are compared with each other (float64: 1e-10, float32: 1e-5 relative)
@@ -59,7 +59,6 @@ def test_xla_matches_eager_and_reference_tensorflow(case, graph, rows, mode, dri
     # over x - m and the softmax (long rows; the grid's rows are short, so made long here)
     if rows == "long":
         monkeypatch.setattr(tf_facts, "SHORT_ROWS", 0)
-        monkeypatch.setattr(tf_binding, "XLA_SUMS_FROM", 0)  # the sums' XLA kernel at any size
     driver = driver_for("tensorflow")
     logits, targets, opts = case.make()
     x = driver.asarray(logits, case.dtype)
@@ -77,9 +76,6 @@ def test_xla_matches_eager_and_reference_tensorflow(case, graph, rows, mode, dri
     assert tf_binding.XLA.broken is None
     if not graph:
         assert tf_binding.XLA.calls["backward"] == calls["backward"] + 1  # the backward ran compiled
-        # the forward's sums over x - m: long rows, integer labels, smoothing
-        summed = rows == "long" and case.targets == "int" and opts.get("label_smoothing", 0.0) > 0
-        assert tf_binding.XLA.calls["sums"] == calls["sums"] + summed
     tol = tolerance(case.dtype)
     for c, e in zip(compiled, eager):
         assert c.dtype == e.dtype and c.shape == e.shape
@@ -88,27 +84,6 @@ def test_xla_matches_eager_and_reference_tensorflow(case, graph, rows, mode, dri
     assert rel_err(np.asarray(compiled[0], np.float64), ref_loss) <= tol
     if opts.get("reduction") != "none":
         assert rel_err(np.asarray(compiled[1], np.float64), ref_grad * float(cot)) <= tol
-
-
-def test_xla_forward_sums_only_from_their_size(mode, monkeypatch):
-    """Below ``XLA_SUMS_FROM`` logits the forward's row sums are TensorFlow's own ops (faster
-    there) while the backward still runs compiled; from it, the XLA kernel; both give the
-    reference."""
-    monkeypatch.setattr(tf_facts, "SHORT_ROWS", 0)
-    mode("always")
-    x = tf.constant(np.random.default_rng(5).normal(size=(6, 4)))
-    y = tf.constant([0, 1, 2, 3, 0, 1])
-    ref_loss, ref_grad = reference_cross_entropy(x.numpy(), y.numpy(), label_smoothing=0.1)
-    for start, summed in ((25, 0), (24, 1)):
-        monkeypatch.setattr(tf_binding, "XLA_SUMS_FROM", start)
-        calls = dict(tf_binding.XLA.calls)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = smoothloss.cross_entropy(x, y, label_smoothing=0.1)
-        g = tape.gradient(loss, x)
-        assert tf_binding.XLA.calls["sums"] == calls["sums"] + summed
-        assert tf_binding.XLA.calls["backward"] == calls["backward"] + 1
-        assert rel_err(loss.numpy(), ref_loss) <= 1e-10 and rel_err(g.numpy(), ref_grad) <= 1e-10
 
 
 def test_xla_in_a_graph_follows_the_mode_and_the_known_size(mode, monkeypatch):
@@ -171,7 +146,7 @@ def test_xla_with_unknown_class_count_and_new_sizes(options, mode):
 
 
 def _replace_kernel(monkeypatch, name, compiled):
-    """The XLA binding's compiled kernel ``name`` ("sums", "backward") replaced by ``compiled``."""
+    """The XLA binding's compiled kernel ``name`` ("backward") replaced by ``compiled``."""
     monkeypatch.setitem(tf_binding.XLA.kernels_by_name, name, (compiled, tf_binding.XLA.kernels_by_name[name][1]))
 
 
@@ -233,24 +208,6 @@ def test_linear_chunks_run_the_xla_kernels(name, graph, mode):
     for c, e, r in zip(results["always"], results["never"], ref):
         assert rel_err(c, e) <= 1e-10
         assert rel_err(c, r) <= 1e-10
-
-
-def test_xla_failure_in_the_forward_warns_once_and_runs_eager(mode, monkeypatch):
-    _failing_xla(mode, monkeypatch, tf.errors.UnimplementedError(None, None, "no XLA for the sums"), "sums")
-    monkeypatch.setattr(tf_facts, "SHORT_ROWS", 0)  # rows of any length take the sums
-    monkeypatch.setattr(tf_binding, "XLA_SUMS_FROM", 0)  # ... compiled at any size
-    x = tf.constant(np.random.default_rng(2).normal(size=(5, 3)))
-    y = tf.constant([0, 1, 2, 0, 1])
-    ref_loss, ref_grad = reference_cross_entropy(x.numpy(), y.numpy(), label_smoothing=0.2)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        with pytest.warns(RuntimeWarning, match=r"could not compile its kernels with XLA \(UnimplementedError: no XLA"):
-            loss = smoothloss.cross_entropy(x, y, label_smoothing=0.2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # once per process: the backward runs eagerly, with no second warning
-        g = tape.gradient(loss, x)
-    assert rel_err(loss.numpy(), ref_loss) <= 1e-10
-    assert rel_err(g.numpy(), ref_grad) <= 1e-10
 
 
 def test_out_of_memory_is_raised_not_taken_for_an_xla_failure(mode, monkeypatch):

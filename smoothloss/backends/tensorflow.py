@@ -51,7 +51,7 @@ class TensorflowKernels(Kernels):
         # each row's maximum, is exactly
         # 1 / Σ exp(z): lse_rel is minus its log. The control dependency orders the two,
         # so z is freed before the softmax is made: one B×K temporary at a time.
-        m, sum_z = self.shifted_sums(x, weight, sum_w is not None)
+        m, sum_z = _shifted_sums(x, weight, sum_w is not None)
         with tf.control_dependencies([] if sum_z is None else [sum_z]):
             lse_rel = -tf.math.log(tf.reduce_max(tf.nn.softmax(x, axis=-1), axis=-1))
         sum_nll = None if sum_z is None else lse_rel * sum_w - sum_z
@@ -59,11 +59,6 @@ class TensorflowKernels(Kernels):
         if labels is not None:
             nll_y = shifted_nll(m, lse_rel, tf.gather(x, labels, axis=-1, batch_dims=rows))
         return m, lse_rel, sum_nll, nll_y
-
-    def shifted_sums(self, x: Any, weight: Any, summed: bool) -> tuple[Any, Any]:
-        """``(m, Σ_c w_c (x_c - m))`` over the last axis, m the row maximum (the sum None
-        unless ``summed``; w = 1 without a weight)."""
-        return _shifted_sums(x, weight, summed)
 
     def softmax_affine(self, x: Any, stats: Any, scale: Any, shift: Any, *, row_lse: bool = True) -> Any:
         if not row_lse:

@@ -1,5 +1,5 @@
-"""The TensorFlow binding's XLA-compiled kernels: the closed-form backward and the
-forward's row sums as ``tf.function(jit_compile=True)``, the varying options
+"""The TensorFlow binding's XLA-compiled kernel: the closed-form backward as a
+``tf.function(jit_compile=True)``, the varying options
 (:data:`smoothloss._options.VARYING`) as tensor inputs, so that a schedule traces once.
 :func:`wanted` decides whether an eager call runs them.
 """
@@ -14,11 +14,11 @@ import tensorflow as tf
 from smoothloss import _core, _linear, _options
 from smoothloss.backends import tensorflow_namespace
 from smoothloss.backends._autodiff import Closed
-from smoothloss.backends._base import Kernels, _numel, compile_failed, compile_wanted
-from smoothloss.backends.tensorflow import FW, TensorflowFramework, TensorflowKernels, _scatter_at_labels
-from smoothloss.backends.tensorflow import _shifted_sums, while_loop
+from smoothloss.backends._base import Kernels, compile_failed, compile_wanted
+from smoothloss.backends.tensorflow import FW, TensorflowFramework, _scatter_at_labels
+from smoothloss.backends.tensorflow import while_loop
 
-__all__ = ["COMPILE_THRESHOLD", "XLA", "XLA_SUMS_FROM", "XlaClosed", "chunk_loop", "wanted"]
+__all__ = ["COMPILE_THRESHOLD", "XLA", "XlaClosed", "chunk_loop", "wanted"]
 
 # Calls on at least this many logits run the XLA-compiled kernels under
 # set_compile_mode("auto"); below, TensorFlow's own kernels are as fast (the path table
@@ -57,51 +57,25 @@ class _ReferenceBinding(TensorflowFramework):
 _REFERENCE = _ReferenceBinding(tensorflow_namespace)
 
 
-# Logits from which the forward's row sums run as one XLA kernel; below, TensorFlow's
-# own three ops are faster (the path table in docs/transforms.md).
-XLA_SUMS_FROM = 1 << 23
-
-
-class _CompiledKernels(TensorflowKernels):
-    """The native kernels with the row sums of the forward compiled by XLA (for large
-    logits, or of a size unknown while tracing)."""
-
-    def shifted_sums(self, x: Any, weight: Any, summed: bool) -> tuple[Any, Any]:
-        numel = _numel(x)
-        if not summed or (numel is not None and numel < XLA_SUMS_FROM):
-            return _shifted_sums(x, weight, summed)  # TensorFlow's own ops (the maximum alone: one)
-        return XLA.run("sums", x, weight, True)
-
-
-class _CompiledFacts(TensorflowFramework):
-    """TensorFlow's facts with :class:`_CompiledKernels`."""
-
-    native_kernel_class = _CompiledKernels
-
-
 class XlaClosed(Closed):
-    """The binding whose closed-form backward, and the forward's sums over x - m, are
-    ``tf.function``\\ s with ``jit_compile=True``: XLA fuses the backward into one loop
-    that reads the logits and writes the gradient, with no other B×K temporary, and the
-    forward's row maximum and sums over x - m into one kernel (three TensorFlow ops
-    otherwise, which are faster below ``XLA_SUMS_FROM`` logits). Each is traced once
-    per dtype and option set (``reduce_retracing``: a new batch size does not
-    retrace), compiled by XLA per shape; inside a caller's graph it is a nested XLA
-    cluster. The forward's softmax is TensorFlow's own (see
-    :meth:`TensorflowKernels.log_softmax_stats`): XLA:CPU materialises the operand of
-    each row reduction, so a compiled log-sum-exp would hold x - m and exp(x - m) at
-    once. An eager compile that fails warns once per process; the eager kernels run
-    from then on."""
+    """The closed form whose backward is a ``tf.function`` with ``jit_compile=True``: XLA
+    fuses it into one loop that reads the logits and writes the gradient, with no other
+    B×K temporary. It is traced once per dtype and option set (the varying options are
+    tensor inputs; ``reduce_retracing``: a new batch size does not retrace), compiled
+    by XLA per shape; inside a caller's graph it is a nested XLA cluster. The forward
+    is TensorFlow's own kernels (see :meth:`TensorflowKernels.log_softmax_stats`):
+    XLA:CPU materialises the operand of each row reduction, so a compiled log-sum-exp
+    would hold x - m and exp(x - m) at once, and compiled row sums were no faster
+    (docs/transforms.md). An eager compile that fails warns once per process; the
+    eager kernels run from then on."""
 
     compiled = True
 
     def __init__(self) -> None:
-        super().__init__(_CompiledFacts(tensorflow_namespace), loop=chunk_loop)
+        super().__init__(FW, loop=chunk_loop)
         self.broken: str | None = None
-        self.calls = {"sums": 0, "backward": 0}  # eager compiled calls made (the tests read them)
+        self.calls = {"backward": 0}  # eager compiled calls made (the tests read them)
         self.kernels_by_name = {
-            "sums": (tf.function(_ranked(_shifted_sums), jit_compile=True, autograph=False, reduce_retracing=True),
-                     _shifted_sums),
             "backward": (tf.function(_ranked(_xla_backward), jit_compile=True, autograph=False, reduce_retracing=True),
                          _eager_backward),
         }
