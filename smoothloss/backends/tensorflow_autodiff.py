@@ -27,8 +27,9 @@ class TensorflowLosses(Losses):
     """TensorFlow's entry points. The path table: the XLA-compiled closed form
     (:data:`~smoothloss.backends.tensorflow_compiled.XLA`) where
     :func:`~smoothloss.backends.tensorflow_compiled.wanted` says so, else the eager
-    kernels; a backward watched by a tape (second derivatives) recomputes with the
-    Array-API composition."""
+    kernels, with a forward that makes only what the logits' gradient reads where that
+    is all the backward needs; a backward watched by a tape (second derivatives)
+    recomputes with the Array-API composition."""
 
     def closed(self, like: Any, numel: Any, **signature: Any) -> Closed:
         return XLA if tensorflow_compiled.wanted(numel) else self.eager
@@ -36,11 +37,17 @@ class TensorflowLosses(Losses):
     def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
         floating = targets.dtype.is_floating
         closed = self.closed(logits, _numel(logits))  # XLA-compiled where it pays
+        # the logits' gradient alone, from the eager kernels: the forward makes no statistic
+        # that the backward does not read (fewer ops, which is what an eager call costs)
+        lean = closed is self.eager and weight is None and not floating
 
         @tf.custom_gradient
         def loss_fn(logits: Any, targets: Any, *maybe_weight: Any) -> Any:
             w = maybe_weight[0] if maybe_weight else None
-            loss, stats, scale = closed.forward(logits, targets, w, opts)
+            if lean:
+                loss, stats, scale = _core.forward(FW, logits, targets, w, opts, stats=False)
+            else:
+                loss, stats, scale = closed.forward(logits, targets, w, opts)
 
             def grad(cotangent: Any) -> Any:
                 needs = (True, floating, w is not None)

@@ -30,7 +30,7 @@ __all__ = ["COMPILED", "COMPILE_THRESHOLD", "CompiledClosed", "WARMUP_CALLS", "s
 # set_compile_mode("auto"): below it, a compiled call's fixed cost (guards, launch) is
 # more than the passes it saves (the bench's compiled-vs-eager ladder; the ratios are in
 # docs/benchmarks.md and the path table in docs/transforms.md).
-COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 1 << 18))
+COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 3 << 15))
 
 # Under "auto", a call signature (device, dtype, target kind, weight, option constants)
 # runs the eager kernels this many times before its compiled kernels are built: a
