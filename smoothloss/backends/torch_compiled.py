@@ -35,7 +35,7 @@ COMPILE_THRESHOLD = int(os.environ.get("SMOOTHLOSS_COMPILE_THRESHOLD", 3 << 15))
 # Under "auto", a call signature (device, dtype, target kind, weight, option constants)
 # runs the eager kernels this many times before its compiled kernels are built: a
 # one-off call (a notebook cell, a unit test, a short job) never pays a compile, a
-# training loop pays it once, at this step.
+# training loop pays it once, at the step after these.
 WARMUP_CALLS = int(os.environ.get("SMOOTHLOSS_COMPILE_WARMUP", 8))
 
 
@@ -50,10 +50,11 @@ class _GraphKernels(Kernels):
       out-of-place ``scatter_add`` is a second, cheaper loop over the rows writing into
       the same buffer;
     * float32 ``exp`` on the CPU, which Inductor's C++ loops take from SLEEF's 1-ulp
-      ``expf``, slower than torch's own ``exp``; ``exp2(z·log2 e)`` is faster than both. Rounding z·log2 e adds a relative error
-      of about |z|·2⁻²⁴ to exp(z), z = x - max: at most 1.2e-6 for the terms above e⁻²⁰ of
-      the largest, which are all that move a float32 sum or probability. Float64 (its
-      rounding is 2⁻⁵³) and CUDA (Triton's exp is already exp2 of a product) keep ``exp``.
+      ``expf``, slower than torch's own ``exp``; ``exp2(z·log2 e)`` is faster than both.
+      Rounding z·log2 e adds a relative error of about |z|·2⁻²⁴ to exp(z), z = x - max:
+      at most 1.2e-6 for the terms above e⁻²⁰ of the largest, which are all that move a
+      float32 sum or probability. Float64 (its rounding is 2⁻⁵³) and CUDA (Triton's exp
+      is already exp2 of a product) keep ``exp``.
     """
 
     def exp(self, z: Any) -> Any:
