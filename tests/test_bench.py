@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from smoothloss import bench
-from smoothloss.bench import cli, common, dense, dense_report, dense_steps, linear
+from smoothloss.bench import cli, common, dense, dense_report, dense_steps, linear, schedule
 from smoothloss.bench.common import FRAMEWORKS, size_name
 
 # pytest -n auto (README): the quick benchmark runs once, in one worker
@@ -487,6 +487,210 @@ def test_first_call_options(argv, size, tmp_path, monkeypatch):
     assert rc == 0 and settings["first_call_size"] == size
 
 
+# --------------------------------------------------------------------------- TensorFlow smoothing schedule
+
+SCHEDULE_HEAD = "\nTensorFlow smoothing schedule (ε changes every step, eager, 512×4096): on the CPU, "
+SL_LABEL = 'smoothloss.cross_entropy, set_compile_mode("always") (XLA backward)'
+KERAS_LABEL = "Keras CategoricalCrossentropy(label_smoothing=ε) on one-hot, new each step"
+
+
+def _smoothed_ce(x: np.ndarray, y: np.ndarray, eps: float) -> float:
+    """The label-smoothed cross-entropy, mean over rows, in float64 NumPy."""
+    x = x.astype(np.float64)
+    logp = x - x.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    return float(np.mean(-(1 - eps) * logp[np.arange(len(y)), y] - eps * logp.mean(1)))
+
+
+def test_schedule_worker_in_process():
+    """The schedule worker itself at 8×10, 4 steps: ε changes every step, every step is timed and
+    its resident set read, smoothloss runs its XLA backward at every step and traces it at most once,
+    both losses are the smoothed cross-entropy of that step's ε, and the compile mode is restored."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("keras")
+    import smoothloss
+
+    mode = smoothloss.compile_mode()
+    spec = {"task": "schedule", "framework": "tensorflow", "size": [8, 10], "steps": 4}
+    recs = {key: dense.worker({**spec, "implementation": key}) for key in schedule.SCHEDULE_IMPLS}
+    assert list(recs) == ["smoothloss", "keras.CCE"] and smoothloss.compile_mode() == mode
+    x, y = schedule._inputs((8, 10))
+    for rec in recs.values():
+        assert "error" not in rec, rec["error"]
+        assert rec["pid"] == os.getpid() and rec["size"] == [8, 10] and rec["steps"] == 4
+        assert rec["eps"] == [0.01, 0.02, 0.03, 0.04]
+        assert len(rec["step_ms"]) == len(rec["rss_mib"]) == len(rec["loss"]) == 4
+        assert all(t > 0 for t in rec["step_ms"])
+        if common.rss_now_and_hwm() is not None:
+            assert all(r > 1 for r in rec["rss_mib"])
+        assert rec["loss"] == pytest.approx([_smoothed_ce(x, y, e) for e in rec["eps"]], rel=1e-5)
+        assert len(set(rec["loss"])) == 4  # ε did change
+    sl = recs["smoothloss"]
+    assert sl["compile_mode"] == "always" and sl["compile_failed"] is None and sl["compiled_calls"] == 4
+    assert len(sl["traces"]) == 4 and sl["traces"] == sorted(sl["traces"])
+    assert sl["traces"][-1] - sl["traces_before"] <= 1
+    assert recs["keras.CCE"]["traces"] is None
+    summary = schedule.summarise({"size": [8, 10], "steps": 4, "eps": schedule.epsilons(4), "results": recs})
+    rows = {r["implementation"]: r for r in summary["rows"]}
+    assert rows["smoothloss"]["traces"] <= 1 and rows["keras.CCE"]["traces"] is None
+    assert summary["losses_match"] is True
+    assert rows["smoothloss"]["median_ms"] == statistics.median(sl["step_ms"][1:])
+    assert rows["smoothloss"]["rss_growth_mib"] == sl["rss_mib"][-1] - sl["rss_mib"][1]
+
+
+def _fake_schedule() -> dict:
+    """A hand-made schedule measurement: 16 steps, smoothloss traced once."""
+    loss = [2.0 + 0.01 * i for i in range(16)]
+    sl = {"implementation": "smoothloss", "steps": 16, "step_ms": [150.0] + [8.0 + i % 3 for i in range(15)],
+          "rss_mib": [800.0] + [812.0] * 14 + [812.5], "traces_before": 0, "traces": [1] * 16, "loss": loss,
+          "compile_mode": "always", "compiled_calls": 16, "compile_failed": None}
+    keras = {"implementation": "keras.CCE", "steps": 16, "step_ms": [30.0] + [20.0 + i % 5 for i in range(15)],
+             "rss_mib": [700.0] + [705.0] * 14 + [717.5], "traces_before": None, "traces": None, "loss": list(loss)}
+    return {"size": [512, 4096], "steps": 16, "eps": schedule.epsilons(16),
+            "results": {"smoothloss": sl, "keras.CCE": keras}}
+
+
+def test_schedule_from_known_numbers():
+    report = _fake_report()
+    assert dense_report.summarise(report["frameworks"])["schedule"] is None
+    report["frameworks"]["torch"]["first_call"] = _fake_first_call()
+    report["frameworks"]["tensorflow"]["schedule"] = _fake_schedule()
+    assert not dense.failed(report["frameworks"])
+    report["summary"] = summary = dense_report.summarise(report["frameworks"])
+    s = summary["schedule"]
+    assert s["size"] == [512, 4096] and s["steps"] == 16 and s["builtin"] == "keras.CCE"
+    assert s["eps"][0] == 0.01 and s["eps"][-1] == 0.16 and s["losses_match"] is True
+    rows = {r["implementation"]: r for r in s["rows"]}
+    assert list(rows) == ["smoothloss", "keras.CCE"]
+    sl, kr = rows["smoothloss"], rows["keras.CCE"]
+    assert (sl["traces"], sl["rss_growth_mib"], sl["median_ms"], sl["first_step_ms"]) == (1, 0.5, 9.0, 150.0)
+    assert (kr["traces"], kr["rss_growth_mib"], kr["median_ms"], kr["first_step_ms"]) == (None, 12.5, 22.0, 30.0)
+    assert sl["vs_builtin"] == 9.0 / 22.0 and kr["vs_builtin"] == 1.0 and sl["compiled_calls"] == 16
+    md = cli.markdown_tables(report)
+    assert (SCHEDULE_HEAD + "float32 logits in a `tf.Variable`, integer labels, 16 eager steps (forward+backward "
+            "under a `tf.GradientTape`) with ε = 0.01·(step+1), from 0.01 to 0.16; each implementation in a new "
+            "Python process.") in md
+    assert "RSS growth: VmRSS after step 16 minus after step 2; median step ms: of steps 2–16" in md
+    assert ("| implementation | traces | RSS growth steps 2–16 MiB | median step ms | ÷ Keras |\n"
+            "|---|---:|---:|---:|---:|\n"
+            f"| {SL_LABEL} | 1 | 0.50 | 9.00 | 0.41× |\n"
+            f"| {KERAS_LABEL} | — | 12.5 | 22.0 | 1.00× |\n\n"
+            "The two losses agree at every step (relative difference ≤ 0.0001).\n") in md
+    # after the first-call section, before the tiny batch
+    assert md.index("\nFirst call in a fresh process") < md.index(SCHEDULE_HEAD) < md.index("\nTiny batch 32×10")
+    # a function traced again at every step, its resident set growing, and a loss that differs
+    sched = report["frameworks"]["tensorflow"]["schedule"]["results"]
+    sched["smoothloss"].update(traces=list(range(1, 17)), rss_mib=[800.0 + 8 * i for i in range(16)],
+                               step_ms=[200.0] + [40.0] * 15)
+    sched["keras.CCE"]["loss"][3] += 0.01
+    report["summary"] = dense_report.summarise(report["frameworks"])
+    row = report["summary"]["schedule"]["rows"][0]
+    assert (row["traces"], row["rss_growth_mib"], row["median_ms"]) == (16, 112.0, 40.0)
+    md = cli.markdown_tables(report)
+    assert f"| {SL_LABEL} | 16 | 112.0 | 40.0 | 1.82× |\n" in md
+    assert "**The two losses differ** at some step (by more than 0.0001 relative)." in md
+    # a process that failed: its row says so, no ratio is made up, and the run counts as failed
+    sched["smoothloss"] = {"implementation": "smoothloss", "error": "worker exit status 1: boom"}
+    assert dense.failed(report["frameworks"])
+    report["summary"] = dense_report.summarise(report["frameworks"])
+    s = report["summary"]["schedule"]
+    assert s["rows"][0]["vs_builtin"] is None and s["rows"][0]["traces"] is None and s["losses_match"] is None
+    md = cli.markdown_tables(report)
+    assert f"| {SL_LABEL} | failed: worker exit status 1: boom | | | |\n" in md
+    assert "The two losses" not in md
+
+
+def test_schedule_processes(monkeypatch):
+    """``schedule.run``: one worker per implementation, smoothloss first, each given the size,
+    steps, threads and device; ``dense.run`` runs it after TensorFlow's timing, unless switched off."""
+    seen = []
+
+    def fake_run_worker(spec, timeout_s, env=None):
+        seen.append(spec)
+        return {"implementation": spec["implementation"], "step_ms": [1.0, 2.0], "rss_mib": [1.0, 1.0],
+                "traces": None, "loss": [1.0, 1.0]}
+
+    monkeypatch.setattr(schedule, "run_worker", fake_run_worker)
+    settings = {"schedule_size": [8, 10], "schedule_steps": 4, "threads": 1}
+    measured = schedule.run(settings, 60.0)
+    assert [spec["implementation"] for spec in seen] == ["smoothloss", "keras.CCE"]
+    for spec in seen:
+        assert spec == {"task": "schedule", "framework": "tensorflow", "implementation": spec["implementation"],
+                        "size": [8, 10], "steps": 4, "threads": 1, "device": "cpu"}
+    assert measured["size"] == [8, 10] and measured["steps"] == 4 and measured["eps"] == [0.01, 0.02, 0.03, 0.04]
+    assert list(measured["results"]) == ["smoothloss", "keras.CCE"]
+
+    calls = []
+    monkeypatch.setattr(schedule, "run", lambda settings, timeout_s: calls.append(settings) or {"results": {}})
+    timing = {"framework": "tensorflow", "sizes": [], "dispatch": None, "memory": [], "crossover": None}
+    monkeypatch.setattr(dense, "run_worker", lambda spec, timeout_s, env=None: dict(timing))
+    base = {"frameworks": ["tensorflow"], "sizes": [], "smoothing": 0.1, "repeats": 1, "warmup": 1,
+            "min_sample_s": 0.001, "tiny": False, "tiny_min_sample_s": 0.001, "memory": False, "quick": True,
+            "threads": None, "schedule_steps": 16}
+    res = dense.run({**base, "schedule_size": [512, 4096]}, 60.0)
+    assert res["tensorflow"]["schedule"] == {"results": {}} and calls[0]["schedule_size"] == [512, 4096]
+    assert "schedule" not in dense.run({**base, "schedule_size": None}, 60.0)["tensorflow"] and len(calls) == 1
+    monkeypatch.setattr(dense, "run_worker", lambda spec, timeout_s, env=None: {"error": "worker exit status 1"})
+    assert "schedule" not in dense.run({**base, "schedule_size": [512, 4096]}, 60.0)["tensorflow"]
+    assert len(calls) == 1  # no schedule for a framework whose timing failed
+
+
+@pytest.mark.parametrize("argv, size", [
+    (["--quick"], list(schedule.SCHEDULE_SIZE)),
+    ([], list(schedule.SCHEDULE_SIZE)),
+    (["--quick", "--no-schedule"], None),
+])
+def test_schedule_options(argv, size, tmp_path, monkeypatch):
+    if "tensorflow" not in INSTALLED:
+        pytest.skip("tensorflow is not installed")
+    rc, settings, _ = _settings([*argv, "--frameworks", "tensorflow"], tmp_path, monkeypatch)
+    assert rc == 0 and settings["schedule_size"] == size and settings["schedule_steps"] == 16
+
+
+def test_schedule_flag_parses_and_is_in_the_help(capsys):
+    p = cli.build_parser()
+    assert p.parse_args(["--no-schedule"]).no_schedule is True and p.parse_args([]).no_schedule is False
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--no-schedule skip TensorFlow's smoothing schedule: 16 eager steps at 512×4096" in out
+
+
+def test_quick_run_measures_the_tensorflow_schedule(quick_run):
+    if "tensorflow" not in INSTALLED:
+        pytest.skip("tensorflow is not installed")
+    _, out, docs, report = quick_run
+    assert report["settings"]["schedule_size"] == list(schedule.SCHEDULE_SIZE)
+    measured = report["frameworks"]["tensorflow"]["schedule"]
+    assert measured["size"] == [512, 4096] and measured["steps"] == 16 and measured["eps"] == schedule.epsilons(16)
+    recs = measured["results"]
+    assert list(recs) == ["smoothloss", "keras.CCE"]
+    for rec in recs.values():
+        assert "error" not in rec, rec["error"]
+        assert len(rec["step_ms"]) == len(rec["rss_mib"]) == len(rec["loss"]) == 16
+    assert len({rec["pid"] for rec in recs.values()} | {os.getpid()}) == 3  # a fresh process each
+    sl = recs["smoothloss"]
+    # a fresh process: the XLA backward is traced at the first step and never again
+    assert sl["traces_before"] == 0 and sl["traces"] == [1] * 16
+    assert sl["compiled_calls"] == 16 and sl["compile_failed"] is None
+    s = report["summary"]["schedule"]
+    assert s["losses_match"] is True
+    rows = {r["implementation"]: r for r in s["rows"]}
+    ref = statistics.median(recs["keras.CCE"]["step_ms"][1:])
+    for key, row in rows.items():
+        rec = recs[key]
+        assert row["median_ms"] == statistics.median(rec["step_ms"][1:])
+        assert row["rss_growth_mib"] == rec["rss_mib"][15] - rec["rss_mib"][1]
+        assert row["vs_builtin"] == row["median_ms"] / ref
+    assert rows["smoothloss"]["traces"] == 1 and rows["keras.CCE"]["traces"] is None
+    sl_row = rows["smoothloss"]
+    line = (f"| {SL_LABEL} | 1 | {schedule._fmt_mib(sl_row['rss_growth_mib'])} "
+            f"| {common.fmt_ms(sl_row['median_ms'])} | {common.fmt_ratio(sl_row['vs_builtin'])} |")
+    for text in ((out / "bench.md").read_text(), docs.read_text()):
+        assert SCHEDULE_HEAD in text and line in text
+
+
 @pytest.mark.parametrize("load, warned", [((3.2, 2.0, 1.0), True), ((0.1, 0.2, 0.3), False)])
 def test_load_average_warning(load, warned, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(common.os, "getloadavg", lambda: load)
@@ -714,25 +918,29 @@ def _imported_modules(module) -> set[str]:
 
 
 def test_imports_point_one_way():
-    """cli -> dense_report -> dense -> dense_steps, and dense, linear -> common: no cycle; the
-    harness uses smoothloss's public names only (and ``smoothloss._linear.CHUNK_BYTES``,
-    ``smoothloss.backends.torch_compiled``'s ``COMPILE_THRESHOLD`` and ``COMPILED``, and the drivers that
-    ``python -m smoothloss check`` finds devices with)."""
-    imports = {m: _imported_modules(m) for m in (cli, dense, dense_steps, dense_report, linear, common)}
+    """cli -> dense_report -> dense -> dense_steps, dense_report, dense -> schedule, and dense, linear,
+    schedule -> common: no cycle; the harness uses smoothloss's public names only (and
+    ``smoothloss._linear.CHUNK_BYTES``, ``smoothloss.backends.torch_compiled``'s ``COMPILE_THRESHOLD``
+    and ``COMPILED``, ``smoothloss.backends.tensorflow_compiled``'s ``XLA`` (its backward's traces), and
+    the drivers that ``python -m smoothloss check`` finds devices with)."""
+    imports = {m: _imported_modules(m) for m in (cli, dense, dense_steps, dense_report, linear, common, schedule)}
 
     def bench_modules(m):
         return {i for i in imports[m] if i.startswith("smoothloss.bench")}
 
     assert bench_modules(common) == bench_modules(dense_steps) == set()
-    assert bench_modules(dense) == {"smoothloss.bench.common", "smoothloss.bench.dense_steps"}
-    assert bench_modules(dense_report) == {"smoothloss.bench.common", "smoothloss.bench.dense"}
-    assert bench_modules(linear) == {"smoothloss.bench.common"}
+    assert bench_modules(dense) == {"smoothloss.bench", "smoothloss.bench.common", "smoothloss.bench.dense_steps",
+                                    "smoothloss.bench.schedule"}
+    assert bench_modules(dense_report) == {"smoothloss.bench", "smoothloss.bench.common", "smoothloss.bench.dense",
+                                           "smoothloss.bench.schedule"}
+    assert bench_modules(linear) == bench_modules(schedule) == {"smoothloss.bench.common"}
     assert bench_modules(cli) == {"smoothloss.bench", "smoothloss.bench.dense", "smoothloss.bench.dense_report",
-                                  "smoothloss.bench.linear", "smoothloss.bench.common"}
+                                  "smoothloss.bench.linear", "smoothloss.bench.common", "smoothloss.bench.schedule"}
     for m in imports:
         private = {i for i in imports[m] if i.startswith(("smoothloss._", "smoothloss.backends"))}
         # the compiled kernels' threshold and call count; the drivers' device discovery (as ``check``'s)
-        assert private <= {"smoothloss._linear", "smoothloss.backends.torch_compiled", "smoothloss.testing.drivers"}, (
+        assert private <= {"smoothloss._linear", "smoothloss.backends.torch_compiled",
+                           "smoothloss.backends.tensorflow_compiled", "smoothloss.testing.drivers"}, (
             m.__name__, private)
     # importing the package (``python -m smoothloss bench`` does) loads neither the harness nor a framework
     code = ("import sys, smoothloss.bench\n"

@@ -6,6 +6,9 @@ peak memory.
   fresh subprocess per framework × implementation × size, torch's first call in a fresh
   subprocess per implementation), with its steps in ``smoothloss.bench.dense_steps`` and its
   summary, tables and plot in ``smoothloss.bench.dense_report``;
+* ``smoothloss.bench.schedule``: TensorFlow, ε changing every step of an eager loop, smoothloss's
+  XLA backward (its traces, the resident set, the step time) against Keras, each in a fresh
+  subprocess;
 * ``smoothloss.bench.linear``: ``linear_cross_entropy(hidden, weight, labels)`` against
   ``cross_entropy(hidden @ weight.T, labels)`` (``--linear NxHxV``, ``--only-linear``), one
   fresh subprocess per run; also ``python -m smoothloss.bench.linear N H V [chunk]`` alone;

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smoothloss.bench import dense, dense_report, linear
+from smoothloss.bench import dense, dense_report, linear, schedule
 from smoothloss.bench.common import (
     FRAMEWORKS, LOAD_LIMIT_START, PACKAGE_DIR, apply_threads, load_warning, loadavg, log, size_name, threads_text,
     write_json,
@@ -206,12 +206,16 @@ def docs_page(report: dict[str, Any], png_name: str | None, command: str) -> str
         "`smoothloss.cross_entropy` is measured in the default compile mode, which runs kernels compiled by "
         "`torch.compile` from a threshold of logits up, and with `set_compile_mode(\"never\")` (eager kernels); "
         "the ratios and targets use the default. The first call of each implementation at each size is "
-        "reported: it includes tracing and compiling, which torch pays once per process per dtype and option "
-        "set (every batch size reuses the compiled kernels), while `jax.jit` and `tf.function` compile again "
-        "for each new shape. A ladder of sizes, compiled against eager kernels, shows from which size "
+        "reported: it includes tracing and compiling where they happen. In the default mode smoothloss's torch "
+        "kernels are compiled once per process per dtype and option set, at the first call after a call "
+        "signature's eager warm-up calls (warmed up past them here; every batch size reuses the compiled "
+        "kernels), while `jax.jit` and `tf.function` compile again for each new shape. A ladder of sizes, compiled against eager kernels, shows from which size "
         "compiling pays; the first call of smoothloss and of `F.cross_entropy`, each in a fresh process with "
         "empty Inductor and Triton caches, shows what that compiling costs a new process. `F.cross_entropy` is "
         "also measured under `torch.compile`, warmed up like the others, its compiling in its first call. "
+        "On TensorFlow, a smoothing schedule (ε changing at every step of an eager loop, each implementation in "
+        "a fresh process) shows how often smoothloss's XLA-compiled backward is traced, and the resident set and "
+        "step time of each step, beside Keras's loss constructed anew at every step. "
         "Threads: the threading each framework used is printed at its start and given above; "
         "the 1-minute load average is read before the first measurement and after the last, and a warning "
         "is printed and written into this page when it shows another process competing for the CPUs. Memory: "
@@ -247,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: those installed)")
     p.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
     p.add_argument("--quick", action="store_true", help="CI mode: tiny sizes, few repeats (torch's first call in a fresh "
-                   f"process is still measured, at {size_name(dense.FIRST_CALL_SIZE)})")
+                   f"process is still measured, at {size_name(dense.FIRST_CALL_SIZE)}, and TensorFlow's smoothing "
+                   f"schedule, at {size_name(schedule.SCHEDULE_SIZE)})")
     p.add_argument("--repeats", type=int, default=None, help="interleaved samples per implementation "
                    "(default 10; --quick 3)")
     p.add_argument("--smoothing", type=float, default=0.1, help="label smoothing ε (default 0.1)")
@@ -257,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-first-call", action="store_true",
                    help=f"skip torch's first call at {size_name(dense.FIRST_CALL_SIZE)} in a fresh process with "
                    "empty compiler caches (smoothloss and F.cross_entropy)")
+    p.add_argument("--no-schedule", action="store_true",
+                   help=f"skip TensorFlow's smoothing schedule: {schedule.SCHEDULE_STEPS} eager steps at "
+                   f"{size_name(schedule.SCHEDULE_SIZE)}, ε changing every step, of smoothloss (its XLA backward: "
+                   "traces, resident set, step time) and Keras CategoricalCrossentropy, each in a fresh process")
     p.add_argument("--docs", default=None, help="also write this Markdown page (e.g. docs/benchmarks.md), "
                    "with the plot next to it")
     p.add_argument("--note", default=None, help="a sentence to put in the docs page (e.g. about machine load)")
@@ -406,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         "only_linear": args.only_linear, "device": device,
         "crossover_sizes": [list(s) for s in crossover] if "torch" in frameworks else [],
         "first_call_size": list(dense.FIRST_CALL_SIZE) if "torch" in frameworks and not args.no_first_call else None,
+        "schedule_size": (list(schedule.SCHEDULE_SIZE) if "tensorflow" in frameworks and not args.no_schedule
+                          else None),
+        "schedule_steps": schedule.SCHEDULE_STEPS,
     }
     report: dict[str, Any] = {
         "schema": SCHEMA,

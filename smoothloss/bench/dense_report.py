@@ -1,6 +1,6 @@
 """The dense harness's report: ratios and targets from the measured numbers (:func:`summarise`),
-the compiled kernels' crossover and the first call in a fresh process (torch), the Markdown
-tables and the plot.
+the compiled kernels' crossover and the first call in a fresh process (torch), the smoothing
+schedule (TensorFlow, ``smoothloss.bench.schedule``), the Markdown tables and the plot.
 
 Works on the results of ``smoothloss.bench.dense.run`` (or a hand-made report of the same
 shape) and imports no framework.
@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from smoothloss.bench import schedule
 from smoothloss.bench.common import MIB, fmt_ms, fmt_ratio, ratio, size_name
 from smoothloss.bench.dense import (
     CROSSOVER_IMPLS, FIRST_CALL_IMPLS, FLOOR_TARGET_SIZE, FLOOR_TARGETS, IMPLS, MAIN_TARGETS, MEMORY_TARGETS,
@@ -22,10 +23,10 @@ from smoothloss.bench.dense import (
 
 def summarise(frameworks: dict[str, Any]) -> dict[str, Any]:
     """Ratios per framework and size, the compiled kernels' crossover and the first call in a fresh
-    process (torch), and the targets, met or missed."""
+    process (torch), the smoothing schedule (TensorFlow), and the targets, met or missed."""
     ratios, dispatch, targets = [], [], []
     mem_allowance = 1.0  # MiB: RSS page granularity, thread stacks, O(B) row statistics
-    crossover = first_call = None
+    crossover = first_call = sched = None
 
     def target(text: str, where: str, value: float, limit: float, unit: str | None = None) -> None:
         t = {"target": text, "where": where, "value": value, "limit": limit, "met": value <= limit}
@@ -93,8 +94,10 @@ def summarise(frameworks: dict[str, Any]) -> dict[str, Any]:
             crossover = compile_crossover(res["crossover"])
         if res.get("first_call"):
             first_call = compile_first_call(res["first_call"])
+        if res.get("schedule"):
+            sched = schedule.summarise(res["schedule"])
     return {"ratios": ratios, "dispatch": dispatch, "targets": targets, "crossover": crossover,
-            "first_call": first_call, "memory_allowance_mib": mem_allowance}
+            "first_call": first_call, "schedule": sched, "memory_allowance_mib": mem_allowance}
 
 
 def compile_crossover(measured: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +227,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += _crossover_markdown(summary["crossover"])
     if summary.get("first_call"):
         lines += _first_call_markdown(summary["first_call"], eps, device)
+    if summary.get("schedule"):
+        lines += schedule.markdown_lines(summary["schedule"], device)
     if summary["dispatch"]:
         lines += [
             "",
@@ -265,9 +270,10 @@ def markdown(report: dict[str, Any]) -> str:
             lim = f"{t['limit']:.2f} {unit}" if unit else f"{t['limit']:.2f}×"
             lines.append(f"| {t['target']} | {t['where']} | {val} | {lim} | {'yes' if t['met'] else '**no**'} |")
     notes = [
-        "Compiling is paid once per process: smoothloss's compiled torch kernels are compiled on the first call "
-        "of each dtype and option set (the first call ms of the first size that uses them) and reused for every "
-        "batch size and class count; `jax.jit` and `tf.function` trace and compile again for each new shape.",
+        "Compiling is paid once per process: in the default mode smoothloss's torch kernels are compiled at the "
+        "first call after a call signature's eager warm-up calls (so a first call does not compile: see the "
+        "first-call table) and reused for every batch size, class count and smoothing value; `jax.jit` and "
+        "`tf.function` trace and compile again for each new shape.",
         "Keras CategoricalCrossentropy gets `tf.one_hot(y)` built inside the step, as optax gets `jax.nn.one_hot(y)`: "
         "all implementations start from integer labels.",
         "Keras SparseCategoricalCrossentropy has no label smoothing in Keras 3.15: it computes a different (unsmoothed) "
