@@ -340,8 +340,11 @@ class TorchLosses(Losses):
 
     def closed(self, like: Any, numel: Any, *, targets: Any = None, weight: Any = None, opts: Any = None,
                chunked: bool = False) -> Closed:
-        key = None if opts is None else torch_compiled.signature(like, targets, weight, opts, chunked)
-        return COMPILED if torch_compiled.wanted(like, numel, key) else self.eager
+        if not torch_compiled.wanted(like, numel):
+            return self.eager
+        if opts is None or torch_compiled.warmed_up(torch_compiled.signature(like, targets, weight, opts, chunked)):
+            return COMPILED
+        return self.eager
 
     def cross_entropy(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
         if torch.compiler.is_compiling():  # traced into the caller's graph

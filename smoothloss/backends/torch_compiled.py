@@ -3,9 +3,10 @@ backward, each compiled once by ``torch.compile`` (Inductor: C++/OpenMP loops on
 CPU, Triton on CUDA) from the core's own Array-API composition, with dynamic shapes
 and the varying options (:data:`smoothloss._options.VARYING`) as graph inputs.
 
-:func:`wanted` decides whether an eager call runs them: never on a signature's first
-calls under ``"auto"`` (see ``WARMUP_CALLS``), never below ``COMPILE_THRESHOLD``
-logits, never where the C++ compiler is missing (checked before the first compile).
+:func:`wanted` and :func:`warmed_up` decide whether an eager call runs them: never
+below ``COMPILE_THRESHOLD`` logits, never on a signature's first calls under ``"auto"``
+(see ``WARMUP_CALLS``), never where the C++ compiler is missing (checked before the
+first compile).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from smoothloss.backends._autodiff import Closed
 from smoothloss.backends._base import Kernels, compile_failed, compile_mode, compile_wanted
 from smoothloss.backends.torch import FW, TorchFramework, _label_values, plain
 
-__all__ = ["COMPILED", "COMPILE_THRESHOLD", "CompiledClosed", "WARMUP_CALLS", "signature", "wanted"]
+__all__ = ["COMPILED", "COMPILE_THRESHOLD", "CompiledClosed", "WARMUP_CALLS", "signature", "wanted", "warmed_up"]
 
 
 # Eager calls on at least this many logits may run the compiled kernels under
@@ -321,20 +322,23 @@ COMPILED = CompiledClosed()
 GRAPH_FUNCTIONS = (_forward_graph, _backward_graph, _forward_kept_graph, _exp_grad_graph)
 
 
-def wanted(like: Any, numel: Any, signature: Any = None) -> bool:
+def wanted(like: Any, numel: Any) -> bool:
     """Whether an eager call on ``numel`` logits of ``like``'s kind (outside
-    torch.compile) runs the compiled kernels: by the compile mode, the size threshold
-    and, under ``"auto"``, once its ``signature`` (hashable; None: no warm-up) has run
-    eagerly ``WARMUP_CALLS`` times (:func:`smoothloss.set_compile_mode`)."""
+    torch.compile) may run the compiled kernels: by the compile mode and the size
+    threshold (under ``"auto"``, :func:`warmed_up` decides then)."""
     if COMPILED.broken is not None or torch.compiler.is_compiling():
         return False  # in a caller's compiled region: traced inline (no guard on the size or the mode)
     if not compile_wanted(numel, COMPILE_THRESHOLD):
         return False
     if not plain(like) or like.device.type not in ("cpu", "cuda"):
         return False  # meta, fake and subclass tensors: the eager path traces them
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return False
-    if signature is None or compile_mode() == "always":
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
+def warmed_up(signature: Any) -> bool:
+    """Whether a call ``signature`` (:func:`signature`) has run eagerly
+    ``WARMUP_CALLS`` times (always, under compile mode ``"always"``); counts this call."""
+    if compile_mode() == "always":
         return True
     seen = _SEEN.get(signature, 0)
     if seen >= WARMUP_CALLS:
