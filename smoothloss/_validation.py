@@ -13,7 +13,7 @@ import warnings
 from typing import Any
 
 from smoothloss._options import (  # noqa: F401 (the scalar checks, for the modules that check here)
-    CONVENTIONS, REDUCTIONS, Options, check_choice, check_nonnegative, check_smoothing, check_softcap, is_int_scalar,
+    CONVENTIONS, REDUCTIONS, check_choice, check_nonnegative, check_smoothing, check_softcap, is_int_scalar,
     is_real_scalar,
 )
 
@@ -130,12 +130,6 @@ def renamed_smoothing(label_smoothing: Any, smoothing: Any, *, required: bool = 
         "the smoothing= keyword is deprecated; use label_smoothing=", DeprecationWarning, stacklevel=3
     )
     return smoothing
-
-
-def check_options(**options: Any) -> Options:
-    """The checks on Python values every cross-entropy shares, as :class:`Options`
-    (``axis`` is taken as given: the caller normalises it against the logits' rank)."""
-    return Options.checked(**options)
 
 
 def check_label_values(fw: Any, labels: Any, num_classes: int, ignore_index: int | None) -> bool:

@@ -60,7 +60,7 @@ def options(num_classes: int, **options: Any) -> Options:
     K = ``num_classes``; the classes are the last axis."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int):
         raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-    opts = V.check_options(axis=-1, **options)
+    opts = Options.checked(axis=-1, **options)
     V.check_num_classes(num_classes, opts.convention, opts.label_smoothing)
     return opts
 
