@@ -37,11 +37,13 @@ def split_stats(stats: Any) -> tuple[Any, Any]:
 def validate(fw: Any, logits: Any, targets: Any, weight: Any, **options: Any) -> Options:
     """Check every argument and return the normalised :class:`Options`.
 
-    Value checks (label ranges) run only on labels whose values can be read without a
-    host sync; traced calls skip them. The checks on dtypes, shapes and options run
-    once per combination of them (:func:`_static_checks`); the label values are
-    checked on every call.
+    Value checks (label ranges, and the ranges of options given as 0-d arrays) run on
+    the host where the values can be read without a sync, and else as the framework's
+    run-time check where it has one. The checks on dtypes, shapes and options run
+    once per combination of them (:func:`_static_checks`); the label values and array
+    options are checked on every call (array options are cast to the compute dtype).
     """
+    options, arrays = _options.arrays(options)
     key = _static_key(fw, logits, targets, weight, options)
     try:
         static = None if key is None else _STATIC.get(key)
@@ -54,6 +56,10 @@ def validate(fw: Any, logits: Any, targets: Any, weight: Any, **options: Any) ->
                 _STATIC.clear()
             _STATIC[key] = static
     opts, K, unmasked = static
+    if arrays:  # 0-d array values of the varying options: checked on every call
+        arrays = V.check_array_options(fw, arrays, fw.dtype_fact(compute_dtype, logits.dtype))
+        opts = replace(opts, **arrays)
+        unmasked = None if unmasked is None else replace(unmasked, **arrays)
     if unmasked is not None:  # integer labels of a known class count: their values
         if V.check_label_values(fw, targets, K, opts.ignore_index):
             return unmasked  # no label equals ignore_index: no mask to apply

@@ -47,7 +47,13 @@ def cross_entropy(
         targets: integer class indices (logits' shape without ``axis``) or floating
             probabilities (logits' shape). Both are smoothed.
         axis: the class axis (1 for PyTorch's (N, C, d1, ...) layout).
-        label_smoothing: ε in [0, 1].
+        label_smoothing: ε in [0, 1]. It, ``z_loss`` and ``softcap`` may also be 0-d
+            floating arrays of the logits' framework (a ``tf.Variable``, a traced value
+            under ``jax.jit``, a torch tensor under ``torch.compile``), so that a
+            schedule changes them without a new trace; their range is checked eagerly
+            where the value can be read without a device sync, else at run time where
+            the framework can (a graph assertion, a device-side assert). No gradient
+            flows to them.
         convention: ``"uniform"`` (ε/K to every class) or ``"others"`` (ε/(K-1) to
             every non-target class).
         weight: optional per-class weights of shape (K,), PyTorch semantics: the mean
@@ -58,11 +64,18 @@ def cross_entropy(
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (the logits' shape without ``axis``).
         z_loss: coefficient of the ``lse²`` penalty (PaLM, t5x), added per valid position.
         softcap: if given, ``logits ← softcap·tanh(logits/softcap)`` first (Gemma 2).
-        kl: subtract the entropy of q, so the minimum is 0 (t5x).
+        kl: subtract the entropy of q, so the minimum is 0 (t5x); needs a Python float ε.
 
     Returns:
         The loss, an array of the logits' namespace and device. NumPy arrays given
         next to JAX or TensorFlow logits join as that framework's arrays.
+
+    Raises:
+        ValueError: for labels outside ``[0, K)`` that are not ``ignore_index``, where
+            they can be read; inside a framework's compiled loop the framework's own
+            run-time error instead (``InvalidArgumentError`` in a TensorFlow graph,
+            ``RuntimeError`` from ``torch.compile``'s device-side assert), and NaN at
+            the position under ``jax.jit`` and XLA (see :func:`smoothloss.jax.checkify_labels`).
 
     Example:
         >>> import numpy as np, smoothloss

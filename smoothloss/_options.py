@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
 __all__ = [
-    "CONVENTIONS", "NAMES", "Options", "REDUCTIONS", "VARYING", "check_choice", "check_nonnegative",
-    "check_smoothing", "check_softcap", "defaults", "is_int_scalar", "is_real_scalar", "key", "markdown_table",
-    "join", "non_defaults", "of", "split",
+    "CONVENTIONS", "NAMES", "Options", "RANGES", "REDUCTIONS", "VARYING", "arrays", "check_choice",
+    "check_nonnegative", "check_smoothing", "check_softcap", "defaults", "is_array_scalar", "is_int_scalar",
+    "is_real_scalar", "key", "markdown_table", "join", "non_defaults", "of", "split",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -35,7 +35,7 @@ CONVENTIONS = ("uniform", "others")
 # ---------------------------------------------------------------------- scalar checks
 def is_real_scalar(value: Any) -> bool:
     """A Python or NumPy real scalar (``np.float32(0.1)``, ``np.int64(3)``), never a bool
-    or an array: the options are static, so arrays and tracers are refused."""
+    or an array (only the varying options take arrays: :func:`is_array_scalar`)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
 
 
@@ -50,12 +50,49 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def is_array_scalar(value: Any) -> bool:
+    """A 0-d array of a framework (a tensor, a ``tf.Variable``, a tracer, a 0-d NumPy
+    array): a value a varying option (:data:`VARYING`) may take, so that a schedule
+    changes it without a new trace."""
+    if is_real_scalar(value) or isinstance(value, (str, bytes)):
+        return False
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return False
+    try:
+        return len(tuple(shape)) == 0
+    except (TypeError, ValueError):  # (a TensorFlow shape of unknown rank)
+        return False
+
+
+# The ranges of the numeric options: each predicate holds for a Python float, and
+# elementwise for an array (so the checks of 0-d array values use the same rule), and
+# fails for NaN.
+def _unit(v: Any) -> Any:
+    return (v >= 0.0) & (v <= 1.0)
+
+
+def _nonnegative(v: Any) -> Any:
+    return (v >= 0.0) & (v < math.inf)
+
+
+def _positive(v: Any) -> Any:
+    return (v > 0.0) & (v < math.inf)
+
+
+RANGES: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "label_smoothing": (_unit, "must lie in [0, 1]"),
+    "z_loss": (_nonnegative, "must be a finite number >= 0"),
+    "softcap": (_positive, "must be None or a finite number > 0"),
+}
+
+
 def check_smoothing(value: Any, name: str = "label_smoothing") -> float:
     if not is_real_scalar(value):
         raise TypeError(f"{name} must be a Python float in [0, 1], got {type(value).__name__}")
     value = float(value)
-    if not (0.0 <= value <= 1.0):  # also rejects NaN
-        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    if not _unit(value):
+        raise ValueError(f"{name} {RANGES['label_smoothing'][1]}, got {value}")
     return value
 
 
@@ -63,8 +100,8 @@ def check_nonnegative(value: Any, name: str) -> float:
     if not is_real_scalar(value):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
     value = float(value)
-    if not (0.0 <= value < math.inf):  # also rejects NaN; traceable by torch.compile
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if not _nonnegative(value):  # traceable by torch.compile
+        raise ValueError(f"{name} {RANGES['z_loss'][1]}, got {value}")
     return value
 
 
@@ -74,9 +111,24 @@ def check_softcap(value: Any, name: str = "softcap") -> float | None:
     if not is_real_scalar(value):
         raise TypeError(f"{name} must be None or a Python float > 0, got {type(value).__name__}")
     value = float(value)
-    if not (0.0 < value < math.inf):  # also rejects NaN; traceable by torch.compile
-        raise ValueError(f"{name} must be None or a finite number > 0, got {value}")
+    if not _positive(value):  # traceable by torch.compile
+        raise ValueError(f"{name} {RANGES['softcap'][1]}, got {value}")
     return value
+
+
+def _varying(scalar_check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    """A varying option's check: a number as ``scalar_check`` checks it, or a 0-d
+    floating array as it is (its range is checked by the core, which knows its
+    framework: on the host where the value can be read, else at run time)."""
+
+    def check(value: Any, name: str) -> Any:
+        if not is_array_scalar(value):
+            return scalar_check(value, name)
+        if "float" not in str(getattr(value, "dtype", "")):
+            raise TypeError(f"{name} must be a float or a 0-d floating array, got an array of dtype {value.dtype}")
+        return value
+
+    return check
 
 
 def _check_axis(value: Any, name: str) -> int:
@@ -123,8 +175,8 @@ class Options:
     """
 
     axis: int = _option(-1, _check_axis, "the class axis of the logits")
-    label_smoothing: float = _option(
-        0.0, check_smoothing, "ε in [0, 1], the target mass spread over the classes", varying=True
+    label_smoothing: Any = _option(
+        0.0, _varying(check_smoothing), "ε in [0, 1], the target mass spread over the classes", varying=True
     )
     convention: str = _option(
         "uniform", _check_convention, '"uniform": ε/K to every class; "others": ε/(K-1) to every non-target class'
@@ -133,20 +185,27 @@ class Options:
         None, _check_ignore_index, "a label whose positions contribute 0 and leave the mean's denominator"
     )
     reduction: str = _option("mean", _check_reduction, '"mean", "sum" or "none"')
-    z_loss: float = _option(0.0, check_nonnegative, "coefficient of lse² per valid position (PaLM, t5x)", varying=True)
-    softcap: float | None = _option(
-        None, check_softcap, "logits ← softcap·tanh(logits/softcap) first (Gemma 2)", varying=True
+    z_loss: Any = _option(
+        0.0, _varying(check_nonnegative), "coefficient of lse² per valid position (PaLM, t5x)", varying=True
+    )
+    softcap: Any = _option(
+        None, _varying(check_softcap), "logits ← softcap·tanh(logits/softcap) first (Gemma 2)", varying=True
     )
     kl: bool = _option(False, _check_kl, "subtract the entropy of the smoothed target, so the minimum is 0 (t5x)")
 
     @classmethod
     def checked(cls, **given: Any) -> "Options":
         """The options ``given`` (any subset of the declared names; the rest take their
-        defaults), each checked by its declared check. An unknown name is a TypeError."""
+        defaults), each checked by its declared check. An unknown name is a TypeError.
+        The varying options may be 0-d arrays (:func:`is_array_scalar`), but for the
+        smoothing of ``kl=True``, whose target entropy is computed in Python."""
         unknown = set(given) - set(NAMES)
         if unknown:
             raise TypeError(f"unknown option(s) {sorted(unknown)}; the options are {list(NAMES)}")
-        return cls(**{name: check(given[name], name) for name, check in _CHECKS if name in given})
+        opts = cls(**{name: check(given[name], name) for name, check in _CHECKS if name in given})
+        if opts.kl and is_array_scalar(opts.label_smoothing):
+            raise TypeError("kl=True needs label_smoothing as a Python float (the target's entropy is computed from it)")
+        return opts
 
 
 NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))
@@ -167,6 +226,18 @@ def of(namespace: Mapping[str, Any], *, exclude: tuple[str, ...] = ()) -> dict[s
     return {name: namespace[name] for name in NAMES if name in namespace and name not in exclude}
 
 
+def arrays(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(given, arrays)``: the varying options among ``given`` whose values are 0-d
+    arrays, checked as :meth:`Options.checked` checks them, taken out of ``given`` and
+    replaced by a number in their range, so that the checks of everything else (and
+    their cache) do not depend on the arrays' values."""
+    found = {name: given[name] for name in VARYING if name in given and is_array_scalar(given[name])}
+    if not found:
+        return dict(given), found
+    Options.checked(**{**given, **found})  # (the arrays' dtypes, and kl with an array ε)
+    return {**given, **dict.fromkeys(found, 1.0)}, found
+
+
 def key(given: Mapping[str, Any]) -> tuple[Any, ...]:
     """The options ``given`` (unchecked) as a hashable key, in the declaration's order,
     with each value's type (``True == 1 == 1.0``, but a bool is not a valid number)."""
@@ -182,8 +253,16 @@ def non_defaults(values: Mapping[str, Any], *, drop_in: Mapping[str, Any] | None
     return {name: values[name] for name in NAMES if name in values and values[name] != base[name]}
 
 
-@functools.lru_cache(maxsize=256)
 def split(opts: Options) -> tuple[Options, tuple[Any, ...]]:
+    """:func:`_split`, cached per options (a step would otherwise rebuild the same
+    dataclass); options holding an unhashable array (a TensorFlow tensor) are split anew."""
+    try:
+        return _split_cached(opts)
+    except TypeError:
+        return _split(opts)
+
+
+def _split(opts: Options) -> tuple[Options, tuple[Any, ...]]:
     """``(constants, inputs)``: ``opts`` as a compiled graph takes them. ``inputs`` holds,
     for each :data:`VARYING` option in order, its value where the graph takes it as an
     input, else None; ``constants`` holds everything else, with a placeholder where the
@@ -197,7 +276,7 @@ def split(opts: Options) -> tuple[Options, tuple[Any, ...]]:
     placeholders = {}
     for name in VARYING:
         value = getattr(opts, name)
-        if value is None or value == 0 or (name == "label_smoothing" and opts.kl):
+        if value is None or (not is_array_scalar(value) and value == 0) or (name == "label_smoothing" and opts.kl):
             inputs.append(None)
         else:
             inputs.append(value)
@@ -207,6 +286,7 @@ def split(opts: Options) -> tuple[Options, tuple[Any, ...]]:
 
 
 _CANONICAL: dict[Options, Options] = {}
+_split_cached = functools.lru_cache(maxsize=256)(_split)
 
 
 def join(constants: Options, inputs: tuple[Any, ...]) -> Options:

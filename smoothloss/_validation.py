@@ -1,9 +1,10 @@
 """Argument checks shared by every public function.
 
 Checks on Python values, dtypes and shapes always run (they cost nothing and work
-while tracing). Checks that need array *values* (label ranges) run only eagerly:
-under jax.jit, tf.function or torch.compile they are skipped, so a traced call never
-syncs with the host.
+while tracing). Checks that need array *values* (label ranges) run on the host where
+the values can be read without a sync; where they cannot (under jax.jit, tf.function,
+torch.compile), the binding adds the framework's own run-time check where it has one
+(:func:`check_label_values`), so a traced call never syncs with the host.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import warnings
 from typing import Any
 
 from smoothloss._options import (  # noqa: F401 (the scalar checks, for the modules that check here)
-    CONVENTIONS, REDUCTIONS, check_choice, check_nonnegative, check_smoothing, check_softcap, is_int_scalar,
+    CONVENTIONS, RANGES, REDUCTIONS, check_choice, check_nonnegative, check_smoothing, check_softcap, is_int_scalar,
     is_real_scalar,
 )
 
@@ -137,11 +138,17 @@ def check_label_values(fw: Any, labels: Any, num_classes: int, ignore_index: int
     values whatever the labels' dtype (they are widened to the framework's index dtype
     first; an ``ignore_index`` that dtype cannot hold matches no label). Skipped for
     labels the framework ``fw`` cannot read without a host sync (tracers, meta and fake
-    tensors, batched tensors under vmap): the losses then give NaN at such a position.
+    tensors, batched tensors under vmap): those get the framework's run-time check
+    where it has one (:meth:`Framework.assert_labels`: TensorFlow graphs,
+    ``torch.compile``, JAX under ``checkify`` when asked), and else NaN at such a position.
 
     Returns True when the labels were read and none equals ``ignore_index`` (the loss
     may then skip the ignore mask), else False."""
-    if not fw.is_concrete(labels) or math.prod(labels.shape) == 0:
+    if not fw.is_concrete(labels):
+        if fw.checks_at_run_time(labels):
+            _check_labels_at_run_time(fw, fw.index(labels), num_classes, ignore_index)
+        return False
+    if math.prod(labels.shape) == 0:
         return False
     xp = fw.xp
     y = fw.index(labels)
@@ -160,7 +167,42 @@ def check_label_values(fw: Any, labels: Any, num_classes: int, ignore_index: int
     lo = int(xp.min(xp.where(bad, y, xp.max(y))))  # the smallest bad label
     hi = int(xp.max(xp.where(bad, y, xp.min(y))))  # the largest bad label
     shown = sorted({lo, hi})
+    raise ValueError(f"{label_range(num_classes, ignore_index)}; found out-of-range values, e.g. {shown}")
+
+
+def _check_labels_at_run_time(fw: Any, y: Any, num_classes: Any, ignore_index: int | None) -> None:
+    """The label rule as the framework's run-time check (:meth:`Framework.check`), with
+    the smallest and largest bad label where it can print them."""
+    xp = fw.xp
+    ok = (y >= 0) & (y < num_classes)
+    if ignore_index is not None and fw.holds_index(ignore_index):
+        ok = ok | (y == ignore_index)
+    info = xp.iinfo(y.dtype)
+    lo = xp.min(xp.where(ok, info.max, y))
+    hi = xp.max(xp.where(ok, info.min, y))
+    fw.check(ok, label_range(num_classes, ignore_index), lo, hi)
+
+
+def check_array_options(fw: Any, arrays: dict[str, Any], dtype: Any) -> dict[str, Any]:
+    """Options given as 0-d arrays (a schedule's ε), each checked against its declared
+    range (:data:`smoothloss._options.RANGES`): on the host where ``fw`` reads it without
+    a sync, else by the framework's run-time check where it has one. Returned in the
+    compute ``dtype``; no gradient flows to them."""
+    out = {}
+    for name, value in arrays.items():
+        valid, rule = RANGES[name]
+        v = fw.read_scalar(value)
+        if v is not None:
+            if not valid(v):
+                raise ValueError(f"{name} {rule}, got {v}")
+        elif fw.checks_at_run_time(value):
+            fw.check(valid(value), f"{name} {rule}", value, value)
+        out[name] = fw.xp.astype(fw.detached(value), dtype)
+    return out
+
+
+def label_range(num_classes: Any, ignore_index: int | None) -> str:
+    """The rule a label breaks, in words, for every framework's message."""
+    k = num_classes if isinstance(num_classes, int) else "K"
     extra = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
-    raise ValueError(
-        f"labels must lie in [0, {num_classes}){extra}; found out-of-range values, e.g. {shown}"
-    )
+    return f"labels must lie in [0, {k}){extra}"

@@ -39,8 +39,9 @@ equals ``softmax_cross_entropy(logits, one_hot(labels), where=where)`` for every
 optax itself disagrees between its two functions there: its integer version reads the
 masked logit and returns ``logsumexp_W(x) - x_y``. ``axis`` and ``where`` may be given
 positionally, as in optax. Other differences: ``label_smoothing`` is keyword-only and
-a Python float in [0, 1]; eager calls check label values (``ValueError`` for labels outside
-[0, K)), traced calls skip that check.
+a Python float in [0, 1] or a 0-d array (a traced value under ``jit``); eager calls
+check label values (``ValueError`` for labels outside [0, K)), traced calls report
+them only through ``checkify`` when :func:`checkify_labels` is on (else NaN).
 
 Example:
     >>> import jax.numpy as jnp
@@ -65,9 +66,11 @@ import jax.numpy as jnp
 
 import smoothloss
 from smoothloss import _options, _validation as V
+from smoothloss.backends.jax import checkify_labels
 from smoothloss.jax_parallel import vocab_parallel_cross_entropy
 
 __all__ = [
+    "checkify_labels",
     "linear_cross_entropy",
     "smooth_labels",
     "softmax_cross_entropy",
@@ -151,9 +154,9 @@ def _compute_dtype(dtype: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- masked core call
-def _masked_dense(x: jax.Array, t: jax.Array, mask: jax.Array, axis: int, eps: float) -> jax.Array:
+def _masked_dense(x: jax.Array, t: jax.Array, mask: jax.Array, axis: int, eps: Any) -> jax.Array:
     """The core's probability path restricted to the classes in ``mask`` (see the module doc)."""
-    if eps:
+    if _options.is_array_scalar(eps) or eps:
         k_w = jnp.sum(mask, axis=axis, keepdims=True, dtype=t.dtype)
         t = t * (1.0 - eps) + eps / jnp.maximum(k_w, 1.0)  # optax.smooth_labels(t, eps, where=mask)
     t = jnp.where(mask, t, jnp.zeros((), t.dtype))
@@ -208,7 +211,8 @@ def softmax_cross_entropy(
         axis: the class axis, a tuple of axes, or ``None`` for all axes.
         where: optional boolean mask of the logits' shape (masks classes) or of the
             logits' shape without ``axis`` (masks examples).
-        label_smoothing: ε, a Python float in [0, 1].
+        label_smoothing: ε in [0, 1]: a Python float, or a 0-d array (a traced value under
+            ``jit``: a schedule compiles once; its range is checked where it can be read).
 
     Returns:
         The loss of each example: the logits' shape without the class axes.
@@ -223,7 +227,7 @@ def softmax_cross_entropy(
         >>> [round(v, 4) for v in softmax_cross_entropy(logits, labels, label_smoothing=0.1).tolist()]
         [0.3995, 2.8051]
     """
-    eps = V.check_smoothing(label_smoothing)
+    eps = _options.Options.checked(label_smoothing=label_smoothing).label_smoothing  # (a number or a 0-d array)
     logits = jnp.asarray(logits)
     labels = jnp.asarray(labels)
     V.check_logits(jnp, logits)
@@ -280,7 +284,8 @@ def softmax_cross_entropy_with_integer_labels(
         where: optional boolean mask of the logits' shape (masks classes) or of the
             logits' shape without ``axis`` (masks examples; their labels may be anything,
             e.g. a padding value).
-        label_smoothing: ε, a Python float in [0, 1].
+        label_smoothing: ε in [0, 1]: a Python float, or a 0-d array (a traced value under
+            ``jit``: a schedule compiles once; its range is checked where it can be read).
 
     Returns:
         The loss of each example: the labels' shape.
@@ -297,7 +302,7 @@ def softmax_cross_entropy_with_integer_labels(
         >>> [round(v, 4) for v in loss.tolist()]
         [0.3995, 2.8051]
     """
-    eps = V.check_smoothing(label_smoothing)
+    eps = _options.Options.checked(label_smoothing=label_smoothing).label_smoothing  # (a number or a 0-d array)
     logits = jnp.asarray(logits)
     labels = jnp.asarray(labels)
     V.check_logits(jnp, logits)

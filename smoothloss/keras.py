@@ -58,7 +58,7 @@ import keras
 from keras import ops
 
 import smoothloss
-from smoothloss._options import Options
+from smoothloss._options import Options, is_array_scalar
 from smoothloss._keras_support import check_bool as _check_bool, check_int as _check_int
 from smoothloss._keras_support import index_dtype as _index_dtype
 from smoothloss.keras_linear import LinearCrossEntropyHead
@@ -137,7 +137,7 @@ def _checked(names: tuple[str, ...], given: dict[str, Any]) -> dict[str, Any]:
     from_logits = _check_bool(given["from_logits"], "from_logits")
     _check_int(given["axis"], "axis")
     options = Options.checked(**{name: given[name] for name in names})
-    if not from_logits and (options.z_loss or options.softcap is not None):
+    if not from_logits and (is_array_scalar(options.z_loss) or options.z_loss or options.softcap is not None):
         raise ValueError(
             "z_loss and softcap act on logits; pass logits to the loss and set "
             f"from_logits=True (got from_logits=False, z_loss={given['z_loss']}, softcap={given['softcap']})"
@@ -248,13 +248,23 @@ class _Loss(keras.losses.Loss):
         self._dtype_config = keras.dtype_policies.serialize(self._dtype_policy) if policy else dtype
 
     def _options(self) -> dict[str, Any]:
-        """The checked arguments, as keyword arguments of the computation."""
-        return {key: getattr(self, key) for key in self._keys}
+        """The checked arguments, as keyword arguments of the computation (a
+        ``keras.Variable`` option, such as a smoothing schedule's ε that a callback
+        assigns, as its backend tensor: read at every step, no new trace)."""
+        return {key: _backend_value(getattr(self, key)) for key in self._keys}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()  # name, reduction
-        config.update(self._options(), dtype=self._dtype_config)
+        options = {key: getattr(self, key) for key in self._keys}
+        # (a variable's value now: a config holds numbers)
+        config.update({k: float(ops.convert_to_numpy(v)) if is_array_scalar(v) else v for k, v in options.items()})
+        config.update(dtype=self._dtype_config)
         return config
+
+
+def _backend_value(value: Any) -> Any:
+    """A ``keras.Variable``'s backend tensor; any other value as it is."""
+    return value.value if isinstance(value, keras.Variable) else value
 
 
 @keras.saving.register_keras_serializable(package="smoothloss")

@@ -320,6 +320,29 @@ class Framework:
             return None, None
         return int(lo), int(hi)
 
+    def checks_at_run_time(self, x: Any) -> bool:
+        """Whether :meth:`check` can check values of ``x`` that cannot be read now (a
+        graph, a traced call) when they are computed. The base cannot: NumPy and
+        array-api-strict values are always read."""
+        return False
+
+    def check(self, ok: Any, message: str, lo: Any, hi: Any) -> None:
+        """The framework's own run-time check that every entry of the boolean array
+        ``ok`` holds, failing with ``message`` (the rule broken) and, where the framework
+        can print them, the out-of-range values ``lo`` and ``hi`` (a graph assertion, a device-side assert, a
+        checkify check). Called only where :meth:`checks_at_run_time`."""
+        raise NotImplementedError
+
+    def detached(self, value: Any) -> Any:
+        """``value`` as an array of this namespace that no gradient flows through (an
+        option's value, not an input of the loss's derivative)."""
+        return self.xp.asarray(value)
+
+    def read_scalar(self, value: Any) -> float | None:
+        """A 0-d array option's value as a Python float where it can be read now without
+        a device sync, else None (it is then checked at run time where it can be)."""
+        return float(value) if self.is_concrete(value) else None
+
     def index(self, labels: Any) -> Any:
         """Integer labels in the index dtype (narrow dtypes would wrap at K). An unsigned
         label too large for the index dtype (uint64 ≥ 2⁶³) wraps to a negative value in

@@ -16,7 +16,35 @@ import jax.numpy as jnp
 
 from smoothloss.backends._base import Framework, Kernels
 
-__all__ = ["FW", "JaxFramework", "JaxKernels", "binding"]
+__all__ = ["FW", "JaxFramework", "JaxKernels", "binding", "checkify_labels"]
+
+# Whether traced labels are checked through jax.experimental.checkify (checkify_labels).
+_CHECKIFY = [False]
+
+
+def checkify_labels(enabled: bool = True) -> bool:
+    """Report out-of-range labels of traced calls through ``jax.experimental.checkify``.
+
+    Eager calls always check labels (``ValueError``). Under ``jax.jit`` JAX has no
+    run-time error: a label outside ``[0, K)`` that is not ``ignore_index`` gives a NaN
+    loss at its position, and no exception. With this switch on, every traced call adds
+    a ``checkify.check``; the caller then functionalises its step with
+    ``checkify.checkify`` (a staged ``check`` that is not functionalised fails to
+    trace) and reads or throws the error it returns. Returns the previous setting.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, smoothloss, smoothloss.jax
+        >>> from jax.experimental import checkify
+        >>> previous = smoothloss.jax.checkify_labels(True)
+        >>> step = jax.jit(checkify.checkify(lambda x, y: smoothloss.cross_entropy(x, y)))
+        >>> err, loss = step(jnp.zeros((2, 4)), jnp.array([1, 7]))
+        >>> print(err.get().split(" (")[0])
+        labels must lie in [0, 4); found out-of-range values, e.g. 7 and 7
+        >>> _ = smoothloss.jax.checkify_labels(previous)
+    """
+    previous = _CHECKIFY[0]
+    _CHECKIFY[0] = bool(enabled)
+    return previous
 
 
 class JaxKernels(Kernels):
@@ -44,6 +72,19 @@ class JaxFramework(Framework):
 
     def is_concrete(self, x: Any) -> bool:
         return not isinstance(x, jax.core.Tracer)
+
+    def checks_at_run_time(self, x: Any) -> bool:
+        # JAX has no run-time error under jit: only a checkify check, which every staged
+        # caller must then functionalise (checkify.checkify), so it is opt-in.
+        return _CHECKIFY[0]
+
+    def check(self, ok: Any, message: str, lo: Any, hi: Any) -> None:
+        from jax.experimental import checkify
+
+        checkify.check(jnp.all(ok), message + "; found out-of-range values, e.g. {lo} and {hi}", lo=lo, hi=hi)
+
+    def detached(self, value: Any) -> Any:
+        return jax.lax.stop_gradient(jnp.asarray(value))
 
     def device(self, x: Any) -> Any:
         # None: new arrays are uncommitted and follow the arrays they meet, so a device

@@ -108,6 +108,22 @@ class TensorflowFramework(Framework):
     def is_graph(self, x: Any) -> bool:
         return not tf.executing_eagerly()
 
+    def checks_at_run_time(self, x: Any) -> bool:
+        return not tf.executing_eagerly()
+
+    def check(self, ok: Any, message: str, lo: Any, hi: Any) -> None:
+        # A graph assertion (tf.function runs it with the step, as it runs every op with
+        # a side effect), failing with an InvalidArgumentError that prints lo and hi, as
+        # Keras's own sparse loss raises in model.fit. XLA (jit_compile=True) compiles
+        # assertions to nothing: there, as with Keras's own loss, the loss is NaN.
+        tf.debugging.Assert(tf.reduce_all(ok), [message + "; found out-of-range values, e.g.", lo, hi], name="smoothloss_check")
+
+    def detached(self, value: Any) -> Any:
+        return tf.stop_gradient(tf.convert_to_tensor(value))  # (a tf.Variable: its value now)
+
+    def read_scalar(self, value: Any) -> float | None:
+        return float(tf.convert_to_tensor(value)) if tf.executing_eagerly() else None
+
     def device(self, x: Any) -> Any:
         return x.device
 

@@ -194,6 +194,24 @@ class TorchFramework(Framework):
         lo, hi = torch.aminmax(y)  # one pass
         return int(lo), int(hi)
 
+    def checks_at_run_time(self, x: Any) -> bool:
+        # inside torch.compile, and on eager tensors of a device (a check without a sync)
+        return torch.compiler.is_compiling() or (type(x) in _PLAIN and not x.is_meta and not _wrapped(x))
+
+    def check(self, ok: Any, message: str, lo: Any, hi: Any) -> None:
+        # A device-side assert, as Inductor's own bounds check on F.cross_entropy's
+        # gather (a RuntimeError on the CPU, a device assert on CUDA): its message is
+        # fixed when the graph is built, so it cannot name the values.
+        torch._assert_async(ok.all(), message)
+
+    def detached(self, value: Any) -> Any:
+        return value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+
+    def read_scalar(self, value: Any) -> float | None:
+        if not self.is_concrete(value) or value.device.type != "cpu":
+            return None  # (reading a device's tensor would wait for it at every step)
+        return float(value.detach())
+
 
 def _concat(arrays: Any, /, *, axis: int | None = 0) -> Any:
     if axis is None:

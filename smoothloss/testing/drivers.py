@@ -23,6 +23,12 @@ class Driver:
     traced = False
     has_autodiff = True
 
+    def run_time_error(self) -> Any:
+        """The error a traced call raises at run time for a bad label (the framework's
+        own check: a graph assertion), or None where a traced call has none (JAX under
+        jit: NaN). Eager calls raise ``ValueError`` before computing."""
+        return None
+
     def __init__(self, device: str = "cpu") -> None:
         self.device_name = device
 
@@ -333,6 +339,9 @@ class TensorflowDriver(Driver):
 class TensorflowFunctionDriver(TensorflowDriver):
     name = "tensorflow-function"
     traced = True
+
+    def run_time_error(self) -> Any:
+        return self._tf().errors.InvalidArgumentError
 
     def call(self, fn: Callable[..., Any], *arrays: Any) -> Any:
         return self._tf().function(fn)(*arrays)
