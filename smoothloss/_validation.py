@@ -145,7 +145,7 @@ def check_label_values(fw: Any, labels: Any, num_classes: int, ignore_index: int
     Returns True when the labels were read and none equals ``ignore_index`` (the loss
     may then skip the ignore mask), else False."""
     if not fw.is_concrete(labels):
-        if fw.checks_at_run_time(labels):
+        if fw.run_time_checked(labels):
             _check_labels_at_run_time(fw, fw.index(labels), num_classes, ignore_index)
         return False
     if math.prod(labels.shape) == 0:
@@ -195,7 +195,7 @@ def check_array_options(fw: Any, arrays: dict[str, Any], dtype: Any) -> dict[str
         if v is not None:
             if not valid(v):
                 raise ValueError(f"{name} {rule}, got {v}")
-        elif fw.checks_at_run_time(value):
+        elif fw.run_time_checked(value):
             fw.check(valid(value), f"{name} {rule}", value, value)
         out[name] = fw.xp.astype(fw.detached(value), dtype)
     return out

@@ -248,23 +248,17 @@ class _Loss(keras.losses.Loss):
         self._dtype_config = keras.dtype_policies.serialize(self._dtype_policy) if policy else dtype
 
     def _options(self) -> dict[str, Any]:
-        """The checked arguments, as keyword arguments of the computation (a
-        ``keras.Variable`` option, such as a smoothing schedule's ε that a callback
-        assigns, as its backend tensor: read at every step, no new trace)."""
-        return {key: _backend_value(getattr(self, key)) for key in self._keys}
+        """The checked arguments, as keyword arguments of the computation (a keras.Variable,
+        e.g. a schedule's ε a callback assigns, as its backend tensor: no new trace)."""
+        values = {key: getattr(self, key) for key in self._keys}
+        return {key: v.value if isinstance(v, keras.Variable) else v for key, v in values.items()}
 
     def get_config(self) -> dict[str, Any]:
-        config = super().get_config()  # name, reduction
-        options = {key: getattr(self, key) for key in self._keys}
-        # (a variable's value now: a config holds numbers)
-        config.update({k: float(ops.convert_to_numpy(v)) if is_array_scalar(v) else v for k, v in options.items()})
-        config.update(dtype=self._dtype_config)
+        config = super().get_config()  # name, reduction; a variable option as its value now (a number)
+        config.update({k: float(ops.convert_to_numpy(v)) if is_array_scalar(v) else v
+                       for k, v in self._options().items()}, dtype=self._dtype_config)
         return config
 
-
-def _backend_value(value: Any) -> Any:
-    """A ``keras.Variable``'s backend tensor; any other value as it is."""
-    return value.value if isinstance(value, keras.Variable) else value
 
 
 @keras.saving.register_keras_serializable(package="smoothloss")

@@ -148,10 +148,17 @@ class _CausalLMLoss:
             raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
         self.ignore_index = int(ignore_index)
 
-    def __call__(self, outputs: Any, labels: Tensor, num_items_in_batch: Any = None) -> Tensor:
+    def __call__(
+        self, outputs: Any, labels: Tensor | None, num_items_in_batch: Any = None, shift_labels: Tensor | None = None
+    ) -> Tensor:
         logits = _logits(outputs)
-        labels = _labels(labels, logits)
-        logits, labels = logits[..., :-1, :], labels[..., 1:]
+        if shift_labels is None:
+            labels = _labels(labels, logits)
+            logits, labels = logits[..., :-1, :], labels[..., 1:]
+        else:  # already shifted (context parallelism): every position, labels unused, as ForCausalLMLoss
+            labels = _labels(shift_labels, logits)
+            if tuple(labels.shape) != tuple(logits.shape[:-1]) and labels.numel() * logits.shape[-1] == logits.numel():
+                labels = labels.reshape(logits.shape[:-1])  # ForCausalLMLoss flattens both
         return _token_mean(logits, labels, num_items_in_batch, self.label_smoothing, self.ignore_index)
 
     def __repr__(self) -> str:
@@ -161,9 +168,13 @@ class _CausalLMLoss:
 def causal_lm_loss(label_smoothing: float = 0.1, ignore_index: int = -100) -> Any:
     r"""A causal-LM loss for ``transformers.Trainer(compute_loss_func=...)``.
 
-    Returns a callable ``loss(outputs, labels, num_items_in_batch=None)``, the signature
-    the Trainer calls ``compute_loss_func`` with. It shifts the labels as transformers'
-    ``ForCausalLMLoss`` does (the logits at position i predict ``labels[..., i+1]``) and
+    Returns a callable ``loss(outputs, labels, num_items_in_batch=None,
+    shift_labels=None)``: the signature the Trainer calls ``compute_loss_func`` with, plus
+    ``ForCausalLMLoss``'s ``shift_labels``. It shifts the labels as transformers'
+    ``ForCausalLMLoss`` does (the logits at position i predict ``labels[..., i+1]``);
+    given ``shift_labels`` (labels already shifted, as context parallelism splits them),
+    it uses them as they are against every position of the logits and ignores
+    ``labels``, as ``ForCausalLMLoss`` does. It
     returns ``smoothloss.cross_entropy(logits, labels, label_smoothing=ε,
     ignore_index=ignore_index)`` with ``reduction="mean"`` (over the non-ignored tokens),
     or, when ``num_items_in_batch`` is given, ``reduction="sum"`` divided by it. The

@@ -918,30 +918,36 @@ def _imported_modules(module) -> set[str]:
 
 
 def test_imports_point_one_way():
-    """cli -> dense_report -> dense -> dense_steps, dense_report, dense -> schedule, and dense, linear,
-    schedule -> common: no cycle; the harness uses smoothloss's public names only (and
+    """cli -> dense_report -> dense -> dense_steps, dense_report, dense -> schedule, checks, and dense,
+    linear, schedule, checks -> common: no cycle; the harness uses smoothloss's public names only (and
     ``smoothloss._linear.CHUNK_BYTES``, ``smoothloss.backends.torch_compiled``'s ``COMPILE_THRESHOLD``
-    and ``COMPILED``, ``smoothloss.backends.tensorflow_compiled``'s ``XLA`` (its backward's traces), and
-    the drivers that ``python -m smoothloss check`` finds devices with)."""
-    imports = {m: _imported_modules(m) for m in (cli, dense, dense_steps, dense_report, linear, common, schedule)}
+    and ``COMPILED``, ``smoothloss.backends.tensorflow_compiled``'s ``XLA`` (its backward's traces),
+    ``smoothloss.backends._base.without_run_time_checks`` (the run-time check's cost), and the drivers
+    that ``python -m smoothloss check`` finds devices with)."""
+    from smoothloss.bench import checks
+
+    imports = {m: _imported_modules(m) for m in (cli, dense, dense_steps, dense_report, linear, common, schedule,
+                                                 checks)}
 
     def bench_modules(m):
         return {i for i in imports[m] if i.startswith("smoothloss.bench")}
 
     assert bench_modules(common) == bench_modules(dense_steps) == set()
     assert bench_modules(dense) == {"smoothloss.bench", "smoothloss.bench.common", "smoothloss.bench.dense_steps",
-                                    "smoothloss.bench.schedule"}
+                                    "smoothloss.bench.schedule", "smoothloss.bench.checks"}
     assert bench_modules(dense_report) == {"smoothloss.bench", "smoothloss.bench.common", "smoothloss.bench.dense",
-                                           "smoothloss.bench.schedule"}
-    assert bench_modules(linear) == bench_modules(schedule) == {"smoothloss.bench.common"}
+                                           "smoothloss.bench.schedule", "smoothloss.bench.checks"}
+    assert bench_modules(linear) == bench_modules(schedule) == bench_modules(checks) == {"smoothloss.bench.common"}
     assert bench_modules(cli) == {"smoothloss.bench", "smoothloss.bench.dense", "smoothloss.bench.dense_report",
-                                  "smoothloss.bench.linear", "smoothloss.bench.common", "smoothloss.bench.schedule"}
+                                  "smoothloss.bench.linear", "smoothloss.bench.common", "smoothloss.bench.schedule",
+                                  "smoothloss.bench.checks"}
     for m in imports:
         private = {i for i in imports[m] if i.startswith(("smoothloss._", "smoothloss.backends"))}
-        # the compiled kernels' threshold and call count; the drivers' device discovery (as ``check``'s)
+        # the compiled kernels' threshold and call count; the drivers' device discovery (as ``check``'s);
+        # the switch that traces without the run-time checks
         assert private <= {"smoothloss._linear", "smoothloss.backends.torch_compiled",
-                           "smoothloss.backends.tensorflow_compiled", "smoothloss.testing.drivers"}, (
-            m.__name__, private)
+                           "smoothloss.backends.tensorflow_compiled", "smoothloss.testing.drivers",
+                           "smoothloss.backends._base"}, (m.__name__, private)
     # importing the package (``python -m smoothloss bench`` does) loads neither the harness nor a framework
     code = ("import sys, smoothloss.bench\n"
             "loaded = [m for m in sys.modules if m.startswith('smoothloss.bench.') or m in ('torch', 'jax', "

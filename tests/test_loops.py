@@ -120,6 +120,23 @@ def test_tf_function_raises_on_a_bad_label_with_its_values():
     assert np.isnan(out[[0, 4]]).all() and np.isfinite(out[[1, 2, 3, 5]]).all()
 
 
+def test_a_graph_traced_without_run_time_checks_has_none():
+    """The bench's hook (smoothloss.bench.checks measures the check's cost with it): a
+    graph traced inside it gives the NaN of an unchecked bad label, and the switch is on
+    again after it."""
+    tf = pytest.importorskip("tensorflow")
+    from smoothloss.backends._base import without_run_time_checks
+
+    bad = Y.copy()
+    bad[5] = 10
+    f = tf.function(lambda x, y: smoothloss.cross_entropy(x, y, reduction="none"))
+    with without_run_time_checks():
+        out = f.get_concrete_function(tf.constant(X), tf.constant(bad))(tf.constant(X), tf.constant(bad)).numpy()
+    assert np.isnan(out[5]) and np.isfinite(out[:5]).all()
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.function(lambda x, y: smoothloss.cross_entropy(x, y))(tf.constant(X), tf.constant(bad))
+
+
 def test_tf_variable_smoothing_in_tf_function_traces_once():
     tf = pytest.importorskip("tensorflow")
     eps = tf.Variable(0.0, dtype=tf.float64)

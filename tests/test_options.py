@@ -43,6 +43,8 @@ DROP_IN_DEFAULTS = {
     # the vocab-parallel losses return per-position losses, as Megatron's does (SPEC)
     ("smoothloss.jax", "vocab_parallel_cross_entropy", "reduction"): "none",
     ("smoothloss.torch", "vocab_parallel_cross_entropy", "reduction"): "none",
+    # Megatron-core's vocab_parallel_cross_entropy smooths with ε/(K-1) on the non-target classes
+    ("smoothloss.torch", "vocab_parallel_cross_entropy", "convention"): "others",
     # Keras's own Loss(reduction=...): Keras's reductions, another set of values
     ("smoothloss.keras", "BinaryCrossentropy", "reduction"): "sum_over_batch_size",
     ("smoothloss.keras", "CategoricalCrossentropy", "reduction"): "sum_over_batch_size",

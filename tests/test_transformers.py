@@ -212,9 +212,86 @@ def test_causal_lm_loss_without_smoothing_is_for_causal_lm_loss(num_items):
     _close(ours[1], theirs[1])
 
 
+def _shifted(labels):
+    """Labels shifted as the Trainer does for context parallelism: pad one -100 on the
+    right, drop the first (same length as the logits)."""
+    return torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:].contiguous()
+
+
+def _reference_shifted(logits, shift_labels, eps, num_items=None):
+    """ForCausalLMLoss given shift_labels, with PyTorch's label smoothing, in float64:
+    every position of the logits against shift_labels as they are, (1-ε)·nll +
+    ε·mean_c(-log p_c) per non-ignored label, the mean or the sum over num_items."""
+    logp = torch.log_softmax(logits.double(), dim=-1).reshape(-1, logits.shape[-1])
+    y = shift_labels.reshape(-1)
+    keep = y != -100
+    nll = -logp.gather(-1, y.clamp(min=0)[:, None])[:, 0]
+    per_token = torch.where(keep, (1 - eps) * nll + eps * (-logp).mean(-1), torch.zeros_like(nll))
+    return per_token.sum() / (keep.sum() if num_items is None else num_items)
+
+
+@pytest.mark.parametrize("num_items", [None, "tensor"])
+def test_causal_lm_loss_shift_labels_is_for_causal_lm_loss(num_items):
+    """At ε = 0, shift_labels= gives ForCausalLMLoss's value and gradient, and ``labels``
+    is then not read (here: labels that would give another loss, and None)."""
+    _transformers()
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    logits, labels = _batch(10, shape=(3, 10))
+    shift = _shifted(labels)
+    shift[1, 4] = -100  # a label the plain shift would train on
+    n = None if num_items is None else shift.ne(-100).sum() + 3
+    decoy = torch.randint(0, V, labels.shape)
+    theirs = _value_and_grad(lambda x: ForCausalLMLoss(x, decoy, V, num_items_in_batch=n, shift_labels=shift), logits)
+    for given in (decoy, None):
+        ours = _value_and_grad(
+            lambda x, given=given: causal_lm_loss(0.0)({"logits": x}, given, num_items_in_batch=n, shift_labels=shift),
+            logits,
+        )
+        _close(ours[0], theirs[0])
+        _close(ours[1], theirs[1])
+    # flattened shift_labels, as ForCausalLMLoss's view(-1) takes them
+    flat = _value_and_grad(
+        lambda x: causal_lm_loss(0.0)((x,), None, num_items_in_batch=n, shift_labels=shift.view(-1)), logits
+    )
+    _close(flat[0], theirs[0])
+    # without them, the plain shift: another number here
+    plain = causal_lm_loss(0.0)({"logits": logits}, labels, num_items_in_batch=n)
+    assert abs(plain.item() - theirs[0].item()) > 1e-4
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+@pytest.mark.parametrize("num_items", [None, "int"])
+def test_causal_lm_loss_shift_labels_matches_float64_reference(eps, num_items):
+    logits, labels = _batch(11, shape=(4, 9))
+    shift = _shifted(labels)
+    n = None if num_items is None else int(shift.ne(-100).sum()) + 5
+    ours, grad = _value_and_grad(lambda x: causal_lm_loss(eps)({"logits": x}, None, num_items_in_batch=n,
+                                                                shift_labels=shift), logits)
+    ref, ref_grad = _value_and_grad(lambda x: _reference_shifted(x, shift, eps, n), logits.double())
+    _close(ours.double(), ref)
+    _close(grad.double(), ref_grad)
+    # the same numbers as the plain shift of the unshifted labels
+    _close(ours, causal_lm_loss(eps)({"logits": logits}, labels, num_items_in_batch=n))
+
+
+def test_causal_lm_loss_shift_labels_of_a_context_parallel_split():
+    """Context parallelism splits the sequence after shifting: each chunk's loss with its
+    own shift_labels, over the whole batch's count, adds up to the unsplit loss."""
+    logits, labels = _batch(12, shape=(3, 12))
+    shift = _shifted(labels)
+    n = shift.ne(-100).sum()
+    loss = causal_lm_loss(0.1)
+    parts = sum(
+        loss((logits[:, i : i + 4],), None, num_items_in_batch=n, shift_labels=shift[:, i : i + 4]) for i in (0, 4, 8)
+    )
+    _close(parts, loss((logits,), labels))
+
+
 def test_causal_lm_loss_has_the_compute_loss_func_signature():
     loss = causal_lm_loss(label_smoothing=0.2, ignore_index=0)
-    assert list(inspect.signature(loss).parameters) == ["outputs", "labels", "num_items_in_batch"]
+    assert list(inspect.signature(loss).parameters) == ["outputs", "labels", "num_items_in_batch", "shift_labels"]
+    assert inspect.signature(loss).parameters["shift_labels"].default is None
     assert repr(loss) == "causal_lm_loss(label_smoothing=0.2, ignore_index=0)"
     logits, _ = _batch(9)
     with pytest.raises(ValueError, match="labels are None"):

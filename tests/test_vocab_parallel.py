@@ -275,3 +275,282 @@ def test_core_narrow_labels_and_large_offsets(dtype: str) -> None:
     bad = np.asarray([5, K, 0])  # K: no rank owns it
     loss_bad, _, _ = _two_ranks(fw, shards, bad, K, opts)
     assert np.isnan(loss_bad[1]) and np.all(np.isfinite(loss_bad[[0, 2]]))
+
+
+# ------------------------------------------------- PyTorch: Megatron-core's call form
+#
+# Megatron-core's ``vocab_parallel_cross_entropy(vocab_parallel_logits, target,
+# label_smoothing=0.0, tp_group=None)`` (megatron/core/tensor_parallel/cross_entropy.py)
+# returns per-position losses; with ε > 0 it computes, on the rank that holds the V
+# classes [r·V, (r+1)·V) of K = R·V,
+#
+#     s = ε·V/(V-1),  loss = (1-s)·(lse - x_y) - s·mean_{c in the shard}(x_c - lse)
+#
+# (lse over all K), and its backward on the shard is softmax - (1-s)·[c = y] - s/V.
+# With R = 1 that is the "others" rule: 1-ε on the target, ε/(K-1) on every other class.
+
+MEGATRON_EPS = (0.0, 0.1, 0.3)
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    m = np.max(x, axis=-1, keepdims=True)
+    return (m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+
+
+def megatron_reference(x: np.ndarray, y: np.ndarray, eps: float, world: int) -> tuple[list, list]:
+    """Megatron's formula in float64, per rank: (losses, local gradient slices) of a
+    cotangent of ones."""
+    K = x.shape[-1]
+    v = K // world
+    lse = _logsumexp(x)
+    softmax = np.exp(x - lse[..., None])
+    onehot = np.eye(K)[y]
+    nll = lse - np.take_along_axis(x, y[..., None], axis=-1)[..., 0]
+    losses, grads = [], []
+    for r in range(world):
+        cols = slice(r * v, (r + 1) * v)
+        s = eps * v / (v - 1) if eps > 0 else 0.0
+        mean_logp = np.mean(x[..., cols] - lse[..., None], axis=-1)
+        losses.append((1 - s) * nll - s * mean_logp)
+        grads.append(softmax[..., cols] - (1 - s) * onehot[..., cols] - s / v)
+    return losses, grads
+
+
+def unsharded_others_reference(x: np.ndarray, y: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """The loss with 1-ε on the target and ε/(K-1) on every other class, over all K
+    classes, in float64; and its gradient p - q for a cotangent of ones."""
+    K = x.shape[-1]
+    q = np.full(x.shape, eps / (K - 1))
+    np.put_along_axis(q, y[..., None], 1.0 - eps, axis=-1)
+    logp = x - _logsumexp(x)[..., None]
+    return -np.sum(q * logp, axis=-1), np.exp(logp) - q
+
+
+def _megatron_form_worker(rank: int, world: int, init_method: str, out_dir: str) -> None:
+    import sys as _sys
+    import types
+
+    import torch
+    import torch.distributed as dist
+
+    from smoothloss.torch import vocab_parallel_cross_entropy
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    try:
+        logits_np, labels_np = _data(3)
+        y = torch.from_numpy(np.where(labels_np == IGNORE, 3, labels_np))
+        v = K // world
+        shard = logits_np[..., rank * v:(rank + 1) * v]
+        results = {}
+        for eps in MEGATRON_EPS:
+            calls = {
+                "positional": lambda t, eps=eps: vocab_parallel_cross_entropy(t, y, eps),
+                "positional tp_group": lambda t, eps=eps: vocab_parallel_cross_entropy(t, y, eps, dist.group.WORLD),
+                "tp_group=": lambda t, eps=eps: vocab_parallel_cross_entropy(
+                    t, y, label_smoothing=eps, tp_group=dist.group.WORLD),
+                "group=": lambda t, eps=eps: vocab_parallel_cross_entropy(t, y, eps, group=dist.group.WORLD),
+            }
+            for name, call in calls.items():
+                local = torch.from_numpy(shard.copy()).requires_grad_(True)
+                loss = call(local)
+                loss.backward(torch.ones_like(loss))
+                results[(eps, name)] = (loss.detach().numpy(), local.grad.numpy())
+        try:
+            both = dict(tp_group=dist.group.WORLD, group=dist.group.WORLD)
+            vocab_parallel_cross_entropy(torch.from_numpy(shard.copy()), y, 0.1, **both)
+        except TypeError as e:
+            results["both"] = str(e)
+
+        if world == 4:
+            # two tensor-parallel groups of 2 in a world of 4 (data parallel 2): each
+            # group shards the K classes in halves
+            subgroups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+            mine = subgroups[rank // 2]
+            half = K // 2
+            sub_shard = torch.from_numpy(logits_np[..., (rank % 2) * half:(rank % 2 + 1) * half].copy())
+            results["subgroup"] = vocab_parallel_cross_entropy(sub_shard, y, 0.1, tp_group=mine).numpy()
+            # no group given: Megatron's parallel_state's tensor-parallel group, when loaded
+            fake = types.ModuleType("megatron.core.parallel_state")
+            fake.model_parallel_is_initialized = lambda: True
+            fake.get_tensor_model_parallel_group = lambda check_initialized=True: mine
+            _sys.modules["megatron.core.parallel_state"] = fake
+            try:
+                results["parallel_state"] = vocab_parallel_cross_entropy(sub_shard, y, 0.1).numpy()
+                fake.model_parallel_is_initialized = lambda: False  # loaded, not set up: the world
+                results["parallel_state off"] = vocab_parallel_cross_entropy(
+                    torch.from_numpy(shard.copy()), y, 0.1).numpy()
+            finally:
+                del _sys.modules["megatron.core.parallel_state"]
+        np.save(os.path.join(out_dir, f"megatron_form{rank}.npy"), np.array(results, dtype=object), allow_pickle=True)
+    finally:
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # (see _torch_worker)
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_torch_megatron_call_form(world: int, tmp_path: Path) -> None:
+    """Megatron's call sites with only the import changed: ``(logits, target, ε)``,
+    ``tp_group`` positional or by keyword, ``group=`` as its alias. Every form gives the
+    unsharded "others" loss (float64 reference) on every rank, which is Megatron's
+    formula at tensor-parallel size 1; at 2 and 4 Megatron's local smoothing differs by
+    rank, ours does not."""
+    _require("torch")
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    init_method = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_megatron_form_worker, args=(world, init_method, str(tmp_path)), nprocs=world, join=True)
+    per_rank = [np.load(tmp_path / f"megatron_form{r}.npy", allow_pickle=True).item() for r in range(world)]
+
+    logits, labels = _data(3)
+    y = np.where(labels == IGNORE, 3, labels)
+    for eps in MEGATRON_EPS:
+        ref, ref_g = unsharded_others_reference(logits, y, eps)
+        meg, meg_g = megatron_reference(logits, y, eps, world)
+        for name in ("positional", "positional tp_group", "tp_group=", "group="):
+            grads = []
+            for r in range(world):
+                loss, grad = per_rank[r][(eps, name)]
+                what = f"world={world} ε={eps} {name} rank={r}"
+                assert loss.shape == y.shape, what  # per-position losses, as Megatron's
+                np.testing.assert_allclose(loss, ref, rtol=0, atol=TOL, err_msg=what)
+                if world == 1 or eps == 0:
+                    np.testing.assert_allclose(loss, meg[r], rtol=0, atol=TOL, err_msg=what)
+                    np.testing.assert_allclose(grad, meg_g[r], rtol=0, atol=TOL, err_msg=what)
+                grads.append(grad)
+            np.testing.assert_allclose(np.concatenate(grads, axis=-1), ref_g, rtol=0, atol=TOL)
+        if world > 1 and eps > 0:
+            # Megatron-LM issue 737: its smoothing term is the local shard's, so rank 0's
+            # and rank 1's losses differ; ours are the unsharded loss on every rank
+            assert np.max(np.abs(meg[0] - meg[1])) > 1e-3
+            assert np.max(np.abs(meg[0] - ref)) > 1e-3
+    for r in range(world):
+        assert "tp_group" in per_rank[r]["both"] and "group" in per_rank[r]["both"]
+    if world == 4:
+        ref, _ = unsharded_others_reference(logits, y, 0.1)
+        for r in range(world):
+            for key in ("subgroup", "parallel_state", "parallel_state off"):
+                np.testing.assert_allclose(per_rank[r][key], ref, rtol=0, atol=TOL, err_msg=key)
+
+
+def test_torch_signature_is_megatrons() -> None:
+    """Megatron's four parameters in its order, with its defaults; the rest keyword-only,
+    Megatron's "others" smoothing rule and per-position losses by default."""
+    _require("torch")
+    import inspect
+
+    from smoothloss.torch import vocab_parallel_cross_entropy
+
+    params = list(inspect.signature(vocab_parallel_cross_entropy).parameters.values())
+    positional = [p for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    assert [p.name for p in positional][2:] == ["label_smoothing", "tp_group"]
+    assert [p.default for p in positional][1:] == [inspect.Parameter.empty, 0.0, None]
+    keyword = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert keyword["convention"] == "others" and keyword["reduction"] == "none" and keyword["group"] is None
+
+
+# ------------------------------------------- PyTorch: data parallel, the global mean
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "distributed.md"
+DP_MARKER = "<!-- tested: tests/test_vocab_parallel.py::test_torch_data_parallel_global_mean -->"
+DP_EPS, DP_K, DP_H = 0.1, 7, 5
+
+
+def _docs_block() -> str:
+    """The docs' data-parallel example: the python block after DP_MARKER."""
+    text = DOCS.read_text(encoding="utf-8")
+    assert text.count(DP_MARKER) == 1, "docs/distributed.md lost the tested data-parallel example"
+    after = text.split(DP_MARKER, 1)[1].lstrip("\n")
+    assert after.startswith("```python\n")
+    return after[len("```python\n"):].split("```", 1)[0]
+
+
+def _dp_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A global batch of 4 rows of 6 tokens (hidden states, labels) and a linear head;
+    rank r holds rows 2r, 2r+1: rank 0 has 10 valid tokens, rank 1 has 4."""
+    rng = np.random.default_rng(11)
+    hidden = rng.normal(size=(4, 6, DP_H))
+    labels = rng.integers(0, DP_K, size=(4, 6))
+    labels[0, 4:] = labels[2, 1:] = labels[3, 3:] = IGNORE
+    return hidden, labels, rng.normal(size=(DP_K, DP_H))
+
+
+def _dp_worker(rank: int, world: int, init_method: str, out_dir: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    try:
+        hidden, labels, weight = _dp_data()
+        rows = slice(2 * rank, 2 * rank + 2)
+        head = torch.nn.Linear(DP_H, DP_K, bias=False, dtype=torch.float64)
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(weight))
+        model = DistributedDataParallel(head)
+        namespace = {
+            "logits": model(torch.from_numpy(hidden[rows].copy())),
+            "labels": torch.from_numpy(labels[rows].copy()),
+        }
+        exec(compile(_docs_block(), str(DOCS), "exec"), namespace)
+        loss = namespace["loss"]
+        loss.backward()
+        logged = loss.detach().clone()
+        dist.all_reduce(logged, op=dist.ReduceOp.AVG)
+        np.save(os.path.join(out_dir, f"dp{rank}.npy"),
+                np.array({"logged": logged.item(), "grad": head.weight.grad.numpy()}, dtype=object), allow_pickle=True)
+    finally:
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # (see _torch_worker)
+
+
+def test_torch_data_parallel_global_mean(tmp_path: Path) -> None:
+    """The docs' example on 2 gloo processes under DDP, the ranks padded differently: the
+    ranks' average loss is the mean over the concatenated batch's valid tokens (a float64
+    reference, smoothed as PyTorch smooths: 1-ε+ε/K on the target), and DDP's gradient is
+    that mean's gradient (closed form: Σ_valid (softmax - q) ⊗ h / count)."""
+    _require("torch")
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    mp.spawn(_dp_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2, join=True)
+    per_rank = [np.load(tmp_path / f"dp{r}.npy", allow_pickle=True).item() for r in range(2)]
+
+    hidden, labels, weight = _dp_data()
+    keep = labels != IGNORE
+    h, y = hidden[keep], labels[keep]  # the concatenated batch's 14 valid tokens
+    logits = h @ weight.T
+    q = np.full(logits.shape, DP_EPS / DP_K)
+    q[np.arange(len(y)), y] += 1.0 - DP_EPS
+    logp = logits - _logsumexp(logits)[:, None]
+    mean = np.sum(-q * logp) / len(y)
+    grad = (np.exp(logp) - q).T @ h / len(y)
+    # the ranks' own means would average to another number: 10 and 4 valid tokens
+    own = [np.mean(np.sum(-q * logp, axis=-1)[:10]), np.mean(np.sum(-q * logp, axis=-1)[10:])]
+    assert abs((own[0] + own[1]) / 2 - mean) > 1e-3
+    for r in range(2):
+        np.testing.assert_allclose(per_rank[r]["logged"], mean, rtol=0, atol=TOL)
+        np.testing.assert_allclose(per_rank[r]["grad"], grad, rtol=0, atol=TOL)
+
+
+def test_global_token_count_requires_process_group() -> None:
+    _require("torch")
+    import torch
+    import torch.distributed as dist
+
+    from smoothloss.torch_parallel import global_token_count
+
+    if dist.is_available() and dist.is_initialized():
+        pytest.skip("a process group is already initialised")
+    with pytest.raises(RuntimeError, match="process group"):
+        global_token_count(torch.zeros(3, dtype=torch.int64))

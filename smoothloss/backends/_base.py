@@ -127,6 +127,22 @@ def native_kernels_everywhere() -> bool:
     return _OPEN[0] == 0
 
 
+@contextlib.contextmanager
+def without_run_time_checks() -> Iterator[None]:
+    """Trace without the run-time checks of :meth:`Framework.check` (labels, array
+    options) inside the block, process-wide: the bench's way to measure what they cost.
+    A function traced inside it keeps no checks; a ``torch.compile`` guard on the switch
+    compiles again outside it."""
+    _RUN_TIME_CHECKS[0] = False
+    try:
+        yield
+    finally:
+        _RUN_TIME_CHECKS[0] = True
+
+
+_RUN_TIME_CHECKS = [True]
+
+
 def before_first_block(fn: Any) -> None:
     """Run ``fn()`` once, before the first :func:`native_kernels` block opens (a
     binding's set-up for reading the switch inside traced code)."""
@@ -325,6 +341,11 @@ class Framework:
         graph, a traced call) when they are computed. The base cannot: NumPy and
         array-api-strict values are always read."""
         return False
+
+    def run_time_checked(self, x: Any) -> bool:
+        """Whether to check ``x``'s values at run time: where :meth:`checks_at_run_time`,
+        outside :func:`without_run_time_checks`."""
+        return _RUN_TIME_CHECKS[0] and self.checks_at_run_time(x)
 
     def check(self, ok: Any, message: str, lo: Any, hi: Any) -> None:
         """The framework's own run-time check that every entry of the boolean array

@@ -9,6 +9,9 @@ peak memory.
 * ``smoothloss.bench.schedule``: TensorFlow, ε changing every step of an eager loop, smoothloss's
   XLA backward (its traces, the resident set, the step time) against Keras, each in a fresh
   subprocess;
+* ``smoothloss.bench.checks``: torch and TensorFlow, a compiled step with smoothloss's
+  run-time label check against the same step compiled without it, in one fresh subprocess
+  per framework;
 * ``smoothloss.bench.linear``: ``linear_cross_entropy(hidden, weight, labels)`` against
   ``cross_entropy(hidden @ weight.T, labels)`` (``--linear NxHxV``, ``--only-linear``), one
   fresh subprocess per run; also ``python -m smoothloss.bench.linear N H V [chunk]`` alone;

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smoothloss.bench import dense, dense_report, linear, schedule
+from smoothloss.bench import checks, dense, dense_report, linear, schedule
 from smoothloss.bench.common import (
     FRAMEWORKS, LOAD_LIMIT_START, PACKAGE_DIR, apply_threads, load_warning, loadavg, log, size_name, threads_text,
     write_json,
@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"skip TensorFlow's smoothing schedule: {schedule.SCHEDULE_STEPS} eager steps at "
                    f"{size_name(schedule.SCHEDULE_SIZE)}, ε changing every step, of smoothloss (its XLA backward: "
                    "traces, resident set, step time) and Keras CategoricalCrossentropy, each in a fresh process")
+    p.add_argument("--no-checks", action="store_true",
+                   help="skip the cost of the run-time label check inside compiled steps (torch.compile, tf.function) "
+                   f"at {', '.join(size_name(s) for s in checks.CHECK_SIZES)}, each framework in a fresh process")
     p.add_argument("--docs", default=None, help="also write this Markdown page (e.g. docs/benchmarks.md), "
                    "with the plot next to it")
     p.add_argument("--note", default=None, help="a sentence to put in the docs page (e.g. about machine load)")
@@ -418,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "schedule_size": (list(schedule.SCHEDULE_SIZE) if "tensorflow" in frameworks and not args.no_schedule
                           else None),
         "schedule_steps": schedule.SCHEDULE_STEPS,
+        "checks": not args.no_checks and device == "cpu",
     }
     report: dict[str, Any] = {
         "schema": SCHEMA,

@@ -73,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from smoothloss.bench import schedule
+from smoothloss.bench import checks, schedule
 from smoothloss.bench.common import (
     MIB, fmt_ms, framework_info, hwm_resettable, log, malloc_trim, measured_step, ru_maxrss, run_worker, size_name,
     threads_text,
@@ -472,14 +472,16 @@ def _device_memory(rec: dict[str, Any], steps: Steps, step: Callable[[], Any], d
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """The ``task: "time"``, ``"first_call"``, ``"schedule"`` (``smoothloss.bench.schedule``) and
-    ``"memory"`` workers of ``python -m smoothloss.bench --worker``."""
+    """The ``task: "time"``, ``"first_call"``, ``"schedule"`` (``smoothloss.bench.schedule``),
+    ``"checks"`` (``smoothloss.bench.checks``) and ``"memory"`` workers of ``python -m smoothloss.bench --worker``."""
     if spec["task"] == "time":
         return _worker_time(spec)
     if spec["task"] == "first_call":
         return _worker_first_call(spec)
     if spec["task"] == "schedule":
         return schedule.worker(spec)
+    if spec["task"] == "checks":
+        return checks.worker(spec)
     return _measure_memory(spec["framework"], spec["implementation"], tuple(spec["size"]), spec["smoothing"], True,
                            spec.get("device", "cpu"))
 
@@ -491,7 +493,9 @@ def run(settings: dict[str, Any], timeout_s: float) -> dict[str, dict[str, Any]]
     """One timing subprocess per framework of ``settings["frameworks"]`` (torch: then, unless
     ``settings["first_call_size"]`` is None, one first-call subprocess per implementation of
     ``FIRST_CALL_IMPLS``; tensorflow: then, unless ``settings["schedule_size"]`` is None, one
-    smoothing-schedule subprocess per implementation of ``schedule.SCHEDULE_IMPLS``), then (unless
+    smoothing-schedule subprocess per implementation of ``schedule.SCHEDULE_IMPLS``; torch and
+    tensorflow: unless ``settings["checks"]`` is off, one subprocess timing the run-time label
+    check, ``smoothloss.bench.checks``), then (unless
     quick or ``settings["memory"]`` is off) one memory subprocess per framework × implementation × size.
     Returns the results per framework (``{"error": ...}`` for a framework whose worker failed)."""
     frameworks: dict[str, dict[str, Any]] = {}
@@ -511,6 +515,8 @@ def run(settings: dict[str, Any], timeout_s: float) -> dict[str, dict[str, Any]]
             res["first_call"] = run_first_call(settings, timeout_s)
         elif fw == "tensorflow" and settings.get("schedule_size"):
             res["schedule"] = schedule.run(settings, timeout_s)
+        if "error" not in res and fw in checks.CHECK_FRAMEWORKS and settings.get("checks"):
+            res["checks"] = checks.run({**settings, "frameworks": [fw]}, timeout_s)
         frameworks[fw] = res
 
     if settings["memory"] and not settings["quick"]:
@@ -568,6 +574,6 @@ def failed(frameworks: dict[str, dict[str, Any]]) -> bool:
             return True
         if res.get("first_call") and any("error" in r for r in res["first_call"]["results"].values()):
             return True
-        if schedule.failed(res.get("schedule")):
+        if schedule.failed(res.get("schedule")) or checks.failed(res.get("checks")):
             return True
     return False

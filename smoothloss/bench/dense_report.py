@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from smoothloss.bench import schedule
+from smoothloss.bench import checks, schedule
 from smoothloss.bench.common import MIB, fmt_ms, fmt_ratio, ratio, size_name
 from smoothloss.bench.dense import (
     CROSSOVER_IMPLS, FIRST_CALL_IMPLS, FLOOR_TARGET_SIZE, FLOOR_TARGETS, IMPLS, MAIN_TARGETS, MEMORY_TARGETS,
@@ -27,6 +27,7 @@ def summarise(frameworks: dict[str, Any]) -> dict[str, Any]:
     ratios, dispatch, targets = [], [], []
     mem_allowance = 1.0  # MiB: RSS page granularity, thread stacks, O(B) row statistics
     crossover = first_call = sched = None
+    check_rows: list[dict[str, Any]] = []
 
     def target(text: str, where: str, value: float, limit: float, unit: str | None = None) -> None:
         t = {"target": text, "where": where, "value": value, "limit": limit, "met": value <= limit}
@@ -96,8 +97,10 @@ def summarise(frameworks: dict[str, Any]) -> dict[str, Any]:
             first_call = compile_first_call(res["first_call"])
         if res.get("schedule"):
             sched = schedule.summarise(res["schedule"])
+        if res.get("checks"):
+            check_rows += checks.summarise(res["checks"])
     return {"ratios": ratios, "dispatch": dispatch, "targets": targets, "crossover": crossover,
-            "first_call": first_call, "schedule": sched, "memory_allowance_mib": mem_allowance}
+            "first_call": first_call, "schedule": sched, "checks": check_rows, "memory_allowance_mib": mem_allowance}
 
 
 def compile_crossover(measured: dict[str, Any]) -> dict[str, Any]:
@@ -229,6 +232,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += _first_call_markdown(summary["first_call"], eps, device)
     if summary.get("schedule"):
         lines += schedule.markdown_lines(summary["schedule"], device)
+    if summary.get("checks"):
+        lines += checks.markdown_lines(summary["checks"])
     if summary["dispatch"]:
         lines += [
             "",
