@@ -314,3 +314,41 @@ def test_keras_fit_fails_on_bad_labels_and_follows_a_variable_schedule(backend):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
     proc = subprocess.run([sys.executable, "-c", FIT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+MIRRORED = r"""
+import os
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, smoothloss.keras as slk
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 5)).astype("float32")
+y = rng.integers(0, 4, 64)
+y[::5] = -1  # ignored: the replicas' valid counts differ
+runs = {}
+for name, make in (("keras", lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)),
+                   ("smoothloss", lambda: slk.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1))):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4)])
+        model.compile(optimizer="sgd", loss=make())
+    history = model.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
+    runs[name] = (history.history["loss"], np.concatenate([w.ravel() for w in model.get_weights()]))
+np.testing.assert_allclose(runs["smoothloss"][0], runs["keras"][0], rtol=1e-6)
+np.testing.assert_allclose(runs["smoothloss"][1], runs["keras"][1], rtol=1e-5, atol=1e-7)
+print("OK")
+"""
+
+
+def test_keras_fit_under_mirrored_strategy_matches_keras():
+    """Two replicas (logical CPUs) whose batches hold different numbers of valid labels:
+    smoothloss's loss, reduced by keras.losses.Loss, averages as Keras's own loss does."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
+        pytest.skip("tensorflow or keras is not installed")
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-c", MIRRORED], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-2000:] + proc.stderr[-4000:]
