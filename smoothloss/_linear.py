@@ -31,9 +31,12 @@ from typing import Any
 
 from smoothloss import _validation as V
 from smoothloss._core import Options, validate
-from smoothloss._formulas import compute_dtype, mean_scale
+from smoothloss._formulas import compute_dtype, mean_scale, soft_cap
 
-__all__ = ["CHUNK_BYTES", "chunk_step", "chunked_backward", "chunked_forward", "prepare", "python_loop"]
+__all__ = [
+    "CHUNK_BYTES", "chunk_step", "chunked_backward", "chunked_forward", "prepare", "python_loop", "row_statistics",
+    "with_class_weight",
+]
 
 #: The default chunk holds about this many bytes of logits.
 CHUNK_BYTES = 64 << 20
@@ -65,13 +68,27 @@ def _per_row(opts: Options) -> Options:
     return opts if opts.reduction == "none" else replace(opts, reduction="none")
 
 
-def _reduction_scale(fw: Any, labels: Any, opts: Options, dtype: Any) -> Any:
+def _valid_weight(fw: Any, labels: Any, ignore_index: Any, class_weight: Any, dtype: Any) -> tuple[Any, Any]:
+    """``(valid, w_y)``: each row's validity (bool) and its label's class weight (0 when
+    ignored; 1 without class weights), in ``dtype``."""
+    xp = fw.xp
+    y = fw.index(labels)
+    valid = y != ignore_index if ignore_index is not None and fw.holds_index(ignore_index) else xp.zeros_like(y) == 0
+    if class_weight is None:
+        return valid, xp.astype(valid, dtype)
+    w = xp.take(xp.astype(class_weight, dtype), xp.where(valid, y, 0), axis=0)
+    return valid, xp.where(valid, w, 0.0)
+
+
+def _reduction_scale(fw: Any, labels: Any, opts: Options, dtype: Any, class_weight: Any = None) -> Any:
     """d(loss)/d(row loss): 1 for ``"sum"`` and ``"none"``, 1/#valid rows for ``"mean"``
-    (0 when no row is valid), counted in ``dtype``. It depends on the labels only, so it
-    is known before the first chunk."""
+    (1/Σ_valid w_y with class weights, PyTorch's denominator; 0 when it is 0), counted in
+    ``dtype``. It depends on the labels only, so it is known before the first chunk."""
     xp = fw.xp
     if opts.reduction != "mean":
         return 1.0
+    if class_weight is not None:
+        return mean_scale(xp, xp.sum(_valid_weight(fw, labels, opts.ignore_index, class_weight, dtype)[1]))
     ignoring = opts.ignore_index is not None and fw.holds_index(opts.ignore_index)
     if not ignoring and labels.shape[0] is not None:
         return mean_scale(xp, float(labels.shape[0]))
@@ -189,13 +206,70 @@ def chunked_forward(
     no gradient is needed, ``grads`` is None: :func:`chunked_backward` makes them.
     """
     xp = run.fw.xp
-    scale = _reduction_scale(run.fw, labels, opts, compute_dtype(xp, hidden.dtype))
+    scale = _reduction_scale(run.fw, labels, opts, compute_dtype(xp, hidden.dtype), getattr(run, "class_weight", None))
     early = opts.reduction != "none" and any(needs)
     losses, stats, d_h, d_w, d_b = _sweep(
         run, hidden, weight, bias, labels, opts, chunk, None, scale, 1.0, needs if early else (False, False, False)
     )
     loss = losses if opts.reduction == "none" else xp.sum(losses) * scale
     return loss, stats, scale, ((d_h, d_w, d_b) if early else None)
+
+
+class _ClassWeighted:
+    """``run`` with a class weight (V,) given to each chunk's closed form (the core's
+    ``weight``, PyTorch's semantics: ``(1-ε)·w_y·ℓ_y + (ε/V)·Σ_c w_c·ℓ_c`` per row; the
+    mean divides by Σ_valid w_y)."""
+
+    compiled = False
+
+    def __init__(self, run: Any, class_weight: Any) -> None:
+        self.fw, self.loop, self.run, self.class_weight = run.fw, run.loop, run, class_weight
+
+    def forward(self, z: Any, y: Any, _weight: Any, opts: Options) -> Any:
+        return self.run.forward(z, y, self.class_weight, opts)
+
+    def backward(self, z: Any, y: Any, _weight: Any, opts: Options, *rest: Any) -> Any:
+        return self.run.backward(z, y, self.class_weight, opts, *rest)
+
+
+def with_class_weight(run: Any, class_weight: Any) -> Any:
+    """``run`` whose chunks use the class weight ``class_weight`` (``run`` itself for None).
+    The compiled closed forms take no class weight: the eager core serves a weighted call."""
+    if class_weight is None:
+        return run
+    return _ClassWeighted(run, class_weight)
+
+
+def _logit_stats(fw: Any, z: Any, y: Any, softcap: Any, acc: Any) -> tuple[Any, Any, Any]:
+    """``(lse, argmax, softmax(z)_y)`` of logits ``z`` (C, V) with labels ``y`` (index dtype)."""
+    xp = fw.xp
+    z = soft_cap(xp, z if z.dtype == acc else xp.astype(z, acc), softcap)[0]
+    m = xp.max(z, axis=-1, keepdims=True)
+    lse = xp.log(xp.sum(xp.exp(z - m), axis=-1)) + m[:, 0]
+    classes = xp.arange(int(z.shape[-1]), dtype=y.dtype, device=fw.device(y))
+    z_y = xp.sum(xp.where(xp.expand_dims(y, axis=-1) == classes, z, 0.0), axis=-1)
+    return lse, xp.argmax(z, axis=-1), xp.exp(z_y - lse)
+
+
+def row_statistics(
+    fw: Any, hidden: Any, weight: Any, bias: Any, labels: Any, ignore_index: Any, softcap: Any, chunk: int
+) -> tuple[Any, Any, Any, Any]:
+    """``(valid, lse, argmax, p_y)`` per row of 2-D ``hidden``, chunk by chunk, for metrics
+    and detached factors: the (soft-capped) logits' log-sum-exp and first argmax, and the
+    label's probability ``softmax(z)_y`` (0 at ignored rows), in the compute dtype. With
+    ``weight=None``, ``hidden`` holds the logits themselves. No gradient flows through
+    them (the caller runs this without autodiff)."""
+    xp = fw.xp
+    acc = compute_dtype(xp, hidden.dtype)
+    valid, _ = _valid_weight(fw, labels, ignore_index, None, acc)
+    y = xp.where(valid, fw.index(labels), 0)
+    parts: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+    for i, j in _bounds(int(hidden.shape[0]), chunk):
+        z = hidden[i:j, ...] if weight is None else _logits(xp, hidden[i:j, ...], weight, bias)
+        for part, value in zip(parts, _logit_stats(fw, z, y[i:j], softcap, acc)):
+            part.append(value)
+    lse, arg, p_y = (_concat(xp, part) for part in parts)
+    return valid, lse, arg, xp.where(valid, p_y, 0.0)
 
 
 def chunked_backward(
@@ -212,7 +286,8 @@ def chunked_backward(
 
 
 def prepare(
-    fw: Any, hidden: Any, weight: Any, labels: Any, bias: Any, chunk_size: Any, options: dict[str, Any]
+    fw: Any, hidden: Any, weight: Any, labels: Any, bias: Any, chunk_size: Any, options: dict[str, Any],
+    class_weight: Any = None,
 ) -> tuple[Any, Any, Any, Any, Options, int]:
     """Check the arguments; return (hidden (N, H), weight, labels (N,), bias, opts, chunk)."""
     xp = fw.xp
@@ -243,7 +318,7 @@ def prepare(
     hidden2 = xp.reshape(hidden, (n, int(hidden.shape[-1])))
     labels1 = xp.reshape(labels, (n,))
     # the options are checked by the core on a zero-row logits probe (no N×V array)
-    opts = validate(fw, _logits(xp, hidden2[0:0, ...], weight, bias), labels1[0:0], None, **options)
+    opts = validate(fw, _logits(xp, hidden2[0:0, ...], weight, bias), labels1[0:0], class_weight, **options)
     opts = replace(opts, axis=-1)
     V.check_label_values(fw, labels1, num_classes, opts.ignore_index)
     if chunk_size is None:

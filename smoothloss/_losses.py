@@ -141,6 +141,7 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     kl: bool = False,
+    class_weight: Any = None,
 ) -> Any:
     r"""``cross_entropy(hidden @ weight.T + bias, labels, ...)`` without the N×V logits.
 
@@ -171,6 +172,9 @@ def linear_cross_entropy(
         kl: subtract the entropy of the smoothed target, as in :func:`smoothloss.cross_entropy`.
         reduction: ``"mean"`` (over the valid rows), ``"sum"`` or ``"none"`` (shape
             ``hidden.shape[:-1]``).
+        class_weight: optional (V,) class weights, the ``weight`` of
+            :func:`smoothloss.cross_entropy` (the mean then divides by Σ_valid w_y);
+            torch and NumPy/array-api-strict only.
 
     Returns:
         The loss, an array of hidden's namespace.
@@ -185,9 +189,12 @@ def linear_cross_entropy(
         True
     """
     options = _options.of(locals())
-    fw, (hidden, weight, labels, bias) = bind(hidden, weight, labels, bias)
-    hidden2, weight, labels1, bias, opts, chunk = prepare(fw, hidden, weight, labels, bias, chunk_size, options)
-    loss = losses(fw).linear_cross_entropy(hidden2, weight, bias, labels1, opts, chunk)
+    fw, (hidden, weight, labels, bias, class_weight) = bind(hidden, weight, labels, bias, class_weight)
+    hidden2, weight, labels1, bias, opts, chunk = prepare(
+        fw, hidden, weight, labels, bias, chunk_size, options, class_weight
+    )
+    extra = {} if class_weight is None else {"class_weight": class_weight}
+    loss = losses(fw).linear_cross_entropy(hidden2, weight, bias, labels1, opts, chunk, **extra)
     if opts.reduction == "none":
         loss = fw.xp.reshape(loss, fw.dynamic_shape(labels))
     return loss

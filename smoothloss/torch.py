@@ -29,6 +29,8 @@ from smoothloss._torch_support import forward as _forward, legacy_reduction as _
 from smoothloss._torch_support import no_autocast as _no_autocast, wide as _wide
 from smoothloss._options import Options
 from smoothloss.torch_mixup import FastCollateMixup, Mixup
+from smoothloss.torch_liger import CrossEntropyOutput, LigerCrossEntropyLoss, LinearCrossEntropyLoss
+from smoothloss.torch_liger import liger_cross_entropy, linear_cross_entropy
 from smoothloss.torch_parallel import vocab_parallel_cross_entropy
 
 __all__ = [
@@ -36,10 +38,12 @@ __all__ = [
     "CrossEntropyLoss",
     "FastCollateMixup",
     "LabelSmoothingCrossEntropy",
+    "LigerCrossEntropyLoss",
     "LinearCrossEntropyLoss",
     "Mixup",
     "SoftTargetCrossEntropy",
     "cross_entropy",
+    "liger_cross_entropy",
     "linear_cross_entropy",
     "vocab_parallel_cross_entropy",
 ]
@@ -459,142 +463,3 @@ class BinaryCrossEntropy(nn.Module):
         if self.smooth_dense:
             parts.append("smooth_dense=True")
         return ", ".join(parts)
-
-
-def linear_cross_entropy(
-    input: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    bias: Tensor | None = None,
-    *,
-    ignore_index: int | None = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    convention: str = "uniform",
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    chunk_size: int | None = None,
-    kl: bool = False,
-) -> Tensor:
-    r"""``cross_entropy(F.linear(input, weight, bias), target, ...)`` without the N×V logits.
-
-    :func:`smoothloss.linear_cross_entropy` with PyTorch's conventions: ``input`` is
-    (..., H), ``weight`` the (V, H) matrix of an ``nn.Linear(H, V)`` head (or a tied
-    embedding), ``target`` class indices of shape ``input.shape[:-1]``, positions with
-    ``ignore_index`` (default -100) leave the mean. The rows are processed
-    ``chunk_size`` at a time; for ``"mean"``/``"sum"`` the gradients for ``input``,
-    ``weight`` and ``bias`` are made in the same pass and ``backward()`` only scales
-    them, so a training step makes each chunk's logits once.
-
-    Inside ``torch.autocast`` the three tensors are cast to the autocast dtype first (as
-    ``F.linear`` would be) and the loss is computed with autocast off (float32
-    accumulation, float32 loss).
-
-    Args:
-        input: hidden states (..., H).
-        weight: (V, H).
-        target: integer class indices, ``input.shape[:-1]``.
-        bias: optional (V,).
-        ignore_index: label that contributes 0 and leaves the mean; None ignores nothing.
-        reduction: ``"mean"`` (over the valid positions; 0 when there are none),
-            ``"sum"`` or ``"none"`` (shape ``target.shape``).
-        label_smoothing: ε in [0, 1]; ``convention`` ``"uniform"`` (ε/V on every class,
-            PyTorch's) or ``"others"`` (ε/(V-1) on the others, fairseq's).
-        z_loss: coefficient of ``logsumexp²`` per valid position (Liger's
-            ``lse_square_scale``).
-        softcap: if given, logits ← softcap·tanh(logits/softcap).
-        chunk_size: rows per chunk (default: about 64 MiB of logits per chunk).
-        kl: subtract the entropy of the smoothed target, so the minimum is 0.
-
-    Example:
-        >>> import torch
-        >>> from smoothloss.torch import linear_cross_entropy
-        >>> h = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
-        >>> head = torch.nn.Linear(8, 50, dtype=torch.float64)
-        >>> y = torch.tensor([3, 1, -100, 49, 0, 7])
-        >>> loss = linear_cross_entropy(h, head.weight, y, head.bias, label_smoothing=0.1, chunk_size=4)
-        >>> ref = torch.nn.functional.cross_entropy(head(h), y, label_smoothing=0.1)
-        >>> torch.allclose(loss, ref)
-        True
-        >>> loss.backward()
-        >>> head.weight.grad.shape
-        torch.Size([50, 8])
-    """
-    for name, value in (("input", input), ("weight", weight), ("target", target)):
-        _check_tensor(name, value)
-    _check_tensor("bias", bias, optional=True)
-    device_type = input.device.type
-    if _autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        input, weight = input.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-    return _no_autocast(
-        device_type, smoothloss.linear_cross_entropy, input, weight, _wide(target),
-        bias=bias, chunk_size=chunk_size, **_options.of(locals()),
-    )
-
-
-class LinearCrossEntropyLoss(nn.Module):
-    r"""Drop-in for Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss``: the label-smoothed
-    cross-entropy of a linear head without its N×V logits, on any device.
-
-    Same constructor (``ignore_index=-100``, ``lse_square_scale``, ``label_smoothing``,
-    ``reduction``, ``softcap``) and call order, ``loss_fn(lin_weight, _input, target,
-    bias=None)``, as Liger; computed by :func:`linear_cross_entropy` (row chunks, closed-
-    form gradients made during the forward, no Triton or CUDA needed). Extras,
-    keyword-only: ``convention`` and ``chunk_size``.
-
-    Differences from Liger: a mean over zero valid positions is 0 (not NaN), bad labels
-    raise ``ValueError`` eagerly, options are checked at construction (``ValueError``,
-    not ``assert``), the loss is float32 for 16-bit inputs. Liger's later extras
-    (``ce_weight``, ``return_z_loss``, token scaling/accuracy) are not taken.
-
-    Example:
-        >>> import torch
-        >>> from smoothloss.torch import LinearCrossEntropyLoss
-        >>> loss_fn = LinearCrossEntropyLoss(label_smoothing=0.1, lse_square_scale=1e-4)
-        >>> h, w = torch.randn(2, 5, 16), torch.randn(100, 16, requires_grad=True)
-        >>> loss = loss_fn(w, h.reshape(-1, 16), torch.randint(0, 100, (10,)))
-        >>> loss.backward(); w.grad.shape
-        torch.Size([100, 16])
-    """
-
-    def __init__(
-        self,
-        ignore_index: int = -100,
-        lse_square_scale: float = 0.0,
-        label_smoothing: float = 0.0,
-        reduction: str = "mean",
-        softcap: float | None = None,
-        *,
-        convention: str = "uniform",
-        chunk_size: int | None = None,
-    ) -> None:
-        super().__init__()
-        # the core's checks, once, on a tiny probe: bad options fail here, not at the first step
-        smoothloss.linear_cross_entropy(
-            torch.zeros(1, 1), torch.zeros(2, 1), torch.zeros(1, dtype=torch.int64), chunk_size=chunk_size,
-            label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
-            reduction=reduction, z_loss=lse_square_scale, softcap=softcap,
-        )
-        self.ignore_index = ignore_index
-        self.lse_square_scale = lse_square_scale
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
-        self.softcap = softcap
-        self.convention = convention
-        self.chunk_size = chunk_size
-
-    def forward(self, lin_weight: Tensor, _input: Tensor, target: Tensor, bias: Tensor | None = None) -> Tensor:
-        return linear_cross_entropy(
-            _input, lin_weight, target, bias, ignore_index=self.ignore_index, reduction=self.reduction,
-            label_smoothing=self.label_smoothing, convention=self.convention, z_loss=self.lse_square_scale,
-            softcap=self.softcap, chunk_size=self.chunk_size,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"ignore_index={self.ignore_index}, lse_square_scale={self.lse_square_scale}, "
-            f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}, softcap={self.softcap}, "
-            f"convention={self.convention!r}, chunk_size={self.chunk_size}"
-        )

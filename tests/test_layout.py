@@ -169,7 +169,7 @@ def test_no_test_driver_ships_in_the_backends():
 
 
 ADAPTERS = ("torch", "jax", "keras", "keras_linear", "tensorflow", "transformers", "torch_parallel", "jax_parallel",
-            "torch_mixup")
+            "torch_mixup", "torch_liger", "cut_cross_entropy")
 
 
 @pytest.mark.parametrize("name", ADAPTERS)

@@ -487,3 +487,56 @@ def test_kl_option_matches_the_dense_loss(reduction, convention):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
     # with kl the minimum is 0: the loss against the smoothed target itself is >= 0
     assert np.all(np.asarray(got) >= -1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_class_weight_matches_pytorch_weighted_cross_entropy(reduction):
+    """``class_weight`` is the dense loss's ``weight`` (PyTorch's semantics: every class
+    weight in the smoothing term, the mean over Σ_valid w_y), chunk by chunk, gradients
+    included; the reference is float64 ``F.cross_entropy`` on the dense logits."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(13, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    W = torch.randn(9, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(9, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.rand(9, dtype=torch.float64, generator=gen) + 0.1
+    y = torch.randint(0, 9, (13,), generator=gen)
+    y[::4] = -100
+    got = smoothloss.linear_cross_entropy(h, W, y, bias=b, chunk_size=4, label_smoothing=0.2, ignore_index=-100,
+                                          reduction=reduction, class_weight=w)
+    want = F.cross_entropy(h @ W.T + b, y, weight=w, ignore_index=-100, label_smoothing=0.2, reduction=reduction)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g_got = torch.autograd.grad(got.sum(), (h, W, b))
+    g_want = torch.autograd.grad(want.sum(), (h, W, b))
+    for a, c in zip(g_got, g_want):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+
+
+def test_class_weight_numpy_equals_dense():
+    """NumPy (no autodiff): the chunked loss with class weights equals the dense loss."""
+    rng = np.random.default_rng(5)
+    h, W, w = rng.normal(size=(7, 3)), rng.normal(size=(5, 3)), rng.uniform(0.5, 2.0, size=5)
+    y = np.array([0, 4, -1, 2, 3, 1, -1])
+    got = smoothloss.linear_cross_entropy(h, W, y, chunk_size=3, label_smoothing=0.1, ignore_index=-1,
+                                          class_weight=w, z_loss=1e-3)
+    want = smoothloss.cross_entropy(h @ W.T, y, label_smoothing=0.1, ignore_index=-1, weight=w, z_loss=1e-3)
+    assert abs(float(got) - float(want)) <= 1e-13 * abs(float(want))
+
+
+def test_row_statistics_are_dense_softmax_facts():
+    """``_linear.row_statistics``: log-sum-exp, first argmax, label probability (0 when
+    ignored), against NumPy on the dense soft-capped logits."""
+    from smoothloss import _linear
+    from smoothloss.backends import framework
+
+    rng = np.random.default_rng(6)
+    h, W, b = rng.normal(size=(6, 4)), rng.normal(size=(8, 4)), rng.normal(size=8)
+    y = np.array([1, 7, -100, 0, 3, 5])
+    valid, lse, arg, p_y = _linear.row_statistics(framework(h), h, W, b, y, -100, 5.0, 4)
+    z = 5.0 * np.tanh((h @ W.T + b) / 5.0)
+    ref_lse = np.log(np.exp(z).sum(-1))
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-14)
+    assert np.array_equal(arg, z.argmax(-1)) and np.array_equal(valid, y != -100)
+    ref_p = np.where(y != -100, np.exp(z[np.arange(6), np.where(y != -100, y, 0)] - ref_lse), 0.0)
+    np.testing.assert_allclose(p_y, ref_p, rtol=1e-13)

@@ -29,6 +29,11 @@ DROP_IN_DEFAULTS = {
     ("smoothloss.torch", "CrossEntropyLoss", "ignore_index"): -100,
     ("smoothloss.torch", "linear_cross_entropy", "ignore_index"): -100,
     ("smoothloss.torch", "LinearCrossEntropyLoss", "ignore_index"): -100,
+    ("smoothloss.torch", "LigerCrossEntropyLoss", "ignore_index"): -100,
+    ("smoothloss.torch", "liger_cross_entropy", "ignore_index"): -100,
+    # Cut Cross-Entropy's IGNORE_INDEX
+    ("smoothloss.cut_cross_entropy", "linear_cross_entropy", "ignore_index"): -100,
+    ("smoothloss.cut_cross_entropy", "LinearCrossEntropy", "ignore_index"): -100,
     ("smoothloss.transformers", "causal_lm_loss", "ignore_index"): -100,
     ("smoothloss.transformers", "LabelSmoother", "ignore_index"): -100,  # transformers' LabelSmoother
     # timm's LabelSmoothingCrossEntropy(smoothing=0.1) and Mixup(label_smoothing=0.1)
@@ -63,6 +68,7 @@ MODULES = {
     "smoothloss.keras": "keras",
     "smoothloss.tensorflow": "tensorflow",
     "smoothloss.transformers": "torch",
+    "smoothloss.cut_cross_entropy": "torch",
 }
 
 

@@ -85,10 +85,11 @@ class Losses:
         return self.closed(hidden, chunk * int(weight.shape[0]), chunked=True, opts=opts)
 
     def linear_cross_entropy(
-        self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: _core.Options, chunk: int
+        self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: _core.Options, chunk: int,
+        class_weight: Any = None,
     ) -> Any:
         """The chunked linear loss, its gradient registered where the framework has autodiff."""
-        closed = self.linear_closed(hidden, weight, opts, chunk)
+        closed = _linear.with_class_weight(self.linear_closed(hidden, weight, opts, chunk), class_weight)
         return _linear.chunked_forward(closed, hidden, weight, bias, labels, opts, chunk)[0]
 
     def linear_cross_entropy_and_grad(

@@ -48,7 +48,13 @@ class JaxLosses(Losses):
             return closed_form(logits, targets, weight)
         return _in_auto_axes(mesh, closed_form, logits, targets, weight, opts, with_grad=True)
 
-    def linear_cross_entropy(self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
+    def linear_cross_entropy(
+        self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int, class_weight: Any = None
+    ) -> Any:
+        if class_weight is not None:
+            raise NotImplementedError(
+                "class_weight in linear_cross_entropy is implemented for torch and NumPy only (not yet here)"
+            )
         fn = _linear_none if opts.reduction == "none" else _linear_reduced
         return fn(hidden, weight, bias, labels, opts, chunk)
 

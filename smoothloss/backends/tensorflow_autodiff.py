@@ -63,7 +63,13 @@ class TensorflowLosses(Losses):
 
         return loss_fn(logits, targets) if weight is None else loss_fn(logits, targets, weight)
 
-    def linear_cross_entropy(self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
+    def linear_cross_entropy(
+        self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int, class_weight: Any = None
+    ) -> Any:
+        if class_weight is not None:
+            raise NotImplementedError(
+                "class_weight in linear_cross_entropy is implemented for torch and NumPy only (not yet here)"
+            )
         closed = self.linear_closed(hidden, weight, opts, chunk)  # each chunk's closed form, XLA-compiled where it pays
         needs = (True, True, True) if _recording() else (False, False, False)
 

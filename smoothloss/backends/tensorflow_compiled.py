@@ -103,7 +103,9 @@ class XlaClosed(Closed):
         scale, cotangent = (tf.constant(v, stats.dtype) if isinstance(v, float) else v for v in (scale, cotangent))
         # the varying options as tensor inputs: one trace serves every value of a schedule
         shape, values = _options.split(opts)
-        values = tuple(None if v is None else tf.cast(v, stats.dtype) for v in values)
+        # (a Python float as a constant of the dtype: tf.cast would round it to float32 first)
+        values = tuple(None if v is None else tf.constant(v, stats.dtype) if isinstance(v, float)
+                       else tf.cast(v, stats.dtype) for v in values)
         return self.run("backward", logits, targets, weight, shape, values, stats, scale, loss, cotangent, needs)
 
 

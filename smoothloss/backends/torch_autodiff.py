@@ -365,9 +365,14 @@ class TorchLosses(Losses):
             return _SmallCrossEntropyFunction.apply(logits, targets, weight, opts, closed)
         return CrossEntropyFunction.apply(logits, targets, weight, opts, closed)[0]
 
-    def linear_cross_entropy(self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
+    def linear_cross_entropy(
+        self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int, class_weight: Any = None
+    ) -> Any:
         _refuse_torch_func("smoothloss.linear_cross_entropy", hidden, weight, bias, labels)
-        closed = self.linear_closed(hidden, weight, opts, chunk)  # each chunk's closed form, compiled where it pays
+        if class_weight is None:
+            closed = self.linear_closed(hidden, weight, opts, chunk)  # each chunk's closed form, compiled where it pays
+        else:  # the compiled graphs take no class weight
+            closed = _linear.with_class_weight(self.eager, class_weight)
         if not _tracked(hidden, weight, bias):
             return _linear.chunked_forward(closed, hidden, weight, bias, labels, opts, chunk)[0]
         return LinearCrossEntropyFunction.apply(hidden, weight, bias, labels, opts, chunk, closed)
