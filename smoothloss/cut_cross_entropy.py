@@ -207,13 +207,17 @@ def linear_cross_entropy(
             the logits, but the loss then takes the core's per-row path: the backward
             makes each chunk's logits again (as for ``reduction="none"``), and one (N, D)
             gather of ``c``'s target rows is made and kept for the backward.
-        filter_eps, filter_e_grad, filter_c_grad: accepted with CCE's checks (a
-            RuntimeError for a filter_eps other than None, a float or "auto" on the
-            "cce" impls), but **no gradient filtering is done**: the gradient is the exact
-            unfiltered one (as on CCE's ``torch_compile`` path). CCE's Triton path skips
-            gradient blocks whose softmax entries are all below filter_eps.
-        accum_e_fp32, accum_c_fp32: accepted and not needed: dC and d(bias) are summed
-            over the chunks in float32, and each row's dE is one matmul over the vocabulary.
+        filter_eps: accepted with CCE's checks (a RuntimeError for a value other than
+            None, a float or "auto" on the "cce" impls), but **no gradient filtering is
+            done**: the gradient is the exact unfiltered one (as on CCE's
+            ``torch_compile`` path). CCE's Triton path skips gradient blocks whose
+            softmax entries are all below filter_eps.
+        filter_e_grad: accepted, as filter_eps (no filtering).
+        filter_c_grad: accepted, as filter_eps (no filtering).
+        accum_e_fp32: accepted and not needed: each row's dE is one matmul over the
+            vocabulary.
+        accum_c_fp32: accepted and not needed: dC and d(bias) are summed over the chunks
+            in float32.
         impl: any of CCE's names, or a ``LinearCrossEntropyImpl`` member (CCE's own enum
             too); all run this same path. Others raise NotImplementedError, as in CCE.
         vocab_parallel_options: must be None (NotImplementedError otherwise).
