@@ -1,14 +1,23 @@
-"""Command line: ``python -m smoothloss check [--device DEV]`` and ``python -m smoothloss bench``.
+"""Command line: ``python -m smoothloss check [--device DEV] [--frameworks ...] [--list]``
+and ``python -m smoothloss bench``.
 
 ``check`` finds the installed frameworks and their devices, runs a fixed set of
 conformance cases on each (both target kinds, both conventions, weights, ignore_index,
 z-loss, softcap, kl; float32, float64 and the 16-bit floats the framework has), and
-prints one table row per framework, device and dtype: the largest relative error of the
-loss and of the gradient (autodiff and closed form) against the float64 reference, the
-spread across frameworks, and PASS/FAIL. The exit status is 1 if any row fails, or if
-``--device`` names a device that no framework has (then one line says which devices each
-framework has). A row's device is the one its arrays were found on, never just the one
-asked for.
+prints one table row per driver, device and dtype. A row is labelled by its driver, so
+it says how the framework ran: ``jax-jit`` under ``jax.jit``, ``tensorflow-function``
+under ``tf.function``, ``jax``, ``torch``, ... eagerly. Before the progress lines, one
+line per framework gives its version and the devices looked for and found, or says it
+is not installed, with the ``pip install`` that adds it; such a framework is skipped and
+never imported. Under the table a legend says what the columns are: the largest relative
+error of the loss and of the gradient (the framework's autodiff of the public loss, or
+the closed form for NumPy and array-api-strict) against a float64 reference from the
+same rounded inputs, the spread between rows of one device and dtype, and the tolerance
+per dtype; then one line names what was skipped. ``check --list`` prints each dtype's
+case ids and exits without running anything. The exit status is 1 if any row fails, or
+if ``--device`` names a device that no framework has (then one line says which devices
+each framework has). A row's device is the one its arrays were found on, never just the
+one asked for.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import importlib
 import os
 import re
 import sys
@@ -33,6 +43,21 @@ CHECK_DRIVERS = ("numpy", "array_api_strict", "torch", "jax-jit", "tensorflow-fu
 FLOAT_DTYPES = ("float32", "float64")
 HALF_DTYPES = ("bfloat16", "float16")
 CPU_ONLY = ("numpy", "array_api_strict")
+
+# The device kinds each framework's driver asks about (``devices()`` in
+# smoothloss/testing/drivers.py): torch and TensorFlow, CUDA besides the CPU; JAX, its
+# default backend (a GPU, cuda or rocm, or a TPU) besides the CPU.
+_LOOKED_FOR = {
+    "numpy": ("cpu",), "array_api_strict": ("cpu",), "torch": ("cpu", "cuda"),
+    "jax": ("cpu", "cuda", "rocm", "tpu"), "tensorflow": ("cpu", "cuda"),
+}
+# How to add a framework that is not installed (the extras of pyproject.toml).
+_INSTALL_HINT = {
+    "array_api_strict": 'pip install array-api-strict, or "smoothloss[test]"',
+    "torch": 'pip install "smoothloss[torch]"',
+    "jax": 'pip install "smoothloss[jax]"',
+    "tensorflow": 'pip install "smoothloss[tensorflow]"',
+}
 
 # What native code (TensorFlow, XLA, absl) writes to the stderr file descriptor while the
 # frameworks load: glog-style lines ("I0000 00:00:1796028449.81  4920 port.cc:153] ..."),
@@ -197,9 +222,69 @@ def _no_device_line(device: str, frameworks: tuple[str, ...], found: dict[str, l
     return f"no {device} device: " + "; ".join(f"{fw} {what}" for fw, what in parts.items())
 
 
+def _frameworks_found(frameworks: tuple[str, ...], found: dict[str, list[str] | None]) -> list[str]:
+    """One line per framework of the drivers asked for (jax and jax-jit: one line), in
+    their order: '[check] torch 2.13.0: looked for cpu, cuda; found cpu', or
+    '[check] jax: not installed, skipped (pip install "smoothloss[jax]")'. Only a
+    framework that is installed is imported (for its version; its driver already has)."""
+    from smoothloss.testing.drivers import DRIVERS
+
+    lines: dict[str, str] = {}
+    for name in frameworks:
+        fw = DRIVERS[name].framework
+        if fw in lines:
+            continue
+        kinds = found[name]
+        if kinds is None:
+            hint = _INSTALL_HINT.get(fw)
+            lines[fw] = f"[check] {fw}: not installed, skipped" + (f" ({hint})" if hint else "")
+            continue
+        module = sys.modules.get(fw) or importlib.import_module(fw)
+        version = getattr(module, "__version__", "(version unknown)")
+        looked = list(_LOOKED_FOR.get(fw, ("cpu",)))
+        looked += [k for k in kinds if k not in looked]
+        note = f" (JAX_PLATFORMS={os.environ['JAX_PLATFORMS']})" if fw == "jax" and os.environ.get("JAX_PLATFORMS") else ""
+        lines[fw] = f"[check] {fw} {version}: looked for {', '.join(looked)}{note}; found {', '.join(kinds)}"
+    return list(lines.values())
+
+
+def _legend(dtypes: tuple[str, ...] = FLOAT_DTYPES + HALF_DTYPES) -> list[str]:
+    """What the table's columns are, printed under it."""
+    tols = ", ".join(f"{d} {tolerance(d):.0e}" for d in dtypes)
+    counts: dict[int, list[str]] = {}
+    for d in dtypes:
+        counts.setdefault(len(check_cases(d)), []).append(d)
+    cases = ", ".join(f"{n} in {', '.join(ds[:-1])}{' and ' if ds[:-1] else ''}{ds[-1]}" for n, ds in counts.items())
+    return [
+        "framework: jax-jit ran under jax.jit, tensorflow-function under tf.function, the others eagerly.",
+        "loss err, grad err: largest relative error over the cases of the loss and of its gradient",
+        "  against a float64 reference from the same rounded inputs; the gradient is the framework's",
+        "  autodiff of the public loss (numpy, array_api_strict: the closed form). FAIL above tol.",
+        "spread: largest relative difference of a case's loss between two rows of the same device and",
+        "  dtype (each against the first; -: no other row). FAIL above 2 x tol.",
+        f"tol: the tolerance of the dtype: {tols}.",
+        f"cases: {cases}; check --list names them.",
+    ]
+
+
+def list_cases(out: Any = None) -> int:
+    """``check --list``: each dtype's case ids, as the failure lines name them; runs
+    nothing and imports no framework. Prints to ``out`` (default: sys.stdout at the call)."""
+    out = sys.stdout if out is None else out
+    for dtype in FLOAT_DTYPES + HALF_DTYPES:
+        cases = check_cases(dtype)
+        drawn = {c.dtype for c in cases} - {dtype}
+        how = f" (inputs drawn in {', '.join(sorted(drawn))}, then rounded to {dtype})" if drawn else ""
+        print(f"{dtype}: {len(cases)} cases{how}", file=out)
+        for case in cases:
+            print(f"  {case.id}", file=out)
+    return 0
+
+
 def _check_framework(name: str, cls: Any, devices: list[str], rows: list[Any], per_case: dict[Any, Any], out: Any) -> None:
     """Run every dtype's cases on each device of one driver; append a row per device and
-    dtype, its device the one the arrays were on."""
+    dtype, labelled by the driver's name (its mode: 'jax' and 'jax-jit' apart), its device
+    the one the arrays were on."""
     from smoothloss.testing.drivers import get_driver
 
     for dev in devices:
@@ -230,9 +315,9 @@ def _check_framework(name: str, cls: Any, devices: list[str], rows: list[Any], p
                 per_case.setdefault((row_dev, dtype, case_id), []).append(loss)
             tol = tolerance(dtype)
             ok = not failed and worst_loss <= tol and worst_grad <= tol
-            rows.append([cls.framework, row_dev, dtype, worst_loss, worst_grad, ok, failed])
+            rows.append([name, row_dev, dtype, worst_loss, worst_grad, ok, failed])
             print(
-                f"[check] {cls.framework:<16} {row_dev:<6} {dtype:<9} {len(check_cases(dtype))} cases "
+                f"[check] {name:<19} {row_dev:<6} {dtype:<9} {len(check_cases(dtype))} cases "
                 f"{time.perf_counter() - t0:5.1f}s {'PASS' if ok else 'FAIL'}",
                 file=out, flush=True,
             )
@@ -261,50 +346,60 @@ def check(device: str | None = None, frameworks: tuple[str, ...] = CHECK_DRIVERS
     # line, so that what they print at start-up does not land between the lines.
     with _native_logs_captured(min_log_level):
         found, runs = _find_devices(frameworks, device)
+        head = _frameworks_found(frameworks, found)
     if device is not None and not any(runs.values()):
         print(_no_device_line(device, frameworks, found), file=out, flush=True)
         return 1
+    for line in head:
+        print(line, file=out, flush=True)
 
     rows: list[Any] = []
     per_case: dict[tuple[str, str, str], list[np.ndarray]] = {}  # (device, dtype, case id) -> losses
+    skipped: dict[str, list[str]] = {}  # why -> driver names
     start = time.perf_counter()
     for name in frameworks:
         cls = DRIVERS[name]
-        if found[name] is None:
-            print(f"[check] {name}: not installed, skipped", file=out, flush=True)
+        if found[name] is None:  # said above, once per framework
+            skipped.setdefault("not installed", []).append(name)
             continue
         if not runs[name]:
             has = ", ".join(found[name] or [])
             print(f"[check] {name}: no {device} device (has {has}), skipped", file=out, flush=True)
+            skipped.setdefault(f"no {device} device", []).append(name)
             continue
         with _float64_scope(cls.framework):
             _check_framework(name, cls, runs[name], rows, per_case, out)
 
     # Cross-framework spread: per device and dtype, the largest relative difference of
-    # any case's loss between two frameworks.
+    # any case's loss between two rows (drivers), each against the first.
     spread: dict[tuple[str, str], float] = {}
     for (dev, dtype, _), values in per_case.items():
         if len(values) > 1:
             worst = max(rel_err(a, values[0]) for a in values[1:])
             spread[(dev, dtype)] = max(spread.get((dev, dtype), 0.0), worst)
 
-    header = f"{'framework':<17}{'device':<8}{'dtype':<10}{'loss err':>10}{'grad err':>10}{'spread':>10}{'tol':>9}  result"
+    header = f"{'framework':<21}{'device':<8}{'dtype':<10}{'loss err':>10}{'grad err':>10}{'spread':>10}{'tol':>9}  result"
     print("", file=out)
     print(header, file=out)
     print("-" * len(header), file=out)
     all_ok = bool(rows)
-    for fw, dev, dtype, le, ge, ok, failed in rows:
-        sp = spread.get((dev, dtype), 0.0)
-        ok = ok and sp <= 2 * tolerance(dtype)
+    for label, dev, dtype, le, ge, ok, failed in rows:
+        sp = spread.get((dev, dtype))
+        ok = ok and (sp is None or sp <= 2 * tolerance(dtype))
         all_ok &= ok
         print(
-            f"{fw:<17}{dev:<8}{dtype:<10}{le:>10.1e}{ge:>10.1e}{sp:>10.1e}{tolerance(dtype):>9.0e}  "
-            f"{'PASS' if ok else 'FAIL'}",
+            f"{label:<21}{dev:<8}{dtype:<10}{le:>10.1e}{ge:>10.1e}{'-' if sp is None else f'{sp:.1e}':>10}"
+            f"{tolerance(dtype):>9.0e}  {'PASS' if ok else 'FAIL'}",
             file=out,
         )
         for line in failed:
             print(f"    {line}", file=out)
-    print(f"\n{len(rows)} rows in {time.perf_counter() - start:.1f}s: {'all PASS' if all_ok else 'FAIL'}", file=out)
+    print("", file=out)
+    for line in _legend():
+        print(line, file=out)
+    what = "; ".join(f"{', '.join(names)} ({why})" for why, names in skipped.items())
+    print(f"\nskipped: {what or 'none'}", file=out)
+    print(f"{len(rows)} rows in {time.perf_counter() - start:.1f}s: {'all PASS' if all_ok else 'FAIL'}", file=out)
     return 0 if all_ok else 1
 
 
@@ -322,6 +417,12 @@ def _framework_names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _driver_names() -> tuple[str, ...]:
+    from smoothloss.testing.drivers import DRIVERS
+
+    return tuple(DRIVERS)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m smoothloss",
@@ -333,17 +434,26 @@ def main(argv: list[str] | None = None) -> int:
         "check", help="run the conformance cases on every installed framework and device",
         description="Run a fixed set of conformance cases (both target kinds, both conventions, weights, "
         "ignore_index, z-loss, softcap, kl; float32, float64 and the 16-bit floats each framework has) "
-        "on every installed framework and device, and print one row per framework, device and dtype: "
-        "the largest relative error of the loss and of the gradient against the float64 reference, the "
-        "spread across frameworks, and PASS or FAIL. Exit status 1 if a row fails or no framework has "
-        "the device asked for.",
+        "on every installed framework and device. First one line per framework: its version and the "
+        "devices looked for and found, or that it is not installed (skipped, with the pip install that "
+        "adds it). Then one row per driver, device and dtype, labelled by the driver, which says how the "
+        "framework ran (jax-jit under jax.jit, tensorflow-function under tf.function, the others eagerly): "
+        "loss err and grad err, the largest relative error of the loss and of its gradient (the "
+        "framework's autodiff, or the closed form for numpy and array_api_strict) against a float64 "
+        "reference from the same rounded inputs; spread, the largest relative difference of a case's loss "
+        "between rows of one device and dtype (FAIL above 2 x tol); tol, the tolerance of the dtype; and "
+        "PASS or FAIL. A legend under the table says the same, and a last line what was skipped. Exit "
+        "status 1 if a row fails or no framework has the device asked for.",
     )
     p_check.add_argument("--device", default=None,
                          help="only this device (cpu, cuda, cuda:1, ...); default: every device found")
     p_check.add_argument(
         "--frameworks", default=",".join(CHECK_DRIVERS), type=_framework_names,
-        help=f"comma-separated drivers (default: {','.join(CHECK_DRIVERS)})",
+        help=f"comma-separated drivers, each a framework and a mode (default: {','.join(CHECK_DRIVERS)}; "
+        f"all: {', '.join(_driver_names())})",
     )
+    p_check.add_argument("--list", action="store_true",
+                         help="print each dtype's case ids and exit, running nothing")
     sub.add_parser(
         "bench", add_help=False,
         help="time forward+backward and peak memory against each framework's own losses "
@@ -356,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "check":
-        return check(args.device, args.frameworks)
+        return list_cases() if args.list else check(args.device, args.frameworks)
     return 2
 
 

@@ -3,9 +3,12 @@
 The site is built once per session (``mkdocs build --strict`` in a subprocess from the
 repository root, into a temporary folder; a few seconds) and is skipped when the ``docs``
 extra (MkDocs, the Material theme, mkdocstrings[python], latex2mathml) is missing. The
-built API page must document every name in ``__all__`` of ``smoothloss`` and of its
-framework modules. The built site must work offline, as a browser opens it: every
-internal link and ``#anchor`` resolves to a file and an id in it, no page shows
+built API page must have a section for every public module (``smoothloss`` and each
+``smoothloss/<name>.py`` without a leading underscore) and document every name in its
+``__all__``, there or under the module that re-exports it. The built site must work
+offline, opened from disk (``file://``, no server) as a browser opens it: every internal
+link and ``#anchor`` resolves to a file (never a folder, which a browser shows as a
+listing) and an id in it, search loads its index from a script, no page shows
 unrendered TeX (the maths is MathML, written at build time by docs/hooks/mathml.py), and
 no asset (script, stylesheet, font, image, CSS ``url(...)``) comes from another host.
 
@@ -43,8 +46,6 @@ RUNNABLE = re.compile(r"^<!-- runnable -->[ \t]*\n(?:[ \t]*\n)*```python[ \t]*\n
 IMPORTS = re.compile(r"^[ \t]*(?:import|from)[ \t]+([A-Za-z_]\w*)", re.M)
 # Pages whose examples the docs promise to run (each must have at least one).
 REQUIRED_PAGES = ("getting-started.md", "migration.md")
-# Modules whose __all__ the API page must cover, besides smoothloss itself.
-FRAMEWORK_MODULES = ("torch", "jax", "keras", "tensorflow")
 # A snippet runs with the first framework it imports, in this order.
 GROUPS = {"tensorflow": ("tensorflow", "keras"), "jax": ("jax", "optax"), "torch": ("torch",), "numpy": ()}
 # Snippets share one interpreter per group; run each in its own namespace and report all.
@@ -82,15 +83,32 @@ def _group(code: str) -> str:
     return next(name for name, modules in GROUPS.items() if not modules or imported & set(modules))
 
 
+def _public_modules() -> list[tuple[str, Path]]:
+    """smoothloss and every public module beside it: ``smoothloss/<name>.py`` whose name has
+    no leading underscore (``__main__``, the command line, is not an API)."""
+    files = sorted(p for p in (REPO / "smoothloss").glob("*.py") if not p.stem.startswith("_"))
+    return [("smoothloss", REPO / "smoothloss" / "__init__.py"), *((f"smoothloss.{p.stem}", p) for p in files)]
+
+
 def _public_names() -> dict[str, list[str]]:
-    """``__all__`` of smoothloss and of each framework module, read without importing them."""
+    """``__all__`` of every public module, read without importing it; a public module
+    without ``__all__`` is an error."""
     names = {}
-    for module, path in [("smoothloss", "__init__.py"), *((f"smoothloss.{m}", f"{m}.py") for m in FRAMEWORK_MODULES)]:
-        tree = ast.parse((REPO / "smoothloss" / path).read_text(encoding="utf-8"))
+    for module, path in _public_modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in tree.body:
             if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
                 names[module] = list(ast.literal_eval(node.value))
+        assert module in names, f"public module {module} ({path.name}) has no __all__"
     return names
+
+
+def test_public_modules_are_known():
+    # the list the API page test walks: the framework modules, their split-off parts and
+    # the drop-ins, smoothloss.transformers among them
+    modules = {m for m, _ in _public_modules()}
+    assert {"smoothloss", "smoothloss.torch", "smoothloss.jax", "smoothloss.keras", "smoothloss.tensorflow",
+            "smoothloss.transformers", "smoothloss.cut_cross_entropy"} <= modules, modules
 
 
 def test_every_marker_precedes_a_python_example():
@@ -151,10 +169,18 @@ def site(tmp_path_factory):
 
 def test_mkdocs_build_strict(site):
     folder, _ = site
-    api = (folder / "api" / "index.html").read_text(encoding="utf-8")
-    for module, names in _public_names().items():
-        missing = [name for name in names if f'id="{module}.{name}"' not in api]
-        assert not missing, f"docs/api.md does not document {module}: {missing}"
+    api = (folder / "api.html").read_text(encoding="utf-8")
+    public = _public_names()
+    missing = []
+    for module, names in public.items():
+        if f'id="{module}"' not in api:
+            missing.append(f"{module} (no section)")
+        for name in names:
+            # documented in its own module's section, or where a public module re-exports it
+            where = [module, *(m for m, ns in public.items() if m != module and name in ns)]
+            if not any(f'id="{m}.{name}"' in api for m in where):
+                missing.append(f"{module}.{name}")
+    assert not missing, "docs/api.md does not document: " + ", ".join(missing)
     # docs/griffe_docstrings.py ran: doctest examples are code, not Markdown block quotes
     assert "<blockquote>" not in api and ":func:" not in api
 
@@ -164,7 +190,7 @@ def test_api_signatures_are_formatted(site):
     # extra); without one it prints each signature on one long line.
     folder, log = site
     assert "Formatting signatures requires either Black or Ruff" not in log
-    api = (folder / "api" / "index.html").read_text(encoding="utf-8")
+    api = (folder / "api.html").read_text(encoding="utf-8")
     signature = re.search(r'<div class="doc-signature[^"]*">(.*?)</div>', api, re.S)
     assert signature, "no separate signature found on the API page"
     text = html.unescape(re.sub(r"<[^>]+>", "", signature.group(1)))
@@ -250,8 +276,9 @@ def test_site_links_and_anchors_resolve(site):
                 continue  # mailto:, https://..., javascript: — not this site's files
             base = folder if parts.path.startswith("/") else (folder / name).parent
             target = (base / unquote(parts.path).lstrip("/")).resolve() if parts.path else (folder / name)
-            if target.is_dir():
-                target = target / "index.html"
+            if target.is_dir():  # a server answers index.html; file:// shows a listing
+                broken.append(f"{name}: {href} (a folder: opened from disk it lists its files)")
+                continue
             if not target.is_file() or folder.resolve() not in target.resolve().parents:
                 broken.append(f"{name}: {href} (no file {target})")
                 continue
@@ -261,6 +288,30 @@ def test_site_links_and_anchors_resolve(site):
                 if fragment not in ids:
                     broken.append(f"{name}: {href} (no id {fragment!r} in {target.name})")
     assert not broken, "\n".join(broken)
+
+
+def test_site_searches_from_disk(site):
+    # From file:// a page cannot fetch search_index.json nor start a Web Worker: the
+    # offline plugin writes the index as a script, and the vendored iframe-worker shim
+    # (docs/javascripts/) runs the worker in an iframe. Every page must load both.
+    folder, _ = site
+    assert (folder / "search" / "search_index.js").is_file(), "no search/search_index.js"
+    index = (folder / "search" / "search_index.js").read_text(encoding="utf-8")
+    assert "Label" in index or "label" in index, "the search index holds no text"
+    for name, page in _parsed(folder).items():
+        if name == "404.html":  # only a server shows it, with absolute URLs
+            continue
+        scripts = [a.split("> ", 1)[1] for a in page.assets if a.startswith("<script src>")]
+        assert any(s.endswith("iframe-worker-shim.js") for s in scripts), f"{name}: no iframe-worker shim"
+        # the theme's bundle, which loads search/search_index.js when the page is on file://
+        bundles = [s for s in scripts if "/bundle." in s or s.startswith("assets/javascripts/bundle.")]
+        assert bundles, f"{name}: no theme bundle"
+        for script in bundles:
+            path = ((folder / name).parent / script).resolve()
+            assert "search_index.js" in path.read_text(encoding="utf-8"), f"{name}: {script} never loads the index"
+        config = re.search(r'<script id="__config" type="application/json">(.*?)</script>', _pages(folder)[name], re.S)
+        worker = json.loads(config.group(1))["search"]
+        assert ((folder / name).parent / worker).is_file(), f"{name}: no search worker {worker}"
 
 
 def test_site_has_no_unrendered_maths(site):
@@ -273,7 +324,7 @@ def test_site_has_no_unrendered_maths(site):
             if at >= 0:
                 left.append(f"{name}: {delimiter!r} in ...{text[max(0, at - 60):at + 60]!r}...")
     assert not left, "TeX left in the built pages (not rendered to MathML):\n" + "\n".join(left)
-    assert "<math" in _pages(folder)["maths/index.html"], "docs/maths.md has no MathML"
+    assert "<math" in _pages(folder)["maths.html"], "docs/maths.md has no MathML"
 
 
 def test_site_fetches_nothing_from_outside(site):
