@@ -127,7 +127,10 @@ def mean_scale(xp: Any, den: Any) -> Any:
     if isinstance(den, float):
         return 1.0 / den if den != 0 else 0.0
     nonzero = den != 0
-    return xp.where(nonzero, 1.0 / xp.where(nonzero, den, 1.0), 0.0)
+    # 1 and 0 as arrays of den's dtype: NumPy before 2.0 widens a 0-d float32 array met
+    # with a Python float to float64 (the standard's, and NumPy 2's, rule keeps float32)
+    one, zero = xp.ones_like(den), xp.zeros_like(den)
+    return xp.where(nonzero, one / xp.where(nonzero, den, one), zero)
 
 
 def known_count(shape: Any) -> float | None:

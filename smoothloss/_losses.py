@@ -87,7 +87,10 @@ def cross_entropy(
         Szegedy et al., "Rethinking the Inception Architecture" (2016), section 7;
         PyTorch ``F.cross_entropy(label_smoothing=...)``; t5x ``compute_weighted_cross_entropy``.
     """
-    options = _options.of(locals())
+    options = _options.given(
+        axis=axis, label_smoothing=label_smoothing, convention=convention,
+        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+    )
     fw, (logits, targets, weight) = bind(logits, targets, weight)
     opts = validate(fw, logits, targets, weight, **options)
     return losses(fw).cross_entropy(logits, targets, weight, opts)
@@ -121,7 +124,10 @@ def cross_entropy_and_grad(
         >>> g.tolist()
         [[0.25, 0.25, -0.75, 0.25]]
     """
-    options = _options.of(locals())
+    options = _options.given(
+        axis=axis, label_smoothing=label_smoothing, convention=convention,
+        ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+    )
     fw, (logits, targets, weight) = bind(logits, targets, weight)
     opts = validate(fw, logits, targets, weight, **options)
     return losses(fw).cross_entropy_and_grad(logits, targets, weight, opts)
@@ -188,7 +194,10 @@ def linear_cross_entropy(
         >>> bool(np.isclose(chunked, smoothloss.cross_entropy(h @ W.T, y, label_smoothing=0.1)))
         True
     """
-    options = _options.of(locals())
+    options = _options.given(
+        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+        reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+    )
     fw, (hidden, weight, labels, bias, class_weight) = bind(hidden, weight, labels, bias, class_weight)
     hidden2, weight, labels1, bias, opts, chunk = prepare(
         fw, hidden, weight, labels, bias, chunk_size, options, class_weight
@@ -230,7 +239,10 @@ def linear_cross_entropy_and_grad(
         >>> round(float(loss), 6), dh.shape, dW.shape, db.tolist()
         (1.386294, (2, 3), (4, 3), [0.25, -0.25, -0.25, 0.25])
     """
-    options = _options.of(locals())
+    options = _options.given(
+        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+        reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+    )
     fw, (hidden, weight, labels, bias) = bind(hidden, weight, labels, bias)
     hidden2, weight, labels1, bias, opts, chunk = prepare(fw, hidden, weight, labels, bias, chunk_size, options)
     xp = fw.xp

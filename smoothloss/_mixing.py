@@ -575,7 +575,10 @@ def mixup_cross_entropy(
     labels = fw.index(labels)  # compared and gathered as integer values, whatever their dtype
     batch = int(labels.shape[0])
     # the declared options but the reduction (per position here) and kl (its entropy is the mixture's, below)
-    options = {**_options.of(locals(), exclude=("reduction", "kl")), "label_smoothing": eps, "weight": weight}
+    options = {**_options.given(
+        axis=axis, label_smoothing=label_smoothing, convention=convention, z_loss=z_loss,
+        softcap=softcap,
+    ), "label_smoothing": eps, "weight": weight}
     own = cross_entropy(logits, labels, reduction="none", **options)
     lam = _lam(fw, _host_param(lam, logits), batch)
     partner_labels = xp.take(labels, _partner_index(fw, _host_param(index, logits), batch, fw.device(labels)), axis=0)

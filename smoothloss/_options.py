@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 __all__ = [
     "CONVENTIONS", "NAMES", "Options", "RANGES", "REDUCTIONS", "VARYING", "arrays", "check_choice",
     "check_nonnegative", "check_smoothing", "check_softcap", "defaults", "is_array_scalar", "is_int_scalar",
-    "is_real_scalar", "key", "markdown_table", "join", "non_defaults", "of", "split",
+    "is_real_scalar", "key", "markdown_table", "join", "non_defaults", "attributes", "given", "of", "split",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -221,9 +221,25 @@ def defaults() -> dict[str, Any]:
 
 
 def of(namespace: Mapping[str, Any], *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The declared options among ``namespace``'s names (a public function's
-    ``locals()``), as keyword arguments to hand on."""
+    """The declared options among ``namespace``'s names, as keyword arguments to hand on."""
     return {name: namespace[name] for name in NAMES if name in namespace and name not in exclude}
+
+
+def attributes(obj: Any) -> dict[str, Any]:
+    """The declared options among ``obj``'s attributes (a loss module's), in the
+    declaration's order; ``getattr``, which Dynamo traces, not ``vars``, which it does
+    not before torch 2.8."""
+    return {name: getattr(obj, name) for name in NAMES if hasattr(obj, name)}
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The options a public function was called with, named one by one
+    (``given(label_smoothing=label_smoothing, ...)``), as keyword arguments to hand on, in
+    the declaration's order. A function that torch.compile may trace names them so rather
+    than handing on ``locals()``, which Dynamo before torch 2.8 cannot trace; the
+    declaration stays their owner: tests/test_options.py checks that each call names
+    exactly its function's declared option parameters."""
+    return {name: values[name] for name in NAMES if name in values}
 
 
 def arrays(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -49,14 +49,13 @@ def check_tensor(name: str, value: Any, *, optional: bool = False) -> None:
 
 
 def autocast_enabled(device_type: str) -> bool:
-    available = getattr(torch.amp, "is_autocast_available", None)
-    if available is not None:  # torch >= 2.4
-        return bool(available(device_type) and torch.is_autocast_enabled(device_type))
-    if device_type == "cpu":  # pragma: no cover - torch 2.3
-        return bool(torch.is_autocast_cpu_enabled())
-    if device_type == "cuda":  # pragma: no cover - torch 2.3
-        return bool(torch.is_autocast_enabled())
-    return False  # pragma: no cover
+    """Whether autocast is on for ``device_type``. CPU and CUDA always have autocast, and
+    ``torch.is_autocast_enabled`` of them is traceable by every supported torch's Dynamo;
+    ``torch.amp.is_autocast_available``, which another device type needs first, is not
+    traceable before torch 2.8, so it is asked only for those."""
+    if device_type in ("cpu", "cuda"):
+        return bool(torch.is_autocast_enabled(device_type))
+    return bool(torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type))
 
 
 # Integer label dtypes other than int64: torch's gather/take_along_dim index with int64.

@@ -434,5 +434,8 @@ def linear_cross_entropy(
     hidden, weight, labels = jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(labels)
     return smoothloss.linear_cross_entropy(
         hidden, weight, labels, bias=None if bias is None else jnp.asarray(bias), chunk_size=chunk_size,
-        **_options.of(locals()),
+        **_options.given(
+            label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+            reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+        ),
     )

@@ -81,6 +81,9 @@ def vocab_parallel_cross_entropy(
     else:  # older JAX: psum of a Python constant is the static axis size
         shards = int(jax.lax.psum(1, axis_name))
     num_classes = shards * int(local_logits.shape[-1])
-    opts = vocab_parallel_options(num_classes, **_options.of(locals()))
+    opts = vocab_parallel_options(num_classes, **_options.given(
+        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+        reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+    ))
     fw, (local_logits, labels) = bind(local_logits, labels)
     return losses(fw).vocab_parallel(local_logits, labels, axis_name, num_classes, opts)

@@ -125,7 +125,10 @@ def cross_entropy(
             f"ignore_index={ignore_index} is not supported for probability (floating) targets, "
             "as in PyTorch; leave it at -100 or None, or give such positions an all-zero target"
         )
-    options = {**_options.of(locals()), "ignore_index": None if probabilities else ignore_index}
+    options = {**_options.given(
+        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+        reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+    ), "ignore_index": None if probabilities else ignore_index}
     return _forward(input, target, axis=1 if input.ndim >= 2 else 0, weight=weight, **options)
 
 
@@ -224,7 +227,10 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         if size_average is not None or reduce is not None:
             reduction = _legacy_reduction(size_average, reduce, stacklevel=2)
             size_average = reduce = None
-        checked = Options.checked(**_options.of(locals()))
+        checked = Options.checked(**_options.given(
+            label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+            reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+        ))
         ignore_index = checked.ignore_index
         super().__init__(weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
         self.convention = convention
@@ -234,10 +240,10 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         """The loss of ``input`` (logits, classes on axis 1, or 0 if unbatched) against ``target``."""
-        return cross_entropy(input, target, weight=self.weight, **_options.of(vars(self)))
+        return cross_entropy(input, target, weight=self.weight, **_options.attributes(self))
 
     def extra_repr(self) -> str:
-        shown = _options.non_defaults(vars(self), drop_in={"ignore_index": -100})
+        shown = _options.non_defaults(_options.attributes(self), drop_in={"ignore_index": -100})
         shown.pop("reduction", None)
         return ", ".join(f"{k}={v!r}" for k, v in {"reduction": self.reduction, **shown}.items())
 

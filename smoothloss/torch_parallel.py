@@ -128,7 +128,10 @@ def vocab_parallel_cross_entropy(
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     v_local = int(local_logits.shape[-1])
     num_classes = world * v_local
-    opts = vocab_parallel_options(num_classes, **_options.of(locals()))
+    opts = vocab_parallel_options(num_classes, **_options.given(
+        label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+        reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+    ))
     fw = framework(local_logits, labels)
     V.check_label_values(fw, labels, num_classes, opts.ignore_index)
     return losses(fw).vocab_parallel(local_logits, labels, rank * v_local, num_classes, opts, group)

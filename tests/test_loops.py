@@ -44,8 +44,24 @@ def inductor_step():
     return torch, torch.compile(step, fullgraph=True, dynamic=True)
 
 
-def test_torch_compile_raises_on_a_bad_label(inductor_step):
+def _old_inductor() -> bool:
+    """A torch whose torch.compile has no ``recompile_limit`` (2.7 is one; 2.13 is not):
+    its Inductor also decomposes ``torch._assert_async`` to nothing (a "TODO" in its
+    decomposition.py), so no device-side check survives compiling."""
+    import inspect
+
+    torch = pytest.importorskip("torch")
+    return "recompile_limit" not in inspect.signature(torch.compile).parameters
+
+
+def test_torch_compile_raises_on_a_bad_label(inductor_step, request):
     torch, step = inductor_step
+    if _old_inductor():
+        request.applymarker(pytest.mark.xfail(
+            strict=True, raises=pytest.fail.Exception,
+            reason="this torch's Inductor drops device asserts: a bad label gives NaN under torch.compile "
+            "(docs/errors.md, 'Older releases')",
+        ))
     x = torch.tensor(X)
     good = Y.copy()
     good[1] = -100  # torch's default ignore_index: not an error

@@ -167,6 +167,61 @@ def test_of_takes_the_declared_names_from_a_namespace():
     assert _options.of({"axis": 1, "kl": True}, exclude=("axis",)) == {"kl": True}
 
 
+# Options a public function takes but does not hand on with _options.given, with the reason.
+NOT_HANDED_ON = {
+    # per position, then mixed; kl's entropy is the mixture's (the function computes both)
+    ("_mixing.py", "mixup_cross_entropy"): {"reduction", "kl"},
+}
+
+
+def _given_calls():
+    """``(file, function, its option parameters, the names given)`` of every
+    ``_options.given(...)`` call in the package."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "smoothloss").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = fn.args
+            params = {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs} & set(NAMES)
+            for call in ast.walk(fn):
+                if isinstance(call, ast.Call) and ast.unparse(call.func) == "_options.given":
+                    assert not call.args, f"{path.name}:{call.lineno}: given() takes keywords only"
+                    for kw in call.keywords:  # name=name: the parameter itself, never another value
+                        assert isinstance(kw.value, ast.Name) and kw.value.id == kw.arg, \
+                            f"{path.name}:{call.lineno}: {kw.arg}= is not the parameter {kw.arg}"
+                    found.append((path.name, fn.name, params, {kw.arg for kw in call.keywords}))
+    return found
+
+
+def test_each_given_call_names_exactly_its_functions_options():
+    calls = _given_calls()
+    assert len(calls) >= 9, calls  # torch's, the core's, jax's and the vocab-parallel entry points
+    for file, fn, params, given in calls:
+        expected = params - NOT_HANDED_ON.get((file, fn), set())
+        assert given == expected, f"{file} {fn}: given {sorted(given)}, its options {sorted(expected)}"
+
+
+def test_no_traced_entry_point_hands_on_locals():
+    # Dynamo before torch 2.8 cannot trace locals(): a function that torch.compile may
+    # trace names its options with _options.given. (Keras's and the Mixup classes'
+    # constructors, which run outside any compiled region, read their locals().)
+    import re
+
+    for path in sorted((ROOT / "smoothloss").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if path.name in ("keras.py", "keras_linear.py", "_mixup.py", "torch_mixup.py", "_keras_support.py"):
+            continue
+        assert not re.search(r"\bof\((locals|vars)\(", text), f"{path.name} hands on locals() or vars()"
+
+
+def test_given_keeps_the_declared_names_in_their_order():
+    assert list(_options.given(kl=True, label_smoothing=0.1, axis=1)) == ["axis", "label_smoothing", "kl"]
+
+
 def test_key_tells_a_bool_from_a_number():
     assert _options.key({"kl": True}) != _options.key({"kl": 1})
     assert _options.key({}) == _options.key(dict(_options.defaults()))

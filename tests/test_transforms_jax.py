@@ -60,9 +60,18 @@ K = 3  # the positions are (3, 3) too: both layouts give (3, 3, 3) logits
 FAST = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
+def _enable_x64():
+    """``jax.enable_x64()``, or where it is missing (jax before 0.7: the floor job) its
+    older home, ``jax.experimental.enable_x64``."""
+    scope = getattr(jax, "enable_x64", None)
+    if scope is None:
+        from jax.experimental import enable_x64 as scope
+    return scope()
+
+
 @pytest.fixture(autouse=True)
 def _x64():
-    with jax.enable_x64():
+    with _enable_x64():
         yield
 
 
@@ -663,7 +672,7 @@ _TWO_DEVICES = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     import test_transforms_jax as T
     assert len(jax.devices()) == 2, jax.devices()
-    with jax.enable_x64():
+    with T._enable_x64():
         out = T._sharded_results(6, jax.devices())
     sys.stdout.buffer.write(pickle.dumps(out))
     """

@@ -667,6 +667,16 @@ class _GridModel(torch.nn.Module):
         return out
 
 
+def _old_torch_compile() -> bool:
+    """A torch whose torch.compile has no ``recompile_limit`` (2.7 is one; 2.13 is not)."""
+    return "recompile_limit" not in inspect.signature(torch.compile).parameters
+
+
+@pytest.mark.xfail(
+    _old_torch_compile(), strict=True, raises=RuntimeError,
+    reason="this torch's torch.export drops the autograd.Function's backward: the exported losses have no "
+    "gradient (docs/errors.md, 'Older releases')",
+)
 def test_export_module_using_the_loss():
     """torch.export.export of a model whose forward is a linear head and the grid's
     losses; the exported program's losses and gradients (in the head's input) equal the

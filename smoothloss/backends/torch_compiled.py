@@ -27,6 +27,60 @@ from smoothloss.backends.torch import FW, TorchFramework, _label_values, plain
 __all__ = ["COMPILED", "COMPILE_THRESHOLD", "CompiledClosed", "WARMUP_CALLS", "signature", "wanted", "warmed_up"]
 
 
+# Dynamo's limit of recompiles per graph: each option set and dtype is a graph of its own,
+# more than Dynamo's default of 8.
+_RECOMPILE_LIMIT = 256
+
+
+def _compile(fn: Any) -> Any:
+    """``torch.compile`` of one kernel: dynamic shapes, one graph, Inductor's C++ loops
+    parallel over rows whatever the thread count of the call that compiled them
+    (``cpp.dynamic_threads``: with a fixed count, a graph compiled, or cached on disk, by
+    a one-thread process runs serially in every later process).
+
+    A recent ``torch.compile`` takes ``recompile_limit`` for this function alone; an
+    older one (:data:`_OLD_DYNAMO`) has only Dynamo's global ``recompile_limit``, so there
+    each call runs under a patch of that setting, and the user's own compiled functions
+    keep theirs. (This and :func:`_tensor_values` are where torch versions differ here.)"""
+    options = {"cpp.dynamic_threads": True}
+    if not _OLD_DYNAMO:
+        return torch.compile(fn, dynamic=True, fullgraph=True, recompile_limit=_RECOMPILE_LIMIT, options=options)
+    from torch import _dynamo  # (``import torch._dynamo`` would make ``torch`` local here)
+
+    graph = torch.compile(fn, dynamic=True, fullgraph=True, options=options)
+
+    @functools.wraps(fn)
+    def limited(*args: Any) -> Any:
+        with _dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            return graph(*args)
+
+    return limited
+
+
+def _old_dynamo() -> bool:
+    import inspect
+
+    return "recompile_limit" not in inspect.signature(torch.compile).parameters
+
+
+# An older torch.compile (2.7 is one; 2.13 is not), told apart by its lack of the
+# recompile_limit argument: besides that argument, it differs in how its Dynamo takes a
+# Python float inside a graph's inputs (the varying options): it specialises the first
+# value and, at the next, guards on the value again, so a smoothing schedule would
+# compile a graph per value. There the floats go in as 0-d float64 tensors
+# (:func:`_tensor_values`), as a user's tensor option does everywhere.
+_OLD_DYNAMO = _old_dynamo()
+
+
+def _tensor_values(values: tuple[Any, ...], device: Any) -> tuple[Any, ...]:
+    """The varying options' Python numbers as 0-d float64 tensors on ``device`` (None and
+    tensors as they are): a graph input Dynamo never specialises. Float64 holds the
+    number exactly, and a 0-d tensor does not widen the logits' dtype."""
+    return tuple(
+        torch.tensor(v, dtype=torch.float64, device=device) if isinstance(v, (int, float)) else v for v in values
+    )
+
+
 # Eager calls on at least this many logits may run the compiled kernels under
 # set_compile_mode("auto"): below it, a compiled call's fixed cost (guards, launch) is
 # more than the passes it saves (the bench's compiled-vs-eager ladder; the ratios are in
@@ -147,6 +201,8 @@ class _Flat:
             self.t = (targets if self.last else targets.movedim(self.axis, -1)).reshape(-1, K)
         self.w = weight
         self.shape, self.values = _graph_options(opts, self.integer)
+        if _OLD_DYNAMO:
+            self.values = _tensor_values(self.values, self.x.device)
         self.none = opts.reduction == "none"
 
     def rows(self, a: Any) -> Any:
@@ -196,9 +252,7 @@ class CompiledClosed(Closed):
             # a graph compiled, or cached on disk, by a one-thread process runs serially
             # in every later process)
             # (each option set and dtype is a graph of its own: more than Dynamo's default 8)
-            graph = self.graphs[name] = torch.compile(
-                fn, dynamic=True, fullgraph=True, recompile_limit=256, options={"cpp.dynamic_threads": True}
-            )
+            graph = self.graphs[name] = _compile(fn)
         return graph
 
     def _run(self, name: str, fn: Any, *args: Any) -> Any:
