@@ -26,16 +26,21 @@ pytestmark = pytest.mark.xdist_group("bench")
 INSTALLED = [f for f in FRAMEWORKS if dense.installed(f)]
 CROSSOVER = "16x10,64x100"  # the quick run's compiled-vs-eager ladder: tiny, the graphs are compiled already
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+SIZES = ((64, 10), (256, 1000))  # the test run's sizes: small, and two K for the plot
+LINEAR_SIZES = ",".join("x".join(map(str, s)) for s in linear.QUICK_SIZES)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One quick benchmark of every installed framework (the slow part, run once)."""
+    """One quick benchmark of every installed framework at small sizes, with every implementation
+    and every extra but the run-time checks asked for (the slow part, run once)."""
     if not INSTALLED:
         pytest.skip("none of torch, jax+optax, tensorflow+keras is installed")
     out = tmp_path_factory.mktemp("bench")
     docs = out / "docs" / "benchmarks.md"
     rc = bench.main(["--quick", "--out", str(out), "--frameworks", ",".join(INSTALLED),
+                     "--sizes", ",".join("x".join(map(str, s)) for s in SIZES), "--all-implementations",
+                     "--tiny", "--first-call", "--schedule", "--linear", LINEAR_SIZES,
                      "--docs", str(docs), "--note", "test run", "--crossover-sizes", CROSSOVER])
     report = json.loads((out / "bench.json").read_text())
     return rc, out, docs, report
@@ -52,8 +57,9 @@ def test_quick_run_succeeds_and_records_the_machine(quick_run):
     for fw in INSTALLED:
         assert machine["versions"][fw] is not None
     assert report["settings"]["quick"] is True
-    assert report["settings"]["sizes"] == [list(s) for s in dense.QUICK_SIZES]
+    assert report["settings"]["sizes"] == [list(s) for s in SIZES]
     assert report["command"].startswith("python -m smoothloss bench --quick")
+    assert report["settings"]["implementations"] == "all" and report["settings"]["checks"] is False
     assert set(report["frameworks"]) == set(INSTALLED)
 
 
@@ -65,7 +71,7 @@ def test_every_implementation_has_positive_timings(quick_run, fw):
     res = report["frameworks"][fw]
     assert "error" not in res, res.get("error")
     repeats = report["settings"]["repeats"]
-    assert [e["size"] for e in res["sizes"]] == [list(s) for s in dense.QUICK_SIZES]
+    assert [e["size"] for e in res["sizes"]] == [list(s) for s in SIZES]
     for entry in res["sizes"] + [res["dispatch"]]:
         assert set(entry["results"]) == {i.key for i in dense.IMPLS[fw]}
         for key, rec in entry["results"].items():
@@ -85,7 +91,7 @@ def test_every_implementation_has_positive_timings(quick_run, fw):
 def test_summary_has_ratios_for_every_framework_and_size(quick_run):
     _, _, _, report = quick_run
     rows = {(r["framework"], tuple(r["size"])) for r in report["summary"]["ratios"]}
-    assert rows == {(fw, s) for fw in INSTALLED for s in dense.QUICK_SIZES}
+    assert rows == {(fw, s) for fw in INSTALLED for s in SIZES}
     for r in report["summary"]["ratios"]:
         assert r["vs_fastest"] > 0 and r["vs_main"] > 0
         assert r["fastest_builtin"] in {i.key for i in dense.IMPLS[r["framework"]] if i.builtin}
@@ -98,7 +104,7 @@ def test_markdown_has_a_row_per_implementation(quick_run):
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     for fw in INSTALLED:
         for impl in dense.IMPLS[fw]:
-            for size in dense.QUICK_SIZES:
+            for size in SIZES:
                 prefix = f"| {fw} | {size_name(size)} ("
                 assert any(r.startswith(prefix) and (f"| {impl.label} |" in r or f"| {impl.label} [compiled] |" in r)
                            for r in rows), (fw, size, impl.label)
@@ -111,7 +117,7 @@ def test_docs_page_names_the_machine_and_the_command(quick_run):
     assert report["command"] in text
     assert report["machine"]["cpu_model"] in text
     assert "test run" in text
-    assert report["markdown"] in text
+    assert dense_report.details_markdown(report) in text and "\n".join(dense_report.summary_markdown(report)) in text
 
 
 def test_plot_is_written(quick_run):
@@ -351,7 +357,7 @@ def test_compiled_builtin_is_timed_beside_f_cross_entropy(quick_run):
     d = next(d for d in report["summary"]["dispatch"] if d["framework"] == "torch")
     assert d["vs"][COMPILED_BUILTIN] > 0
     measured = {(m["implementation"], tuple(m["size"])) for m in res["memory"]}  # quick: in-process
-    assert {(COMPILED_BUILTIN, s) for s in dense.QUICK_SIZES} <= measured
+    assert {(COMPILED_BUILTIN, s) for s in SIZES} <= measured
 
 
 def test_first_call_in_fresh_processes(quick_run):
@@ -476,9 +482,10 @@ def test_first_call_worker_in_process(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, size", [
-    (["--quick"], list(dense.FIRST_CALL_SIZE)),
+    (["--quick"], None),
+    (["--quick", "--first-call"], list(dense.FIRST_CALL_SIZE)),
     ([], list(dense.FIRST_CALL_SIZE)),
-    (["--quick", "--no-first-call"], None),
+    (["--no-first-call"], None),
 ])
 def test_first_call_options(argv, size, tmp_path, monkeypatch):
     if "torch" not in INSTALLED:
@@ -636,9 +643,10 @@ def test_schedule_processes(monkeypatch):
 
 
 @pytest.mark.parametrize("argv, size", [
-    (["--quick"], list(schedule.SCHEDULE_SIZE)),
+    (["--quick"], None),
+    (["--quick", "--schedule"], list(schedule.SCHEDULE_SIZE)),
     ([], list(schedule.SCHEDULE_SIZE)),
-    (["--quick", "--no-schedule"], None),
+    (["--no-schedule"], None),
 ])
 def test_schedule_options(argv, size, tmp_path, monkeypatch):
     if "tensorflow" not in INSTALLED:
@@ -737,6 +745,305 @@ def test_missing_device_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--device", " ", "--out", str(tmp_path)])
     assert exc.value.code == 2
+
+
+# --------------------------------------------------------------------------- --quick: its configuration, its verdict
+
+QUICK_SETTINGS = {  # exactly what --quick measures (and what its help's "under a minute" was timed with)
+    "sizes": [[4096, 1000]], "implementations": "main", "repeats": 10, "warmup": 3, "min_sample_s": 0.02,
+    "memory": True, "memory_mode": "in-process: in each framework's timing process, before its timings, on the steps then timed (--quick)",
+    "tiny": False, "first_call_size": None, "schedule_size": None, "checks": False, "crossover_sizes": [],
+    "linear_sizes": [], "quick": True, "device": "cpu",
+}
+
+
+def test_quick_selects_exactly_the_quick_configuration(tmp_path, monkeypatch):
+    monkeypatch.setattr(dense, "installed", lambda f: True)
+    rc, settings, report = _settings(["--quick"], tmp_path, monkeypatch)
+    assert rc == 0 and {k: settings[k] for k in QUICK_SETTINGS} == QUICK_SETTINGS
+    assert settings["frameworks"] == ["torch", "jax", "tensorflow"] and settings["skipped"] == []
+    assert dense.QUICK_SIZES == ((4096, 1000),) and dense.VERDICT_SIZE == (4096, 1000)
+    assert [i.key for f in FRAMEWORKS for i in dense.selected_impls(f, "main")] == [
+        "smoothloss", "F.cross_entropy", "smoothloss", "optax", "smoothloss", "keras.CCE"]
+    assert report["linear"] is None  # no linear benchmark in --quick
+    # the linear benchmark's own quick sizes only with --only-linear
+    monkeypatch.setattr(linear, "run", _fake_linear_run)
+    bench.main(["--quick", "--only-linear", "--out", str(tmp_path)])
+    lin = json.loads((tmp_path / "bench.json").read_text())["linear"]
+    assert lin["settings"]["sizes"] == [list(s) for s in linear.QUICK_SIZES]
+
+
+def test_quick_extras_on_request(tmp_path, monkeypatch):
+    monkeypatch.setattr(dense, "installed", lambda f: True)
+    argv = ["--quick", "--all-implementations", "--tiny", "--first-call", "--schedule", "--checks", "--crossover"]
+    rc, settings, _ = _settings(argv, tmp_path, monkeypatch)
+    assert rc == 0 and settings["implementations"] == "all" and settings["tiny"] and settings["checks"]
+    assert settings["first_call_size"] == [4096, 1000] and settings["schedule_size"] == [512, 4096]
+    assert settings["crossover_sizes"] == [list(s) for s in dense.CROSSOVER_SIZES]
+    rc, full, _ = _settings([], tmp_path, monkeypatch)  # the full run: every extra, every implementation
+    assert full["implementations"] == "all" and full["tiny"] and full["checks"] and full["first_call_size"]
+    assert full["sizes"] == [list(s) for s in dense.DEFAULT_SIZES] and full["repeats"] == 10
+    assert full["memory_mode"] == "fresh process per framework × implementation × size"
+
+
+@pytest.mark.parametrize("name", ["tiny", "first-call", "schedule", "checks"])
+def test_contradicting_extras_exit_2(name, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--quick", f"--{name}", f"--no-{name}", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+
+
+def test_help_of_quick_says_what_it_measures(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("--quick a check a user can act on, in under a minute on 2 CPUs with torch, jax and TensorFlow: "
+            "4096×1000 float32 only, smoothloss against each framework's own loss") in out
+    assert "--first-call with --quick: measure it too" in out and "--quick: 4096x1000)" in out
+    assert "tiny sizes" not in out
+
+
+def _fake_quick_frameworks() -> dict:
+    """What dense.run returns for --quick: torch and TensorFlow at 4096×1000, TensorFlow's memory failed."""
+    mem = [{"implementation": k, "size": [4096, 1000], "extra_mib": v, "extra_over_logits": v / 15.625,
+            "logits_mib": 15.625} for k, v in (("smoothloss", 15.8), ("F.cross_entropy", 46.9))]
+    tf_mem = [{"implementation": "smoothloss", "size": [4096, 1000], "logits_mib": 15.625, "error": "boom"}]
+    return {
+        "torch": {"sizes": [{"size": [4096, 1000], "results": {"smoothloss": _rec(4.5),
+                                                               "F.cross_entropy": _rec(10.0)}}],
+                  "memory": mem, "dispatch": None, "crossover": None},
+        "tensorflow": {"sizes": [{"size": [4096, 1000], "results": {"smoothloss": _rec(5.0),
+                                                                    "keras.CCE": _rec(10.0)}}],
+                       "memory": tf_mem, "dispatch": None, "crossover": None},
+    }
+
+
+def _fake_quick_report(**settings) -> dict:
+    frameworks = _fake_quick_frameworks()
+    s = {"smoothing": 0.1, "repeats": 10, "quick": True, "memory": True, "device": "cpu",
+         "frameworks": ["torch", "tensorflow"], "skipped": ["jax"], "no_device": [], **settings}
+    return {"settings": s, "frameworks": frameworks, "summary": dense_report.summarise(frameworks),
+            "elapsed_s": 42.4, "load_warnings": []}
+
+
+VERDICT_HEAD = ("Verdict: time = median of 10 interleaved samples; memory = peak resident set of one step beyond "
+                "its inputs, measured in each framework's timing process.")
+TORCH_VERDICT = ("torch: at 4096×1000 float32 on cpu, smoothloss is 0.45× F.cross_entropy's time and 0.34× its "
+                 "memory (extra MiB 15.8 vs 46.9)")
+JAX_SKIPPED = 'jax: not installed, skipped; pip install "smoothloss[jax]" adds it'
+TF_VERDICT = ("tensorflow: at 4096×1000 float32 on cpu, smoothloss is 0.50× Keras CategoricalCrossentropy's time "
+              "(memory: measurement failed, see bench.json)")
+
+
+def test_verdict_lines_from_a_fake_report():
+    report = _fake_quick_report()
+    assert dense_report.verdict_lines(report) == [VERDICT_HEAD, TORCH_VERDICT, JAX_SKIPPED, TF_VERDICT]
+    # a framework that failed, one whose loss differs, and a framework without the device
+    report["frameworks"]["torch"] = {"error": "worker exit status 1: boom"}
+    report["frameworks"]["tensorflow"]["sizes"][0]["results"]["keras.CCE"]["matches_smoothloss"] = False
+    report["settings"].update(device="cuda", no_device=["jax"], skipped=[])
+    report["summary"] = dense_report.summarise(report["frameworks"])
+    assert dense_report.verdict_lines(report) == [
+        "Verdict: time = median of 10 interleaved samples; memory = peak device memory of one step beyond its "
+        "inputs (torch: the CUDA allocator's peak; jax: XLA's memory analysis of the compiled step), measured in "
+        "each framework's timing process.",
+        "torch: failed, no verdict (worker exit status 1: boom)",
+        "jax: no cuda device here, skipped",
+        "tensorflow: at 4096×1000 float32 on cuda, smoothloss is 0.50× Keras CategoricalCrossentropy's time "
+        "(memory: measurement failed, see bench.json); WARNING: the two losses differ",
+    ]
+    # torch's compiled kernels failed: the verdict says that the eager kernels were timed
+    report = _fake_quick_report()
+    report["frameworks"]["torch"]["compile_failed"] = "RuntimeError: no C++ compiler"
+    assert dense_report.verdict_lines(report)[1] == (
+        TORCH_VERDICT + "; smoothloss ran its eager kernels, torch.compile failed here (RuntimeError: no C++ compiler)")
+    # an implementation that failed at the verdict's size; no memory asked for
+    report = _fake_quick_report(memory=False, quick=False)
+    report["frameworks"]["torch"]["sizes"][0]["results"]["F.cross_entropy"] = {"error": "RuntimeError: oom"}
+    report["frameworks"]["torch"]["memory"] = []
+    report["summary"] = dense_report.summarise(report["frameworks"])
+    assert dense_report.verdict_lines(report)[:2] == [
+        "Verdict: time = median of 10 interleaved samples; memory not measured (--no-memory).",
+        "torch: at 4096×1000 float32 on cpu, no verdict: F.cross_entropy failed (RuntimeError: oom)"]
+
+
+def test_closing_text_ends_with_the_verdicts_and_the_load_warning():
+    report = _fake_quick_report()
+    report["load_warnings"] = ["load average 3.2 at the start: another process is using the CPUs; these timings "
+                               "are not reliable"]
+    assert cli.closing_text(report, "/tmp/bq", False).splitlines() == [
+        "JSON, Markdown in /tmp/bq/ (42 s); the full tables are in /tmp/bq/bench.md",
+        VERDICT_HEAD, TORCH_VERDICT, JAX_SKIPPED, TF_VERDICT,
+        "warning: load average 3.2 at the start: another process is using the CPUs; these timings are not reliable",
+    ]
+
+
+def test_quick_prints_no_tables_and_ends_with_the_verdicts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(dense, "installed", lambda f: f != "jax")
+    monkeypatch.setattr(dense, "run", lambda settings, timeout_s: _fake_quick_frameworks())
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 1  # TensorFlow's memory failed
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [VERDICT_HEAD, TORCH_VERDICT, JAX_SKIPPED, TF_VERDICT]
+    assert out[0].startswith(f"JSON, Markdown in {tmp_path}/ (") and not (tmp_path / "bench.png").exists()
+    md = (tmp_path / "bench.md").read_text()  # the tables: in the file only
+    assert "| torch | 4096×1000 (15.62) | smoothloss.cross_entropy | 4.50 |" in md
+    assert md.index("## Summary") < md.index("## Every implementation and size")
+    # the full run prints its tables, and the verdicts after them
+    monkeypatch.setattr(dense, "run", lambda settings, timeout_s: _fake_quick_frameworks())
+    bench.main(["--out", str(tmp_path), "--no-memory"])
+    out = capsys.readouterr().out
+    assert "| torch | 4096×1000 (15.62) |" in out
+    assert out.rstrip().splitlines()[-1] == ("tensorflow: at 4096×1000 float32 on cpu, smoothloss is 0.50× Keras "
+                                             "CategoricalCrossentropy's time")
+
+
+def test_device_plumbing_without_a_gpu(tmp_path, monkeypatch, capsys):
+    """--device cuda: the frameworks without the device are skipped and said so in the verdict, the
+    others are run on it; no framework with it: refused before anything runs."""
+    monkeypatch.setattr(dense, "installed", lambda f: f != "tensorflow")
+    monkeypatch.setattr(cli, "frameworks_on", lambda device, fws: ("cuda", ["torch"], "no cuda device: ..."))
+    monkeypatch.setattr(dense, "run", lambda settings, timeout_s: {"torch": _fake_quick_frameworks()["torch"]})
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert bench.main(["--quick", "--device", "GPU", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    s = report["settings"]
+    assert s["device"] == "cuda" and s["frameworks"] == ["torch"] and s["no_device"] == ["jax"]
+    assert s["skipped"] == ["tensorflow"] and s["checks"] is False
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3:] == [
+        "torch: at 4096×1000 float32 on cuda, smoothloss is 0.45× F.cross_entropy's time and 0.34× its memory "
+        "(extra MiB 15.8 vs 46.9)",
+        "jax: no cuda device here, skipped",
+        'tensorflow: not installed, skipped; pip install "smoothloss[tensorflow]" adds it']
+    monkeypatch.setattr(cli, "frameworks_on", lambda device, fws: ("cuda", [], "no cuda device: torch has cpu"))
+    assert bench.main(["--quick", "--device", "cuda", "--out", str(tmp_path / "none")]) == 1
+    assert "no cuda device: torch has cpu" in capsys.readouterr().err
+    assert not (tmp_path / "none" / "bench.json").exists()
+
+
+def test_quick_worker_measures_memory_first_on_the_steps_it_times():
+    """--quick's timing worker, in this process: memory first (on the steps then timed, their first
+    calls made there and kept as the first calls), then the timings, of the main implementations only."""
+    if "torch" not in INSTALLED:
+        pytest.skip("torch is not installed")
+    spec = {"task": "time", "framework": "torch", "sizes": [[64, 100]], "smoothing": 0.1, "repeats": 2,
+            "warmup": 1, "min_sample_s": 0.001, "tiny": False, "tiny_min_sample_s": 0.001,
+            "memory_in_process": True, "memory_sizes": [[64, 100]], "implementations": "main"}
+    res = dense.worker(spec)
+    recs = res["sizes"][0]["results"]
+    assert list(recs) == ["smoothloss", "F.cross_entropy"] and "compile_failed" in res
+    assert [(m["implementation"], m["size"], m["reused_timing_steps"]) for m in res["memory"]] == [
+        ("smoothloss", [64, 100], True), ("F.cross_entropy", [64, 100], True)]
+    for m in res["memory"]:
+        assert "error" not in m and (m["extra_mib"] is None or m["extra_mib"] >= 0)
+    for rec in recs.values():
+        assert len(rec["samples_ms"]) == 2 and rec["first_call_ms"] > 0 and rec["matches_smoothloss"]
+
+
+def test_frameworks_on_keeps_the_gpu_for_the_workers(monkeypatch):
+    """The parent asks each framework for its devices: that must not make jax preallocate most of
+    the GPU (or TensorFlow all of it) for the whole run, out of reach of the workers."""
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    monkeypatch.delenv("TF_FORCE_GPU_ALLOW_GROWTH", raising=False)
+    from smoothloss.testing import drivers
+
+    class NoGpu:
+        framework = "jax"
+
+        def __init__(self, device="cpu"):
+            self.device = device
+
+        def devices(self):
+            return ["cpu"]
+
+        def require_device(self):
+            raise RuntimeError("jax has no cuda device (it has cpu)")
+
+    monkeypatch.setitem(drivers.DRIVERS, "jax", NoGpu)
+    monkeypatch.setattr(drivers, "get_driver", lambda f, device: NoGpu(device))
+    assert cli.frameworks_on("gpu:1", ["jax"]) == ("cuda:1", [], "no cuda:1 device: jax has cpu")
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    env = common.child_env("jax", device="cuda:1")
+    assert env["JAX_PLATFORMS"] == "cuda" and env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+
+
+# --------------------------------------------------------------------------- the docs page
+
+
+def _fake_machine() -> dict:
+    return {"cpu_model": "Test CPU", "cpus_usable": 2, "cpu_count": 2, "memory_gib": 8.0, "platform": "Linux-test",
+            "python": "3.11.7", "versions": {"smoothloss": "0.1.0", "torch": "2.9.0"}, "smoothloss_git": None,
+            "loadavg_start": [0.1, 0.1, 0.1], "loadavg_end": [1.9, 1.0, 0.5]}
+
+
+def _fake_docs_report() -> dict:
+    report = _fake_report()
+    fws = report["frameworks"]
+    fws["torch"]["first_call"] = _fake_first_call()
+    fws["tensorflow"]["schedule"] = _fake_schedule()
+    fws["torch"]["checks"] = {"torch": {"sizes": [{"size": [4096, 1000],
+                                                   "median_ms": {"checked": 2.0, "unchecked": 2.0}}]}}
+    report["settings"].update(repeats=10, warmup=3, threads=2, device="cpu", quick=False)
+    report.update(machine=_fake_machine(), started="2026-12-07 02:22:32 UTC", elapsed_s=691.0, note=None,
+                  load_warnings=[], linear=_fake_linear_run(["torch"], [(64, 8, 32)]))
+    report["summary"] = dense_report.summarise(fws)
+    return report
+
+
+DOCS_HEADINGS = [
+    "# Benchmarks", "## Summary", "## How it was measured", "## Every implementation and size",
+    "### Compiled against eager kernels (torch)", "### First call in a fresh process (torch)",
+    "### Smoothing schedule (TensorFlow)", "### Run-time label check in compiled steps", "### Tiny batch",
+    "### Targets", "## Chunked linear cross-entropy",
+]
+
+
+def _headings(page: str) -> list[str]:
+    """The Markdown headings of a page, outside its front matter and its code blocks."""
+    lines, out, fenced = page.splitlines(), [], False
+    if lines and lines[0] == "---":
+        lines = lines[lines.index("---", 1) + 1:]
+    for line in lines:
+        if line.startswith("```"):
+            fenced = not fenced
+        elif line.startswith("#") and not fenced:
+            out.append(line)
+    return out
+
+
+def test_docs_page_starts_with_the_summary():
+    report = _fake_docs_report()
+    page = cli.docs_page(report, "benchmarks.png", "python -m smoothloss bench --docs docs/benchmarks.md")
+    assert page.startswith("---\n# The tables need the width: no table of contents on this page (its sections are "
+                           "the headings below).\nhide:\n  - toc\n---\n\n# Benchmarks\n\n")
+    assert _headings(page) == DOCS_HEADINGS
+    summary, method = page.index("\n## Summary\n"), page.index("\n## How it was measured\n")
+    ratios = page.index("\n| torch | 1024×32000 | 0.67× (timm) | 0.33× (F.cross_entropy) | 1.25× | 0.50× "
+                        "| 125.0 / 375.0 / 375.0 |\n")
+    plot = page.index("\n[![Forward+backward time against K, one panel per framework (click for the full-size "
+                      "image)](benchmarks.png)](benchmarks.png)\n{ .bench-plot }\n")
+    machine = page.index("**Machine:** Test CPU")
+    assert summary < ratios < plot < method < machine < page.index("How it is measured: each framework")
+    assert "[Chunked linear cross-entropy](#chunked-linear-cross-entropy); which of the project's targets this run " \
+           "met is in [Targets](#targets).\n" in page[summary:method]
+    # no table before the summary; the full table after the method
+    assert "|" not in page[:summary]
+    assert method < page.index("\n| torch | 1024×32000 (125.00) | torch F.cross_entropy(label_smoothing) | 300 |")
+    # no plot: no image, no link
+    assert "bench-plot" not in cli.docs_page(report, None, "python -m smoothloss bench")
+
+
+def test_docs_page_in_the_tree_has_the_generated_layout():
+    """docs/benchmarks.md was written by this generator (its numbers from the last full run): the
+    same sections in the same order, the plot a link to itself with the stylesheet's class."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md").read_text()
+    assert _headings(page) == DOCS_HEADINGS
+    assert "[![Forward+backward time against K, one panel per framework (click for the full-size image)]" \
+           "(benchmarks.png)](benchmarks.png)\n{ .bench-plot }\n" in page
+    css = (Path(__file__).resolve().parents[1] / "docs" / "stylesheets" / "extra.css").read_text()
+    assert ".md-typeset .bench-plot img {\n  max-width: none;\n}" in css
 
 
 # --------------------------------------------------------------------------- chunked linear cross-entropy
@@ -918,23 +1225,24 @@ def _imported_modules(module) -> set[str]:
 
 
 def test_imports_point_one_way():
-    """cli -> dense_report -> dense -> dense_steps, dense_report, dense -> schedule, checks, and dense,
-    linear, schedule, checks -> common: no cycle; the harness uses smoothloss's public names only (and
+    """cli -> dense_report -> dense -> dense_memory -> dense_steps, dense_report, dense -> schedule, checks,
+    and dense, dense_memory, linear, schedule, checks -> common: no cycle; the harness uses smoothloss's public names only (and
     ``smoothloss._linear.CHUNK_BYTES``, ``smoothloss.backends.torch_compiled``'s ``COMPILE_THRESHOLD``
     and ``COMPILED``, ``smoothloss.backends.tensorflow_compiled``'s ``XLA`` (its backward's traces),
     ``smoothloss.backends._base.without_run_time_checks`` (the run-time check's cost), and the drivers
     that ``python -m smoothloss check`` finds devices with)."""
-    from smoothloss.bench import checks
+    from smoothloss.bench import checks, dense_memory
 
-    imports = {m: _imported_modules(m) for m in (cli, dense, dense_steps, dense_report, linear, common, schedule,
-                                                 checks)}
+    imports = {m: _imported_modules(m) for m in (cli, dense, dense_memory, dense_steps, dense_report, linear, common,
+                                                 schedule, checks)}
 
     def bench_modules(m):
         return {i for i in imports[m] if i.startswith("smoothloss.bench")}
 
     assert bench_modules(common) == bench_modules(dense_steps) == set()
-    assert bench_modules(dense) == {"smoothloss.bench", "smoothloss.bench.common", "smoothloss.bench.dense_steps",
-                                    "smoothloss.bench.schedule", "smoothloss.bench.checks"}
+    assert bench_modules(dense) == {"smoothloss.bench", "smoothloss.bench.common", "smoothloss.bench.dense_memory",
+                                    "smoothloss.bench.dense_steps", "smoothloss.bench.schedule", "smoothloss.bench.checks"}
+    assert bench_modules(dense_memory) == {"smoothloss.bench.common", "smoothloss.bench.dense_steps"}
     assert bench_modules(dense_report) == {"smoothloss.bench", "smoothloss.bench.common", "smoothloss.bench.dense",
                                            "smoothloss.bench.schedule", "smoothloss.bench.checks"}
     assert bench_modules(linear) == bench_modules(schedule) == bench_modules(checks) == {"smoothloss.bench.common"}

@@ -132,6 +132,24 @@ def malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+MMAP_THRESHOLD = 256 * 1024  # bytes: glibc maps every block this large on allocation, unmaps it on free
+
+
+def relax_mmap_threshold() -> bool:
+    """In a process started with ``MALLOC_MMAP_THRESHOLD_`` (:func:`child_env`, ``memory``) whose memory
+    is measured: from now on, glibc's thresholds where its dynamic adjustment would have taken them
+    (mmap 32 MiB, trim 64 MiB), so that the timings after the memory measurement (--quick) reuse heap
+    blocks as in a process with the default allocator; with the 256 KiB threshold every large block
+    faults its pages in again at each step, which slows a step up to tenfold. False where there is
+    no glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        ok = bool(libc.mallopt(-3, 32 << 20)) and bool(libc.mallopt(-1, 64 << 20))  # M_MMAP_, M_TRIM_THRESHOLD
+        malloc_trim()
+        return ok
+    return False
+
+
 def measured_step(run: Callable[[], Any]) -> tuple[Any, float, float | None, float | None]:
     """``gc.collect``, ``malloc_trim``, high-water-mark reset, then one ``run()``: its output (for
     the caller to drop), its seconds, the resident set at the reset and the high-water mark after
@@ -209,6 +227,7 @@ def loadavg() -> list[float] | None:
 
 def child_env(framework: str, memory: bool = False, threads: int | None = None,
               device: str = "cpu") -> dict[str, str]:
+    """The environment of a worker; ``memory``: one that measures memory."""
     env = dict(os.environ)
     root = str(PACKAGE_DIR.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -218,7 +237,7 @@ def child_env(framework: str, memory: bool = False, threads: int | None = None,
         # large free, and later steps reuse already-resident heap pages that the resident
         # set cannot see being allocated. With it, every block >= 256 KiB is mapped on
         # allocation and unmapped on free.
-        env["MALLOC_MMAP_THRESHOLD_"] = str(256 * 1024)
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     if framework == "tensorflow":
         env["KERAS_BACKEND"] = "tensorflow"
         if memory:

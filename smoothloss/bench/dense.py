@@ -39,8 +39,15 @@ milliseconds with ratios smoothloss ÷ each built-in and ÷ the fastest built-in
 batch (32×10) is timed eagerly (torch eager, jax jitted, TensorFlow eager) for the
 dispatch overhead.
 
+``--quick`` measures ``QUICK_SIZES`` only, smoothloss's default against the framework's main
+built-in only (:func:`selected_impls`), and closes with one verdict line per framework at
+``VERDICT_SIZE`` (``smoothloss.bench.dense_report.verdict_lines``).
+
 Memory: each (framework, implementation, size) runs in a fresh subprocess (in ``--quick``
-mode: inside the timing subprocess). After a warm-up on a small batch, the full-size
+mode: inside the timing subprocess, before the timings, on the very steps then timed, after
+their first calls; the timings follow with glibc's thresholds relaxed,
+``smoothloss.bench.common.relax_mmap_threshold``, and TensorFlow keeps the system allocator
+of the memory runs). In a fresh subprocess: after a warm-up on a small batch, the full-size
 inputs are created and one full-size step is run (compiling / tracing it); its outputs
 are dropped and ``malloc_trim`` hands freed pages back. The resident-set high-water mark
 is then reset (Linux ``/proc/self/clear_refs``) and one more step is run: the peak
@@ -54,8 +61,9 @@ TensorFlow with ``TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1``: its default oneDNN CPU all
 pools large blocks, which would hide them from the resident set (timings use the default
 allocators, except in ``--quick`` mode); see ``smoothloss.bench.common.child_env``.
 
-The steps themselves are in ``smoothloss.bench.dense_steps``; the summary, the Markdown and
-the plot in ``smoothloss.bench.dense_report``.
+The steps themselves are in ``smoothloss.bench.dense_steps``; the memory measurement (and the
+inputs) in ``smoothloss.bench.dense_memory``; the summary, the Markdown and the plot in
+``smoothloss.bench.dense_report``.
 """
 
 from __future__ import annotations
@@ -66,7 +74,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,14 +82,12 @@ from typing import Any
 import numpy as np
 
 from smoothloss.bench import checks, schedule
-from smoothloss.bench.common import (
-    MIB, fmt_ms, framework_info, hwm_resettable, log, malloc_trim, measured_step, ru_maxrss, run_worker, size_name,
-    threads_text,
-)
+from smoothloss.bench.common import fmt_ms, framework_info, log, relax_mmap_threshold, run_worker, size_name, threads_text
+from smoothloss.bench.dense_memory import _inputs, _measure_memory, _memory_text, _torch_warmup_calls, logits_mib
 from smoothloss.bench.dense_steps import STEP_BUILDERS, Steps
 
 DEFAULT_SIZES = ((4096, 10), (4096, 1000), (1024, 32000), (256, 128256))
-QUICK_SIZES = ((64, 10), (256, 1000))
+QUICK_SIZES = ((4096, 1000),)  # --quick: the size users run, nothing else
 TINY = (32, 10)
 
 
@@ -137,6 +143,12 @@ FIRST_CALL_STEADY = 10
 FIRST_CALL_IMPLS = tuple(i for i in IMPLS["torch"] if i.key in ("smoothloss", "F.cross_entropy"))
 FIRST_CALL_CACHES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")  # each a new empty directory per process
 
+# The closing verdict: one line per framework at this size (where it was measured), smoothloss
+# against the framework's main built-in, named as users call it.
+VERDICT_SIZE = (4096, 1000)
+VERDICT_NAMES = {"torch": "F.cross_entropy", "jax": "optax.softmax_cross_entropy",
+                 "tensorflow": "Keras CategoricalCrossentropy"}
+
 # The targets: ratios of smoothloss's median to another implementation's in the same run.
 TARGET_SIZES = ((4096, 1000), (1024, 32000))
 MAIN_TARGETS = {"torch": 0.35, "jax": 0.5, "tensorflow": 0.5}  # ≤ this × the main built-in at TARGET_SIZES
@@ -179,10 +191,6 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
-def logits_mib(size: Sequence[int]) -> float:
-    return size[0] * size[1] * 4 / MIB
-
-
 def installed(framework: str) -> bool:
     extra = {"jax": ("optax",), "tensorflow": ("keras",)}.get(framework, ())
     return all(importlib.util.find_spec(m) is not None for m in (framework, *extra))
@@ -190,6 +198,20 @@ def installed(framework: str) -> bool:
 
 def _impl(framework: str, key: str) -> Impl:
     return next(i for i in IMPLS[framework] if i.key == key)
+
+
+def selected_impls(framework: str, which: str | None = "all") -> tuple[Impl, ...]:
+    """The implementations measured: every one of ``IMPLS[framework]`` ("all", None), or ("main",
+    the --quick choice) smoothloss's default and the framework's main built-in.
+
+    >>> [i.key for i in selected_impls("torch", "main")]
+    ['smoothloss', 'F.cross_entropy']
+    """
+    if which in (None, "all"):
+        return IMPLS[framework]
+    if which == "main":
+        return tuple(i for i in IMPLS[framework] if i.key == "smoothloss" or i.main)
+    raise ValueError(f"implementations {which!r}: 'all' or 'main'")
 
 
 def _stats(samples_ms: Sequence[float]) -> dict[str, float]:
@@ -201,30 +223,17 @@ def _stats(samples_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _inputs(size: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    b, k = size
-    rng = np.random.default_rng(seed + 1000003 * b + k)
-    x = rng.standard_normal((b, k), dtype=np.float32)
-    y = rng.integers(0, k, size=(b,), dtype=np.int64)
-    return x, y
-
-
 # --------------------------------------------------------------------------- timing
-
-
-def _torch_warmup_calls() -> int:
-    """The eager calls a torch call signature makes before its compiled kernels run."""
-    from smoothloss.backends.torch_compiled import WARMUP_CALLS
-
-    return WARMUP_CALLS
 
 
 def _time_size(framework: str, size: tuple[int, int], eps: float, repeats: int, warmup: int,
                min_sample_s: float, eager: bool, device: str = "cpu",
-               impls: Sequence[Impl] | None = None) -> dict[str, dict[str, Any]]:
-    """Warm up, calibrate, then sample every implementation (default: ``IMPLS[framework]``) interleaved."""
-    x_np, y_np = _inputs(size)
-    steps = STEP_BUILDERS[framework](x_np, y_np, eps, eager, device)
+               impls: Sequence[Impl] | None = None, steps: Steps | None = None) -> dict[str, dict[str, Any]]:
+    """Warm up, calibrate, then sample every implementation (default: ``IMPLS[framework]``) interleaved;
+    ``steps``: the steps to time (default: new ones on ``_inputs(size)``)."""
+    if steps is None:
+        x_np, y_np = _inputs(size)
+        steps = STEP_BUILDERS[framework](x_np, y_np, eps, eager, device)
     impls = [i for i in (IMPLS[framework] if impls is None else impls) if i.key in steps.steps]
     out: dict[str, dict[str, Any]] = {}
     inner: dict[str, int] = {}
@@ -293,26 +302,77 @@ def _worker_time(spec: dict[str, Any]) -> dict[str, Any]:
 
         result["compile_threshold"] = COMPILE_THRESHOLD
     timing = (spec["smoothing"], spec["repeats"], spec["warmup"])
+    impls = selected_impls(fw, spec.get("implementations"))
+    # --quick: memory in this process, first (this process started with the memory subprocesses'
+    # fixed mmap threshold), on the steps that are then timed; their first calls are made here
+    warmed = _worker_memory(spec, impls, device, result["memory"]) if spec.get("memory_in_process") else {}
+    if warmed:
+        relax_mmap_threshold()  # the timings: heap blocks reused, as with the default allocator
     for size in spec["sizes"]:
         size = tuple(size)
         t0 = time.perf_counter()
-        recs = _time_size(fw, size, *timing, spec["min_sample_s"], False, device)
+        steps, first_ms = warmed.pop(size, (None, {}))
+        if steps is None:
+            x_np, y_np = _inputs(size)
+            steps = STEP_BUILDERS[fw](x_np, y_np, spec["smoothing"], False, device)
+        recs = _time_size(fw, size, *timing, spec["min_sample_s"], False, device, impls, steps)
+        for key, ms in first_ms.items():  # the true first call, made before the memory measurement
+            if key in recs:
+                recs[key]["first_call_ms"] = ms
+        del steps
         result["sizes"].append({"size": list(size), "results": recs})
         meds = ", ".join(f"{k} {v['median_ms']:.3g} ms" for k, v in recs.items() if "median_ms" in v)
         log(f"{fw:<10} {size_name(size):>12}: {meds} ({time.perf_counter() - t0:.1f}s)")
     if spec.get("tiny"):
-        recs = _time_size(fw, TINY, *timing, spec["tiny_min_sample_s"], True, device)
+        recs = _time_size(fw, TINY, *timing, spec["tiny_min_sample_s"], True, device, impls)
         result["dispatch"] = {"size": list(TINY), "mode": EAGER_NOTE[fw], "results": recs}
         meds = ", ".join(f"{k} {v['median_ms'] * 1e3:.0f} µs" for k, v in recs.items() if "median_ms" in v)
         log(f"{fw:<10} {size_name(TINY):>12} ({EAGER_NOTE[fw]}): {meds}")
     if fw == "torch" and spec.get("crossover_sizes"):
         result["crossover"] = _worker_crossover(spec, timing, device)
-    if spec.get("memory_in_process"):
-        for size in spec["memory_sizes"]:
-            for impl in IMPLS[fw]:
-                result["memory"].append(
-                    _measure_memory(fw, impl.key, tuple(size), spec["smoothing"], fresh=False, device=device))
+    if fw == "torch":
+        from smoothloss.backends.torch_compiled import COMPILED
+
+        result["compile_failed"] = COMPILED.broken  # why the eager kernels ran instead, if they did
     return result
+
+
+def _worker_memory(spec: dict[str, Any], impls: Sequence[Impl], device: str,
+                   out: list[dict[str, Any]]) -> dict[tuple[int, ...], tuple[Steps, dict[str, float]]]:
+    """--quick, in the timing process before any timing: at each of ``spec["memory_sizes"]`` build the
+    steps, make each implementation's first calls (compiling; torch: past the eager warm-up calls) and
+    measure its extra memory into ``out``. Returns per size the steps, for timing, and each first
+    call's ms."""
+    fw, eps = spec["framework"], spec["smoothing"]
+    warmed: dict[tuple[int, ...], tuple[Steps, dict[str, float]]] = {}
+    for size in (tuple(s) for s in spec.get("memory_sizes") or []):
+        x_np, y_np = _inputs(size)
+        try:
+            steps = STEP_BUILDERS[fw](x_np, y_np, eps, False, device)
+        except Exception as exc:  # reported again by the timing
+            log(f"{fw} {size_name(size)}: FAILED {type(exc).__name__}: {exc}")
+            continue
+        first_ms: dict[str, float] = {}
+        for impl in impls:
+            step = steps.steps.get(impl.key)
+            if step is None:
+                continue
+            try:
+                t0 = time.perf_counter()
+                step()
+                first_ms[impl.key] = (time.perf_counter() - t0) * 1e3
+                for _ in range(1 + (_torch_warmup_calls() if steps.compiled_calls else 0)):
+                    step()
+                steps.reset()
+            except Exception as exc:  # the timing reports it, with its error
+                out.append({"framework": fw, "implementation": impl.key, "size": list(size),
+                            "logits_mib": logits_mib(size), "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            rec = _measure_memory(fw, impl.key, size, eps, fresh=False, device=device, steps=steps)
+            out.append(rec)
+            log(f"memory {fw:<10} {size_name(size):>12} {impl.key:<16} {_memory_text(rec)} (in-process)")
+        warmed[size] = (steps, first_ms)
+    return warmed
 
 
 def _worker_crossover(spec: dict[str, Any], timing: tuple[float, int, int], device: str) -> dict[str, Any]:
@@ -380,97 +440,6 @@ def _worker_first_call(spec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-# --------------------------------------------------------------------------- memory
-
-
-def _measure_memory(framework: str, key: str, size: tuple[int, int], eps: float, fresh: bool,
-                    device: str = "cpu") -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "framework": framework, "implementation": key, "size": list(size), "logits_mib": logits_mib(size),
-        "fresh_process": fresh, "device": device,
-    }
-    try:
-        build = STEP_BUILDERS[framework]
-        small = _inputs((min(size[0], 16), size[1]), seed=1)
-        warm = build(*small, eps, False, device)
-        warm.steps[key]()
-        warm.steps[key]()
-        warm.reset()
-        del warm, small
-        x_np, y_np = _inputs(size)
-        steps = build(x_np, y_np, eps, False, device)
-        step = steps.steps[key]
-        gc.collect()
-        malloc_trim()
-        ru0 = ru_maxrss()
-        loss = step()  # the first full-size step: compiles / traces for this shape
-        del loss
-        steps.reset()
-        if framework == "torch" and key.startswith("smoothloss"):  # past the signature's eager warm-up calls
-            for _ in range(_torch_warmup_calls()):
-                step()
-                steps.reset()
-        rec["extra_mib_first_step_ru_maxrss"] = (ru_maxrss() - ru0) / MIB
-        if key in steps.extra:  # jax: XLA's own account of the compiled step
-            ma = steps.extra[key]()
-            if ma is not None:
-                rec["xla_temp_mib"] = ma.temp_size_in_bytes / MIB
-                rec["xla_output_mib"] = ma.output_size_in_bytes / MIB
-        if device != "cpu":
-            _device_memory(rec, steps, step, device)
-        elif hwm_resettable():
-            extras = []
-            for _ in range(2):  # two measured steps, the smaller counts (a stray allocation is not the step's)
-                for _attempt in range(3):  # another thread's allocation can void a reset: step again
-                    loss, _, base, peak = measured_step(step)
-                    del loss
-                    steps.reset()
-                    if base is not None and peak is not None:
-                        break
-                else:
-                    raise RuntimeError("the high-water-mark reset did not hold in 3 tries")
-                extras.append(max(0.0, (peak - base) / MIB))
-                if len(extras) == 1 or extras[-1] < min(extras[:-1]):
-                    rec["baseline_mib"], rec["peak_mib"] = base / MIB, peak / MIB
-            rec["method"] = "VmHWM reset before a full-size step after the first, minus VmRSS at the reset; min of 2"
-            rec["extra_mib_each"] = extras
-            rec["extra_mib"] = min(extras)
-        elif fresh:
-            rec["method"] = "ru_maxrss growth over the first full-size step (includes compilation)"
-            rec["extra_mib"] = rec["extra_mib_first_step_ru_maxrss"]
-        else:
-            rec["method"] = None
-            rec["extra_mib"] = None
-            rec["error"] = "no high-water-mark reset on this platform; in-process measurement skipped"
-        if rec["extra_mib"] is not None:
-            rec["extra_over_logits"] = rec["extra_mib"] / rec["logits_mib"]
-    except Exception as exc:
-        rec["error"] = f"{type(exc).__name__}: {exc}"
-    return rec
-
-
-def _device_memory(rec: dict[str, Any], steps: Steps, step: Callable[[], Any], device: str) -> None:
-    """Off the CPU: the device allocator's peak over a step (torch, TensorFlow; the smaller of two
-    steps) or, for jax, XLA's memory analysis of the compiled step (temporaries + outputs)."""
-    if steps.device_peak is not None:
-        extras = []
-        for _ in range(2):
-            loss, before, peak = steps.device_peak(step)
-            del loss
-            steps.reset()
-            extras.append(max(0.0, (peak - before) / MIB))
-        rec["method"] = f"{device} allocator: peak over a full-size step after the first, minus allocated before it; min of 2"
-        rec["extra_mib_each"] = extras
-        rec["extra_mib"] = min(extras)
-    elif "xla_temp_mib" in rec:
-        rec["method"] = "XLA memory analysis of the compiled step: temporaries + outputs"
-        rec["extra_mib"] = rec["xla_temp_mib"] + rec["xla_output_mib"]
-    else:
-        rec["method"] = None
-        rec["extra_mib"] = None
-        rec["error"] = f"no memory measurement on {device} for {rec['framework']}"
-
-
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """The ``task: "time"``, ``"first_call"``, ``"schedule"`` (``smoothloss.bench.schedule``),
     ``"checks"`` (``smoothloss.bench.checks``) and ``"memory"`` workers of ``python -m smoothloss.bench --worker``."""
@@ -507,6 +476,7 @@ def run(settings: dict[str, Any], timeout_s: float) -> dict[str, dict[str, Any]]
             "memory_in_process": settings["memory"] and settings["quick"], "memory_sizes": settings["sizes"],
             "threads": settings["threads"], "device": settings.get("device", "cpu"),
             "crossover_sizes": settings.get("crossover_sizes") if fw == "torch" else None,
+            "implementations": settings.get("implementations", "all"),
         }
         res = run_worker(spec, timeout_s)
         if "error" in res:
@@ -524,7 +494,7 @@ def run(settings: dict[str, Any], timeout_s: float) -> dict[str, dict[str, Any]]
             if "error" in res:
                 continue
             for size in settings["sizes"]:
-                for impl in IMPLS[fw]:
+                for impl in selected_impls(fw, settings.get("implementations", "all")):
                     rec = run_worker({"task": "memory", "framework": fw, "implementation": impl.key,
                                       "size": list(size), "smoothing": settings["smoothing"],
                                       "threads": settings["threads"], "device": settings.get("device", "cpu")},
@@ -534,9 +504,7 @@ def run(settings: dict[str, Any], timeout_s: float) -> dict[str, dict[str, Any]]
                     rec.setdefault("size", list(size))
                     rec.setdefault("logits_mib", logits_mib(size))
                     res["memory"].append(rec)
-                    msg = (f"{rec['extra_mib']:.2f} MiB beyond inputs (logits {logits_mib(size):.2f} MiB)"
-                           if rec.get("extra_mib") is not None else f"FAILED {rec.get('error')}")
-                    log(f"memory {fw:<10} {size_name(size):>12} {impl.key:<16} {msg}")
+                    log(f"memory {fw:<10} {size_name(size):>12} {impl.key:<16} {_memory_text(rec)}")
     return frameworks
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from smoothloss.bench import checks, schedule
-from smoothloss.bench.common import MIB, fmt_ms, fmt_ratio, ratio, size_name
+from smoothloss.bench.common import FRAMEWORKS, MIB, fmt_ms, fmt_ratio, ratio, size_name
 from smoothloss.bench.dense import (
     CROSSOVER_IMPLS, FIRST_CALL_IMPLS, FLOOR_TARGET_SIZE, FLOOR_TARGETS, IMPLS, MAIN_TARGETS, MEMORY_TARGETS,
-    TARGET_SIZES, TINY, TINY_TARGETS, Impl, _impl, logits_mib,
+    TARGET_SIZES, TINY, TINY_TARGETS, VERDICT_NAMES, VERDICT_SIZE, Impl, _impl, logits_mib,
 )
 
 
@@ -103,6 +103,68 @@ def summarise(frameworks: dict[str, Any]) -> dict[str, Any]:
             "first_call": first_call, "schedule": sched, "checks": check_rows, "memory_allowance_mib": mem_allowance}
 
 
+def verdict_lines(report: dict[str, Any]) -> list[str]:
+    """The run's verdict: a line saying how time and memory were measured, then one line per
+    framework (in ``FRAMEWORKS`` order) that was asked for: at ``VERDICT_SIZE`` (or, where it
+    was not measured, the first size), smoothloss's median time ÷ the main built-in's and its
+    extra memory ÷ the built-in's; or why there is no verdict (not installed, no such device,
+    a failure). Needs ``report["summary"]`` (:func:`summarise`)."""
+    s = report["settings"]
+    device = s.get("device", "cpu")
+    if device == "cpu":
+        memory = "peak resident set of one step beyond its inputs"
+    else:
+        memory = ("peak device memory of one step beyond its inputs (torch: the CUDA allocator's peak; "
+                  "jax: XLA's memory analysis of the compiled step)")
+    where = "in each framework's timing process" if s.get("quick") else "a fresh process per measurement"
+    lines = [f"Verdict: time = median of {s['repeats']} interleaved samples; memory = {memory}, "
+             f"measured {where}." if s.get("memory", True) else
+             f"Verdict: time = median of {s['repeats']} interleaved samples; memory not measured (--no-memory)."]
+    ratios = {(r["framework"], tuple(r["size"])): r for r in report["summary"]["ratios"]}
+    measured = report["frameworks"]
+    asked = [*measured, *s.get("skipped", []), *s.get("no_device", [])]
+    for fw in sorted(dict.fromkeys(asked), key=lambda f: FRAMEWORKS.index(f) if f in FRAMEWORKS else len(FRAMEWORKS)):
+        lines.append(_verdict_line(fw, measured.get(fw), ratios, s))
+    return lines
+
+
+def _verdict_line(fw: str, res: dict[str, Any] | None, ratios: dict[tuple[str, tuple[int, ...]], dict[str, Any]],
+                  s: dict[str, Any]) -> str:
+    device = s.get("device", "cpu")
+    if fw in s.get("skipped", []):
+        return f'{fw}: not installed, skipped; pip install "smoothloss[{fw}]" adds it'
+    if fw in s.get("no_device", []) or res is None:
+        return f"{fw}: no {device} device here, skipped"
+    if "error" in res:
+        return f"{fw}: failed, no verdict ({res['error'][:160]})"
+    sizes = [tuple(e["size"]) for e in res["sizes"]]
+    if not sizes:
+        return f"{fw}: nothing measured"
+    size = VERDICT_SIZE if VERDICT_SIZE in sizes else sizes[0]
+    recs = next(e for e in res["sizes"] if tuple(e["size"]) == size)["results"]
+    main_key = next(i.key for i in IMPLS[fw] if i.main)
+    name = VERDICT_NAMES.get(fw, main_key)
+    head = f"{fw}: at {size_name(size)} float32 on {device}, "
+    broken = [k for k in ("smoothloss", main_key) if "error" in recs.get(k, {"error": "not measured"})]
+    if broken:
+        why = recs.get(broken[0], {}).get("error", "not measured")
+        return head + f"no verdict: {broken[0]} failed ({why[:160]})"
+    r = ratios[(fw, size)]
+    text = head + f"smoothloss is {fmt_ratio(r['vs_main'])} {name}'s time"
+    sm, bm = r["memory_extra_mib"], r["memory_main_builtin_mib"]
+    if sm is not None and bm is not None:
+        mem_ratio = ratio(sm, bm)
+        text += f" and {fmt_ratio(mem_ratio)} its memory" if mem_ratio is not None else ""
+        text += f" (extra MiB {_fmt_mib(sm)} vs {_fmt_mib(bm)})"
+    elif s.get("memory", True):
+        text += " (memory: measurement failed, see bench.json)"
+    if recs[main_key].get("matches_smoothloss") is False:
+        text += "; WARNING: the two losses differ"
+    if res.get("compile_failed"):
+        text += f"; smoothloss ran its eager kernels, torch.compile failed here ({res['compile_failed'][:120]})"
+    return text
+
+
 def compile_crossover(measured: dict[str, Any]) -> dict[str, Any]:
     """From the torch ladder: compiled ÷ eager per size, and the smallest size (in logits) from
     which the compiled kernels win at that size and at every larger one measured (None: at none)."""
@@ -151,10 +213,57 @@ def _impl_label(impl: Impl, rec: dict[str, Any]) -> str:
     return impl.label + (" [compiled]" if impl.key == "smoothloss" and rec.get("compiled_kernels") else "")
 
 
+SUMMARY_HEADING = "## Summary"
+DETAILS_HEADING = "## Every implementation and size"
+SUBSECTION_HEADINGS = {  # the sections after the full table, in this order (each only where measured)
+    "crossover": "### Compiled against eager kernels (torch)",
+    "first_call": "### First call in a fresh process (torch)",
+    "schedule": "### Smoothing schedule (TensorFlow)",
+    "checks": "### Run-time label check in compiled steps",
+    "dispatch": "### Tiny batch",
+    "targets": "### Targets",
+    "notes": "### Notes",  # where no target was measured: the notes alone
+}
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """The frameworks' results as Markdown: timings with memory, ratios, the torch compiled-kernels
-    crossover, the tiny batch and the targets."""
+    """The frameworks' results as Markdown, the summary first: ``## Summary`` (the ratios per
+    framework and size), then ``## Every implementation and size`` (:func:`details_markdown`)."""
+    summary = summary_markdown(report)
+    head = [SUMMARY_HEADING, "", *summary, ""] if summary else []
+    return "\n".join(head) + details_markdown(report)
+
+
+def summary_markdown(report: dict[str, Any]) -> list[str]:
+    """The ratio table (smoothloss ÷ the built-ins and ÷ the floor, per framework and size), with
+    the sentence that introduces it; [] where nothing was timed."""
+    summary = report["summary"]
     lines: list[str] = []
+    if summary["ratios"]:
+        lines += [
+            "smoothloss ÷ the built-ins and ÷ the floor, per framework and size (the fastest built-in is named):",
+            "",
+            "| framework | B×K | smoothloss ÷ fastest built-in | smoothloss ÷ main built-in | smoothloss ÷ floor "
+            "| default ÷ eager kernels | extra MiB: smoothloss / main built-in / least built-in |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in summary["ratios"]:
+            fastest = f"{fmt_ratio(r['vs_fastest'])} ({r['fastest_builtin']})" if r["fastest_builtin"] else "—"
+            lines.append(
+                f"| {r['framework']} | {size_name(r['size'])} | {fastest} | {fmt_ratio(r['vs_main'])} ({r['main_builtin']}) "
+                f"| {fmt_ratio(r.get('vs_floor'))} | {fmt_ratio(r.get('vs_eager_kernels'))} "
+                f"| {_fmt_mib(r['memory_extra_mib'])} / {_fmt_mib(r['memory_main_builtin_mib'])} "
+                f"/ {_fmt_mib(r['memory_min_builtin_mib'])} |"
+            )
+    return lines
+
+
+def details_markdown(report: dict[str, Any]) -> str:
+    """``## Every implementation and size``: timings with memory of every implementation and size,
+    then a ``###`` section each (:data:`SUBSECTION_HEADINGS`) for the torch compiled-kernels crossover,
+    the first call in a fresh process, the smoothing schedule, the run-time check, the tiny batch and
+    the targets with the notes."""
+    lines: list[str] = [DETAILS_HEADING, ""]
     eps = report["settings"]["smoothing"]
     device = report["settings"].get("device", "cpu")
     lines += [
@@ -209,33 +318,18 @@ def markdown(report: dict[str, Any]) -> str:
                     f"| {rel} | {fmt_ratio(ratio(rec['median_ms'], floor))} | {memtxt} |"
                 )
     summary = report["summary"]
-    if summary["ratios"]:
-        lines += [
-            "",
-            "smoothloss ÷ the built-ins and ÷ the floor, per framework and size (the fastest built-in is named):",
-            "",
-            "| framework | B×K | smoothloss ÷ fastest built-in | smoothloss ÷ main built-in | smoothloss ÷ floor "
-            "| default ÷ eager kernels | extra MiB: smoothloss / main built-in / least built-in |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in summary["ratios"]:
-            fastest = f"{fmt_ratio(r['vs_fastest'])} ({r['fastest_builtin']})" if r["fastest_builtin"] else "—"
-            lines.append(
-                f"| {r['framework']} | {size_name(r['size'])} | {fastest} | {fmt_ratio(r['vs_main'])} ({r['main_builtin']}) "
-                f"| {fmt_ratio(r.get('vs_floor'))} | {fmt_ratio(r.get('vs_eager_kernels'))} "
-                f"| {_fmt_mib(r['memory_extra_mib'])} / {_fmt_mib(r['memory_main_builtin_mib'])} "
-                f"/ {_fmt_mib(r['memory_min_builtin_mib'])} |"
-            )
     if summary.get("crossover"):
-        lines += _crossover_markdown(summary["crossover"])
+        lines += ["", SUBSECTION_HEADINGS["crossover"], *_crossover_markdown(summary["crossover"])]
     if summary.get("first_call"):
-        lines += _first_call_markdown(summary["first_call"], eps, device)
+        lines += ["", SUBSECTION_HEADINGS["first_call"], *_first_call_markdown(summary["first_call"], eps, device)]
     if summary.get("schedule"):
-        lines += schedule.markdown_lines(summary["schedule"], device)
+        lines += ["", SUBSECTION_HEADINGS["schedule"], *schedule.markdown_lines(summary["schedule"], device)]
     if summary.get("checks"):
-        lines += checks.markdown_lines(summary["checks"])
+        lines += ["", SUBSECTION_HEADINGS["checks"], *checks.markdown_lines(summary["checks"])]
     if summary["dispatch"]:
         lines += [
+            "",
+            SUBSECTION_HEADINGS["dispatch"],
             "",
             f"Tiny batch {size_name(TINY)} (dispatch overhead; torch eager, jax jitted, TensorFlow eager):",
             "",
@@ -261,6 +355,7 @@ def markdown(report: dict[str, Any]) -> str:
                     f"| {rec['min_ms'] * 1e3:.0f}–{rec['max_ms'] * 1e3:.0f} | {fmt_ms(rec.get('first_call_ms'))} "
                     f"| {rel} |"
                 )
+    lines += ["", SUBSECTION_HEADINGS["targets" if summary["targets"] else "notes"]]
     if summary["targets"]:
         lines += [
             "",
@@ -354,14 +449,15 @@ def _first_call_markdown(fc: dict[str, Any], eps: float, device: str) -> list[st
 
 
 def plot(report: dict[str, Any], path: Path) -> str | None:
-    """Time against K, one line per implementation, one panel per framework; None if no matplotlib."""
+    """Time against K, one line per implementation, one panel per framework; None if no matplotlib,
+    or where fewer than two class counts K were measured (--quick: one size, nothing to plot)."""
+    fws = [fw for fw, res in report["frameworks"].items() if "error" not in res and res["sizes"]]
+    if len({e["size"][1] for fw in fws for e in report["frameworks"][fw]["sizes"]}) < 2:
+        return None
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        return None
-    fws = [fw for fw, res in report["frameworks"].items() if "error" not in res and res["sizes"]]
-    if not fws:
         return None
     fig = Figure(figsize=(5.2 * len(fws), 5.0), layout="constrained")
     FigureCanvasAgg(fig)
