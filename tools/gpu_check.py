@@ -54,6 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from smoothloss.bench.common import fmt_ms, fmt_ratio  # noqa: E402 - the bench's own formats (stdlib only)
+
 DEFAULT_SIZES = "8192x128256,1024x32000"
 DEFAULT_LINEAR_SIZES = "8192x2048x128256,1024x2048x32000"
 QUICK_SIZES = "1024x32000"
@@ -199,22 +201,6 @@ class CheckResult:
     @property
     def passed(self) -> bool:
         return self.returncode == 0 or (self.returncode is None and self.note == "skipped")
-
-
-def fmt_ms(v: float | None) -> str:
-    if v is None:
-        return "—"
-    if v >= 100:
-        return f"{v:.0f}"
-    if v >= 10:
-        return f"{v:.1f}"
-    if v >= 1:
-        return f"{v:.2f}"
-    return f"{v:.3f}"
-
-
-def fmt_ratio(v: float | None) -> str:
-    return "—" if v is None else f"{v:.2f}×"
 
 
 def fmt_mib(v: float | None) -> str:
@@ -592,6 +578,24 @@ def _leaf(t: Any, clone: bool = False) -> Any:
     return t.requires_grad_(True)
 
 
+def optional_impl(name: str, module: str, pip_name: str, owner: str, device: str,
+                  make: Callable[[], Impl], unsupported: str | None = None) -> Impl:
+    """The row of a third-party implementation (Liger, CCE): ``make()``, or a row that says
+    why not: its wheel is missing, its Triton kernels need CUDA, ``unsupported`` (a case
+    it does not compute), or what ``make`` raised."""
+    note = missing(module, pip_name)
+    if note is None and device != "cuda":
+        note = f"n/a: {owner}'s Triton kernels need CUDA"
+    if note is None:
+        note = unsupported
+    if note is not None:
+        return Impl(name, note=note)
+    try:
+        return make()
+    except Exception as e:  # noqa: BLE001 - the row says what failed
+        return Impl(name, note=short_error(e))
+
+
 def torch_dense_impls(device: str, x: Any, y: Any, eps: float) -> list[Impl]:
     import torch
     import torch.nn.functional as F
@@ -626,21 +630,16 @@ def torch_dense_impls(device: str, x: Any, y: Any, eps: float) -> list[Impl]:
         Impl("F.cross_entropy", lambda: same(None), dense_run(f_ref), None, reference=True),
         Impl("smoothloss.torch.cross_entropy", lambda: same(None), dense_run(f_ours), warm_with(f_ours), ours=True),
     ]
-    note = missing("liger_kernel", "liger-kernel")
     name = "Liger LigerCrossEntropyLoss"
-    if note is None and device != "cuda":
-        note = "n/a: Liger's Triton kernels need CUDA"
-    if note is not None:
-        impls.append(Impl(name, note=note))
-    else:
-        try:
-            from liger_kernel.transformers import LigerCrossEntropyLoss
 
-            liger = LigerCrossEntropyLoss(label_smoothing=eps, reduction="mean")
-            # Liger writes the gradient into its input's memory: a fresh copy per call.
-            impls.append(Impl(name, lambda: _leaf(x, clone=True), dense_run(liger), warm_with(liger)))
-        except Exception as e:  # noqa: BLE001 - the row says what failed
-            impls.append(Impl(name, note=short_error(e)))
+    def liger() -> Impl:
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+
+        loss = LigerCrossEntropyLoss(label_smoothing=eps, reduction="mean")
+        # Liger writes the gradient into its input's memory: a fresh copy per call.
+        return Impl(name, lambda: _leaf(x, clone=True), dense_run(loss), warm_with(loss))
+
+    impls.append(optional_impl(name, "liger_kernel", "liger-kernel", "Liger", device, liger))
     return impls
 
 
@@ -684,36 +683,23 @@ def torch_linear_impls(device: str, h: Any, w: Any, y: Any, eps: float) -> list[
         Impl("F.cross_entropy(h @ W.T)", same, lin_run(f_ref), None, reference=True),
         Impl("smoothloss.torch.linear_cross_entropy", same, lin_run(f_ours), warm_with(f_ours), ours=True),
     ]
-    name = "Liger LigerFusedLinearCrossEntropyLoss"
-    note = missing("liger_kernel", "liger-kernel")
-    if note is None and device != "cuda":
-        note = "n/a: Liger's Triton kernels need CUDA"
-    if note is not None:
-        impls.append(Impl(name, note=note))
-    else:
-        try:
-            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    liger_name, cce_name = "Liger LigerFusedLinearCrossEntropyLoss", "CCE linear_cross_entropy"
 
-            flce = LigerFusedLinearCrossEntropyLoss(label_smoothing=eps, reduction="mean")
-            f_liger = lambda a, b, t: flce(b, a, t)
-            impls.append(Impl(name, fresh, lin_run(f_liger), warm_with(f_liger)))
-        except Exception as e:  # noqa: BLE001 - the row says what failed
-            impls.append(Impl(name, note=short_error(e)))
-    name = "CCE linear_cross_entropy"
-    note = missing("cut_cross_entropy", "cut-cross-entropy")
-    if note is None and device != "cuda":
-        note = "n/a: CCE's Triton kernels need CUDA"
-    if note is None and eps != 0.0:
-        note = "n/a: CCE has no label_smoothing"
-    if note is not None:
-        impls.append(Impl(name, note=note))
-    else:
-        try:
-            from cut_cross_entropy import linear_cross_entropy as cce
+    def liger() -> Impl:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
-            impls.append(Impl(name, fresh, lin_run(cce), warm_with(cce)))
-        except Exception as e:  # noqa: BLE001 - the row says what failed
-            impls.append(Impl(name, note=short_error(e)))
+        flce = LigerFusedLinearCrossEntropyLoss(label_smoothing=eps, reduction="mean")
+        f_liger = lambda a, b, t: flce(b, a, t)
+        return Impl(liger_name, fresh, lin_run(f_liger), warm_with(f_liger))
+
+    def cce() -> Impl:
+        from cut_cross_entropy import linear_cross_entropy
+
+        return Impl(cce_name, fresh, lin_run(linear_cross_entropy), warm_with(linear_cross_entropy))
+
+    impls.append(optional_impl(liger_name, "liger_kernel", "liger-kernel", "Liger", device, liger))
+    impls.append(optional_impl(cce_name, "cut_cross_entropy", "cut-cross-entropy", "CCE", device, cce,
+                               unsupported="n/a: CCE has no label_smoothing" if eps != 0.0 else None))
     return impls
 
 

@@ -49,10 +49,7 @@ def _measure_memory(framework: str, key: str, size: tuple[int, int], eps: float,
         try:
             step = steps.steps[key]
             if device != "cpu" and key in steps.extra:  # jax off the CPU: XLA's account of the compiled step
-                ma = steps.extra[key]()
-                if ma is not None:
-                    rec["xla_temp_mib"] = ma.temp_size_in_bytes / MIB
-                    rec["xla_output_mib"] = ma.output_size_in_bytes / MIB
+                _xla_account(rec, steps, key)
             _measure_built(rec, steps, step, device, fresh)
         except Exception as exc:
             rec["error"] = f"{type(exc).__name__}: {exc}"
@@ -80,14 +77,19 @@ def _measure_memory(framework: str, key: str, size: tuple[int, int], eps: float,
                 steps.reset()
         rec["extra_mib_first_step_ru_maxrss"] = (ru_maxrss() - ru0) / MIB
         if key in steps.extra:  # jax: XLA's own account of the compiled step
-            ma = steps.extra[key]()
-            if ma is not None:
-                rec["xla_temp_mib"] = ma.temp_size_in_bytes / MIB
-                rec["xla_output_mib"] = ma.output_size_in_bytes / MIB
+            _xla_account(rec, steps, key)
         _measure_built(rec, steps, step, device, fresh)
     except Exception as exc:
         rec["error"] = f"{type(exc).__name__}: {exc}"
     return rec
+
+
+def _xla_account(rec: dict[str, Any], steps: Steps, key: str) -> None:
+    """Into ``rec``: XLA's memory analysis of ``key``'s compiled step (jax), where it has one."""
+    ma = steps.extra[key]()
+    if ma is not None:
+        rec["xla_temp_mib"] = ma.temp_size_in_bytes / MIB
+        rec["xla_output_mib"] = ma.output_size_in_bytes / MIB
 
 
 def _measure_built(rec: dict[str, Any], steps: Steps, step: Callable[[], Any], device: str, fresh: bool) -> None:
