@@ -87,33 +87,28 @@ RANGES: dict[str, tuple[Callable[[Any], Any], str]] = {
 }
 
 
-def check_smoothing(value: Any, name: str = "label_smoothing") -> float:
+def _check_number(value: Any, name: str, rule: str, kind: str) -> float:
+    """``value`` as a Python float, checked against ``RANGES[rule]`` (TypeError for a
+    non-number, ValueError out of range; traceable by torch.compile)."""
     if not is_real_scalar(value):
-        raise TypeError(f"{name} must be a Python float in [0, 1], got {type(value).__name__}")
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
     value = float(value)
-    if not _unit(value):
-        raise ValueError(f"{name} {RANGES['label_smoothing'][1]}, got {value}")
+    within, message = RANGES[rule]
+    if not within(value):
+        raise ValueError(f"{name} {message}, got {value}")
     return value
+
+
+def check_smoothing(value: Any, name: str = "label_smoothing") -> float:
+    return _check_number(value, name, "label_smoothing", "a Python float in [0, 1]")
 
 
 def check_nonnegative(value: Any, name: str) -> float:
-    if not is_real_scalar(value):
-        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
-    value = float(value)
-    if not _nonnegative(value):  # traceable by torch.compile
-        raise ValueError(f"{name} {RANGES['z_loss'][1]}, got {value}")
-    return value
+    return _check_number(value, name, "z_loss", "a Python float")
 
 
 def check_softcap(value: Any, name: str = "softcap") -> float | None:
-    if value is None:
-        return None
-    if not is_real_scalar(value):
-        raise TypeError(f"{name} must be None or a Python float > 0, got {type(value).__name__}")
-    value = float(value)
-    if not _positive(value):  # traceable by torch.compile
-        raise ValueError(f"{name} {RANGES['softcap'][1]}, got {value}")
-    return value
+    return None if value is None else _check_number(value, name, "softcap", "None or a Python float > 0")
 
 
 def _varying(scalar_check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:

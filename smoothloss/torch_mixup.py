@@ -33,7 +33,31 @@ def _integer_or_dense(target: Tensor, multi_label: bool) -> Tensor:
     return _wide(target)
 
 
-class Mixup(smoothloss.Mixup):
+class _TimmConstructor:
+    """timm's constructor of ``Mixup`` and ``FastCollateMixup`` (the same names, order
+    and defaults for both), handed on to the smoothloss class that follows it in the
+    method order, for NCHW images."""
+
+    def __init__(
+        self,
+        mixup_alpha: float = 1.0,
+        cutmix_alpha: float = 0.0,
+        cutmix_minmax: tuple[float, float] | None = None,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+        mode: str = "batch",
+        correct_lam: bool = True,
+        label_smoothing: float = 0.1,
+        num_classes: int = 1000,
+        multi_label: bool = False,
+        seed: Any = None,
+        *,
+        box_rule: str = "timm>=1.0.29",
+    ) -> None:
+        super().__init__(**options_of(locals()), layout="NCHW")
+
+
+class Mixup(_TimmConstructor, smoothloss.Mixup):
     r"""Drop-in for ``timm.data.Mixup``: ``mixup_fn(x, target) -> (x, soft_target)``.
 
     A thin subclass of :class:`smoothloss.Mixup` for NCHW image tensors: timm's
@@ -92,23 +116,6 @@ class Mixup(smoothloss.Mixup):
         (torch.Size([2, 3]), True)
     """
 
-    def __init__(
-        self,
-        mixup_alpha: float = 1.0,
-        cutmix_alpha: float = 0.0,
-        cutmix_minmax: tuple[float, float] | None = None,
-        prob: float = 1.0,
-        switch_prob: float = 0.5,
-        mode: str = "batch",
-        correct_lam: bool = True,
-        label_smoothing: float = 0.1,
-        num_classes: int = 1000,
-        multi_label: bool = False,
-        seed: Any = None,
-        *,
-        box_rule: str = "timm>=1.0.29",
-    ) -> None:
-        super().__init__(**options_of(locals()), layout="NCHW")
 
     def __call__(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Mix images ``x`` (B, C, H, W) and class indices ``target`` (B,) (or, with
@@ -119,7 +126,7 @@ class Mixup(smoothloss.Mixup):
         return super().__call__(x, _integer_or_dense(target, self.multi_label))
 
 
-class FastCollateMixup(smoothloss.FastCollateMixup):
+class FastCollateMixup(_TimmConstructor, smoothloss.FastCollateMixup):
     r"""Drop-in for ``timm.data.FastCollateMixup``: a DataLoader ``collate_fn`` that
     stacks and mixes uint8 images, ``collate(batch) -> (images, soft_targets)``.
 
@@ -144,24 +151,10 @@ class FastCollateMixup(smoothloss.FastCollateMixup):
     * The result lies on the images' device (timm's is on the CPU).
 
     Args:
-        mixup_alpha: α of mixup's Beta(α, α); mixup is on when > 0.
-        cutmix_alpha: α of cutmix's Beta(α, α); cutmix is on when > 0.
-        cutmix_minmax: (min, max) box side as a fraction of the image, or None (forces
-            ``cutmix_alpha = 1``, as timm).
-        prob: probability of mixing a batch, pair or example.
-        switch_prob: probability of cutmix instead of mixup when both are on.
-        mode: ``"batch"`` (one draw), ``"pair"`` (one per pair i, B-1-i) or ``"elem"``,
-            or ``"half"`` (draws for the first B//2 examples, mixes each with B-1-i, returns
-            only the first half).
-        correct_lam: λ from the clipped box area instead of the drawn value.
-        label_smoothing: ε of the targets (default 0.1, as timm).
-        num_classes: K (default 1000, as timm).
-        multi_label: the targets are dense (B, K) multi-hot or soft targets, each entry
-            smoothed towards 0.5 (``t·(1-ε) + ε/2``) and then mixed, as timm 1.0.31's
-            ``multi_label``; default False: class indices.
-        seed: an int, None or a ``numpy.random.Generator``: where the draws come from.
-        box_rule: the CutMix boxes, keyword-only: ``"timm>=1.0.29"`` (default, timm
-            1.0.31's) or ``"timm<=1.0.28"`` (to reproduce runs made with older timm).
+        mode: as :class:`Mixup`'s, or ``"half"``: draws for the first B//2 examples,
+            mixes each with B-1-i and returns only the first half.
+
+    The other arguments are :class:`Mixup`'s (the same constructor).
 
     Example:
         >>> import numpy as np, torch
@@ -176,23 +169,6 @@ class FastCollateMixup(smoothloss.FastCollateMixup):
         [(4, 3, 4, 4), (4, 3)]
     """
 
-    def __init__(
-        self,
-        mixup_alpha: float = 1.0,
-        cutmix_alpha: float = 0.0,
-        cutmix_minmax: tuple[float, float] | None = None,
-        prob: float = 1.0,
-        switch_prob: float = 0.5,
-        mode: str = "batch",
-        correct_lam: bool = True,
-        label_smoothing: float = 0.1,
-        num_classes: int = 1000,
-        multi_label: bool = False,
-        seed: Any = None,
-        *,
-        box_rule: str = "timm>=1.0.29",
-    ) -> None:
-        super().__init__(**options_of(locals()), layout="NCHW")
 
     def __call__(self, batch: Any, _: Any = None) -> tuple[Tensor, Tensor]:
         """Collate and mix ``batch``: ``(uint8 images (B, C, H, W), float32 targets (B, K))``."""

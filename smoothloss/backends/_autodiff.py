@@ -20,7 +20,7 @@ from typing import Any
 from smoothloss import _core, _linear
 from smoothloss.backends._base import Framework, _numel
 
-__all__ = ["Closed", "Losses"]
+__all__ = ["Closed", "Losses", "refuse_class_weight"]
 
 
 class Closed:
@@ -53,6 +53,14 @@ class Closed:
             loss, stats, scale = self.forward(logits, targets, weight, opts)
             return loss, self.backward(logits, targets, weight, opts, stats, scale, loss, 1.0)[0]
         return _core.forward_and_grad(self.fw, logits, targets, weight, opts)
+
+
+def refuse_class_weight(class_weight: Any) -> None:
+    """A binding whose chunked linear loss takes no class weight refuses one."""
+    if class_weight is not None:
+        raise NotImplementedError(
+            "class_weight in linear_cross_entropy is implemented for torch and NumPy only (not yet here)"
+        )
 
 
 class Losses:

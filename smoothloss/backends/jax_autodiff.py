@@ -26,7 +26,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from smoothloss import _core, _linear, _vocab_parallel
 from smoothloss._formulas import compute_dtype
-from smoothloss.backends._autodiff import Closed, Losses
+from smoothloss.backends._autodiff import Closed, Losses, refuse_class_weight
 from smoothloss.backends.jax import FW
 
 __all__ = ["LOSSES", "JaxLosses"]
@@ -51,10 +51,7 @@ class JaxLosses(Losses):
     def linear_cross_entropy(
         self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int, class_weight: Any = None
     ) -> Any:
-        if class_weight is not None:
-            raise NotImplementedError(
-                "class_weight in linear_cross_entropy is implemented for torch and NumPy only (not yet here)"
-            )
+        refuse_class_weight(class_weight)
         fn = _linear_none if opts.reduction == "none" else _linear_reduced
         return fn(hidden, weight, bias, labels, opts, chunk)
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from smoothloss import _core, _linear
 from smoothloss.backends import tensorflow_compiled
-from smoothloss.backends._autodiff import Closed, Losses
+from smoothloss.backends._autodiff import Closed, Losses, refuse_class_weight
 from smoothloss.backends._base import _numel, native_kernels
 from smoothloss.backends.tensorflow import FW
 from smoothloss.backends.tensorflow_compiled import XLA, chunk_loop
@@ -66,10 +66,7 @@ class TensorflowLosses(Losses):
     def linear_cross_entropy(
         self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int, class_weight: Any = None
     ) -> Any:
-        if class_weight is not None:
-            raise NotImplementedError(
-                "class_weight in linear_cross_entropy is implemented for torch and NumPy only (not yet here)"
-            )
+        refuse_class_weight(class_weight)
         closed = self.linear_closed(hidden, weight, opts, chunk)  # each chunk's closed form, XLA-compiled where it pays
         needs = (True, True, True) if _recording() else (False, False, False)
 

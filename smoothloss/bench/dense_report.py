@@ -226,6 +226,19 @@ SUBSECTION_HEADINGS = {  # the sections after the full table, in this order (eac
 }
 
 
+def _measured(fw: str, results: dict[str, Any], lines: list[str], lead: str, blanks: int) -> Any:
+    """``(impl, record)`` of each of ``fw``'s implementations found in ``results``; one
+    that failed adds its row (``lead``, the failure, ``blanks`` empty cells) instead."""
+    for impl in IMPLS[fw]:
+        rec = results.get(impl.key)
+        if rec is None:
+            continue
+        if "error" in rec:
+            lines.append(f"| {lead} | {impl.label} | failed: {rec['error'][:120]} |" + " |" * blanks)
+            continue
+        yield impl, rec
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The frameworks' results as Markdown, the summary first: ``## Summary`` (the ratios per
     framework and size), then ``## Every implementation and size`` (:func:`details_markdown`)."""
@@ -295,14 +308,7 @@ def details_markdown(report: dict[str, Any]) -> str:
             size = tuple(entry["size"])
             sl = entry["results"].get("smoothloss", {}).get("median_ms")
             floor = entry["results"].get("floor", {}).get("median_ms")
-            for impl in IMPLS[fw]:
-                rec = entry["results"].get(impl.key)
-                if rec is None:
-                    continue
-                if "error" in rec:
-                    lines.append(f"| {fw} | {size_name(size)} | {impl.label} | failed: {rec['error'][:120]} "
-                                 "| | | | | | |")
-                    continue
+            for impl, rec in _measured(fw, entry["results"], lines, f"{fw} | {size_name(size)}", 6):
                 m = mem.get((impl.key, size), {})
                 if m.get("extra_mib") is not None:
                     memtxt = f"{_fmt_mib(m['extra_mib'])} ({m['extra_over_logits']:.2f}×)"
@@ -341,13 +347,7 @@ def details_markdown(report: dict[str, Any]) -> str:
             if not d:
                 continue
             sl = d["results"].get("smoothloss", {}).get("median_ms")
-            for impl in IMPLS[fw]:
-                rec = d["results"].get(impl.key)
-                if rec is None:
-                    continue
-                if "error" in rec:
-                    lines.append(f"| {fw} | {d['mode']} | {impl.label} | failed: {rec['error'][:120]} | | | |")
-                    continue
+            for impl, rec in _measured(fw, d["results"], lines, f"{fw} | {d['mode']}", 3):
                 rel = "1.00×" if impl.key == "smoothloss" else fmt_ratio(ratio(sl, rec["median_ms"]))
                 label = impl.label.replace(" (tf.function)", "").replace(" (jit)", "")
                 lines.append(
