@@ -51,15 +51,12 @@ def vocab_parallel_cross_entropy(
             last; V_local equal on every shard). 16-bit logits are computed in float32.
         labels: (...) integer global class indices in [0, K), or ``ignore_index``.
         axis_name: the ``shard_map`` mesh axis that shards the classes.
-        label_smoothing: ε in [0, 1].
-        convention: ``"uniform"`` or ``"others"``.
-        ignore_index: label whose positions contribute 0 and leave the mean's denominator.
         reduction: ``"none"`` (default, the positions' shape), ``"sum"`` or ``"mean"``
             over this call's positions (a mean over zero valid positions is 0).
-        z_loss: coefficient of the ``lse²`` penalty per valid position.
-        softcap: if given, logits ← softcap·tanh(logits/softcap) first (each shard caps
-            its own slice; the gradient gains the factor 1 - tanh²).
-        kl: subtract the entropy of the smoothed target, so the minimum is 0.
+        softcap: as in :func:`smoothloss.cross_entropy`; each shard caps its own slice.
+
+    The other options (``label_smoothing``, ``convention``, ``ignore_index``, ``z_loss``,
+    ``kl``) are :func:`smoothloss.cross_entropy`'s, for the global K.
 
     Returns:
         The loss, replicated over ``axis_name`` (``out_specs`` may leave that axis out).

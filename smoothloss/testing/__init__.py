@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from smoothloss import _options
+
 __all__ = [
     "composed_cross_entropy", "finite_difference_grad", "reference_cross_entropy", "reference_linear_cross_entropy",
     "rel_err", "tolerance",
@@ -42,20 +44,18 @@ def rel_err(actual: Any, expected: Any) -> float:
 
 
 def reference_cross_entropy(
-    logits: Any,
-    targets: Any,
-    *,
-    axis: int = -1,
-    label_smoothing: float = 0.0,
-    convention: str = "uniform",
-    weight: Any = None,
-    ignore_index: int | None = None,
-    reduction: str = "mean",
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    kl: bool = False,
+    logits: Any, targets: Any, *, weight: Any = None, **options: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(loss, dloss/dlogits) in float64, from the definition. NumPy arrays in and out."""
+    """(loss, dloss/dlogits) in float64, from the definition. NumPy arrays in and out.
+
+    ``weight`` and ``options`` are :func:`smoothloss.cross_entropy`'s keywords (the declared option
+    set's defaults for those not given; an unknown name is a TypeError)."""
+    unknown = set(options) - set(_options.NAMES)
+    if unknown:
+        raise TypeError(f"reference_cross_entropy got unknown options {sorted(unknown)}")
+    o = {**_options.defaults(), **options}
+    axis, label_smoothing, convention = o["axis"], o["label_smoothing"], o["convention"]
+    ignore_index, reduction, z_loss, softcap, kl = o["ignore_index"], o["reduction"], o["z_loss"], o["softcap"], o["kl"]
     x = np.moveaxis(np.asarray(logits, dtype=np.float64), axis, -1)
     targets = np.asarray(targets)
     K = x.shape[-1]
