@@ -25,7 +25,10 @@ from smoothloss._formulas import (
 )
 from smoothloss._options import Options
 
-__all__ = ["Options", "backward", "forward", "forward_and_grad", "jvp", "split_stats", "validate"]
+__all__ = [
+    "Options", "backward", "exp_grad_terms", "forward", "forward_and_grad", "forward_and_grad_in_place", "jvp", "split_stats",
+    "validate",
+]
 
 
 def split_stats(stats: Any) -> tuple[Any, Any]:
@@ -222,13 +225,34 @@ def forward_and_grad(fw: Any, logits: Any, targets: Any, weight: Any, opts: Opti
     return reduced, _backward(P, opts, m, lse_rel, scale, reduced, 1.0, (True, False, False))[0]
 
 
+def forward_and_grad_in_place(
+    fw: Any, logits: Any, targets: Any, weight: Any, opts: Options, scale: Any, cotangent: Any
+) -> tuple[Any, Any, Any]:
+    """``(loss, stats, g)``: :func:`forward`, and the logits' gradient at ``cotangent``
+    with the reduction's ``scale`` given (a chunk of a larger loss), made from the
+    forward's exponentials ``e = exp(x - m)`` (:func:`exp_grad_terms`): one buffer of
+    the logits' size, where the kernels work in place (``Kernels.overwrites``), that of
+    ``logits`` itself, which is then overwritten. For integer labels, no softcap and
+    logits in their compute dtype (the callers check)."""
+    P = _Prepared(fw, logits, targets, weight, opts)
+    keep: list[Any] = []
+    scratch = {"scratch": True} if P.kernels.overwrites else {}
+    reduced, m, lse_rel, _ = _forward(P, opts, keep=keep, **scratch)
+    stats = P.xp.stack([m, lse_rel], axis=-1)
+    factor, shift, labels, at_label = exp_grad_terms(fw, keep[0], targets, weight, opts, stats, scale, cotangent)
+    g = P.kernels.add_at_labels(P.kernels.affine(keep[0], factor, shift), labels, at_label)
+    return reduced, stats, g
+
+
 def _reads_stats(P: _Prepared, opts: Options) -> bool:
     """Whether the logits' gradient reads the row statistics other than through
     ``softmax_affine``: for the z-loss and for probability targets."""
     return not is_zero(opts.z_loss) or not P.integer
 
 
-def _forward(P: _Prepared, opts: Options, stats: bool = True, keep: Any = None) -> tuple[Any, Any, Any, Any]:
+def _forward(
+    P: _Prepared, opts: Options, stats: bool = True, keep: Any = None, **scratch: bool
+) -> tuple[Any, Any, Any, Any]:
     """:func:`forward` on prepared inputs, with the statistics as ``(m, lse_rel)`` (without
     ``stats``, whatever the kernels' ``softmax_affine`` reads in their place: see
     :class:`~smoothloss.backends._base.Kernels`)."""
@@ -237,7 +261,7 @@ def _forward(P: _Prepared, opts: Options, stats: bool = True, keep: Any = None) 
     # and lse - x_y at each label, off the same pass where the kernel has one
     m, lse_rel, sum_nll, nll_y = P.kernels.log_softmax_stats(
         x, w, P.sum_w if P.integer and P.smoothed else None, P.y if P.integer else None, stats=stats,
-        **({} if keep is None else {"keep": keep}),
+        **({} if keep is None else {"keep": keep}), **scratch,
     )
 
     # a mean over a known, non-zero number of unweighted, unmasked positions: its 1/count

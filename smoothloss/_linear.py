@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: The default chunk holds about this many bytes of logits.
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 16 << 20
 
 
 def _transpose(xp: Any, a: Any) -> Any:
@@ -59,8 +59,8 @@ def _bounds(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
 
 
-def _logits(xp: Any, h: Any, weight: Any, bias: Any) -> Any:
-    z = xp.matmul(h, _transpose(xp, weight))
+def _logits(fw: Any, h: Any, weight: Any, bias: Any) -> Any:
+    z = fw.kernels.logits(h, weight)
     return z if bias is None else z + bias
 
 
@@ -112,13 +112,16 @@ def chunk_step(
     fw = run.fw
     xp = fw.xp
     acc = compute_dtype(xp, h.dtype)
-    z = _logits(xp, h, weight, bias)
+    z = _logits(fw, h, weight, bias)
     loss_c = dh_c = None
-    if stats_c is None:
-        loss_c, stats_c, _ = run.forward(z, y, None, row_opts)
     if not any(needs):
+        if stats_c is None:
+            loss_c, stats_c, _ = run.forward(z, y, None, row_opts)
         return loss_c, stats_c, dh_c, d_weight, d_bias
-    g, _, _ = run.backward(z, y, None, row_opts, stats_c, scale, None, cot, (True, False, False))
+    if stats_c is None:  # the forward and the gradient of one chunk, at once
+        loss_c, stats_c, g = run.chunk_forward_and_grad(z, y, None, row_opts, scale, cot)
+    else:
+        g, _, _ = run.backward(z, y, None, row_opts, stats_c, scale, None, cot, (True, False, False))
     del z
     if needs[0]:
         dh_c = xp.matmul(g, weight)
@@ -231,6 +234,9 @@ class _ClassWeighted:
     def backward(self, z: Any, y: Any, _weight: Any, opts: Options, *rest: Any) -> Any:
         return self.run.backward(z, y, self.class_weight, opts, *rest)
 
+    def chunk_forward_and_grad(self, z: Any, y: Any, _weight: Any, opts: Options, *rest: Any) -> Any:
+        return self.run.chunk_forward_and_grad(z, y, self.class_weight, opts, *rest)
+
 
 def with_class_weight(run: Any, class_weight: Any) -> Any:
     """``run`` whose chunks use the class weight ``class_weight`` (``run`` itself for None).
@@ -265,7 +271,7 @@ def row_statistics(
     y = xp.where(valid, fw.index(labels), 0)
     parts: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
     for i, j in _bounds(int(hidden.shape[0]), chunk):
-        z = hidden[i:j, ...] if weight is None else _logits(xp, hidden[i:j, ...], weight, bias)
+        z = hidden[i:j, ...] if weight is None else _logits(fw, hidden[i:j, ...], weight, bias)
         for part, value in zip(parts, _logit_stats(fw, z, y[i:j], softcap, acc)):
             part.append(value)
     lse, arg, p_y = (_concat(xp, part) for part in parts)
@@ -318,7 +324,7 @@ def prepare(
     hidden2 = xp.reshape(hidden, (n, int(hidden.shape[-1])))
     labels1 = xp.reshape(labels, (n,))
     # the options are checked by the core on a zero-row logits probe (no N×V array)
-    opts = validate(fw, _logits(xp, hidden2[0:0, ...], weight, bias), labels1[0:0], class_weight, **options)
+    opts = validate(fw, _logits(fw, hidden2[0:0, ...], weight, bias), labels1[0:0], class_weight, **options)
     opts = replace(opts, axis=-1)
     V.check_label_values(fw, labels1, num_classes, opts.ignore_index)
     if chunk_size is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from smoothloss import _core, _linear
+from smoothloss._formulas import compute_dtype
 from smoothloss.backends._base import Framework, _numel
 
 __all__ = ["Closed", "Losses", "refuse_class_weight"]
@@ -46,6 +47,22 @@ class Closed:
     def backward(self, *args: Any) -> Any:
         """:func:`smoothloss._core.backward`."""
         return _core.backward(self.fw, *args)
+
+    def chunk_forward_and_grad(
+        self, z: Any, y: Any, weight: Any, opts: _core.Options, scale: Any, cotangent: Any
+    ) -> tuple[Any, Any, Any]:
+        """``(loss, stats, g)`` of one chunk of the chunked linear loss: its logits ``z``
+        (made for this step alone: overwritten where the kernels work in place), integer
+        labels ``y``, per-row ``opts``, and the logits' gradient at ``cotangent`` with the
+        whole loss's reduction ``scale``. Where the kernels work in place (and there is
+        no softcap, and z is its compute dtype), the gradient takes z's place: one
+        C×V buffer a chunk; else the forward, then the backward."""
+        kernels = self.fw.kernels
+        if kernels.overwrites and opts.softcap is None and self.fw.dtype_fact(compute_dtype, z.dtype) == z.dtype:
+            return _core.forward_and_grad_in_place(self.fw, z, y, weight, opts, scale, cotangent)
+        loss, stats, _ = self.forward(z, y, weight, opts)
+        g = self.backward(z, y, weight, opts, stats, scale, None, cotangent, (True, False, False))[0]
+        return loss, stats, g
 
     def forward_and_grad(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
         """``(loss, d loss/d logits)`` at cotangent 1 (a compiled closed form: its two kernels)."""

@@ -176,12 +176,22 @@ class Kernels:
       ``scale`` per position (…, 1) or a float, ``shift`` anything that broadcasts against x.
     * ``add_at_labels(g, labels, values)``: g with ``values`` (per position) added at
       each position's label. Native versions may write into ``g`` (always a fresh array).
+    * ``affine(g, scale, shift)``: ``g·scale - shift``. Native versions may write into
+      ``g`` (a fresh array).
     * ``add_scaled(a, b, c)``: ``a + b·c`` for arrays a, b (same dtype) and a Python number c.
     * ``add_matmul(acc, a, b)``: ``acc + a @ b`` in ``acc``'s dtype (``a @ b`` without acc).
+    * ``logits(h, weight)``: ``h @ weight.T``, the chunked linear loss's logits of rows
+      ``h`` (C, H) and a projection (V, H), in a layout of the binding's choice.
+
+    ``overwrites``: whether the kernels work in place where the caller allows it: then
+    ``log_softmax_stats`` takes ``scratch=True`` with ``keep`` (x may be overwritten: the
+    exponentials it keeps are made in x's place).
 
     The two above that exponentiate do it through ``exp(z)``, ``z <= 0`` (``xp.exp``):
     the one place a compiler's binding picks a faster formulation.
     """
+
+    overwrites = False
 
     def __init__(self, fw: "Framework") -> None:
         self.fw = fw
@@ -214,7 +224,7 @@ class Kernels:
         xp = self.xp
         m, lse_rel = stats
         g = self.exp((x - xp.expand_dims(m, axis=-1)) - xp.expand_dims(lse_rel, axis=-1))
-        return _affine(g, scale, shift)
+        return self.affine(g, scale, shift)
 
     def add_at_labels(self, g: Any, labels: Any, values: Any) -> Any:
         xp = self.xp
@@ -224,8 +234,14 @@ class Kernels:
         v = xp.expand_dims(values, axis=-1) if not isinstance(values, float) and values.ndim else values
         return xp.where(hit, g + v, g)
 
+    def affine(self, g: Any, scale: Any, shift: Any) -> Any:
+        return _affine(g, scale, shift)
+
     def add_scaled(self, a: Any, b: Any, c: Any) -> Any:
         return a + b * c
+
+    def logits(self, h: Any, weight: Any) -> Any:
+        return self.xp.matmul(h, self.xp.moveaxis(weight, 0, 1))
 
     def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
         xp = self.xp

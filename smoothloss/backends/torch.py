@@ -60,11 +60,14 @@ def row_kernels(x: Any) -> bool:
 class TorchKernels(Kernels):
     """Fused and in-place kernels: fewer B×K passes and allocations than the composition."""
 
+    overwrites = True
+
     def log_softmax_stats(
-        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None, *, stats: bool = True
+        self, x: Any, weight: Any = None, sum_w: Any = None, labels: Any = None, *, stats: bool = True,
+        keep: list[Any] | None = None, scratch: bool = False,
     ) -> tuple[Any, Any, Any, Any]:
         y = None if labels is None else labels.unsqueeze(-1)
-        if row_kernels(x):
+        if keep is None and row_kernels(x):
             # torch's fused log_softmax computes (x - max) - log Σ exp(x - max): lse_rel is
             # minus its row maximum (exactly: at the row's maximum it is 0 - lse_rel, and
             # nowhere more), -log p at each label has the roundings of lse_rel + (m - x_y),
@@ -87,13 +90,16 @@ class TorchKernels(Kernels):
             nll_y = None if y is None else log_p.gather(-1, y).squeeze(-1).neg_()
             return m, lse_rel, sum_nll, nll_y
         m = x.amax(-1)
-        # the composition, in one temporary: z = x - m, its sums, then exp in place. (No
-        # result here is changed in place after an op whose gradient reads it: a traced
-        # program, such as torch.export's, differentiates these kernels.)
-        z = x - m.unsqueeze(-1)
+        # the composition, in one temporary: z = x - m, its sums, then exp in place (with
+        # scratch, in x's place: no temporary). (No result here is changed in place after
+        # an op whose gradient reads it: a traced program, such as torch.export's,
+        # differentiates these kernels.)
+        z = x.sub_(m.unsqueeze(-1)) if scratch else x - m.unsqueeze(-1)
         sum_z = None if sum_w is None else (z.sum(-1) if weight is None else z @ weight)
         z_y = None if y is None else z.gather(-1, y).squeeze(-1)
         e = z.exp() if z.requires_grad else z.exp_()  # (in place only where autograd does not record)
+        if keep is not None:
+            keep.append(e)
         lse_rel = e.sum(-1).log()  # (out of place: log's gradient reads its input)
         sum_nll = None if sum_w is None else lse_rel * sum_w - sum_z
         return m, lse_rel, sum_nll, None if y is None else lse_rel - z_y
@@ -113,10 +119,21 @@ class TorchKernels(Kernels):
             return g.scatter_(-1, labels.unsqueeze(-1), values, reduce="add")
         return g.scatter_add_(-1, labels.unsqueeze(-1), _label_values(g, labels, values))
 
+    def affine(self, g: Any, scale: Any, shift: Any) -> Any:
+        return _scaled(g, scale, shift)
+
     def add_scaled(self, a: Any, b: Any, c: Any) -> Any:
         # one op: a Python float as alpha costs nothing, as a multiplier it becomes a scalar
         # tensor of its own (a cost per op that shows on small inputs)
         return torch.add(a, b, alpha=c) if isinstance(c, float) else a + b * c
+
+    def logits(self, h: Any, weight: Any) -> Any:
+        if h.is_cpu:
+            # (V, C) in memory, seen as (C, V): on the CPU this product, and the gradient's
+            # two from that layout (g.T @ h contiguous, g @ weight), run faster than from
+            # a (C, V) buffer (the bench's linear rows, docs/benchmarks.md)
+            return torch.matmul(weight, h.T).T
+        return torch.matmul(h, weight.T)
 
     def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
         if acc is not None and a.dtype == acc.dtype == b.dtype:

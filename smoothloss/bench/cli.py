@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--linear-frameworks", default="torch",
                    help=f"comma-separated subset of {','.join(FRAMEWORKS)} for --linear (default: torch)")
     g.add_argument("--linear-chunk", type=int, default=None,
-                   help="chunk_size of the chunked path (default: the library's default, about 64 MiB of logits)")
+                   help="chunk_size of the chunked path (default: the library's default, about 16 MiB of logits)")
     g.add_argument("--linear-repeats", type=int, default=None,
                    help="fresh-process runs per path and size, the two paths alternated (default 3; --quick 1)")
     g.add_argument("--only-linear", action="store_true",

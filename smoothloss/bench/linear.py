@@ -11,7 +11,7 @@ to hidden *and* weight of
   ``softmax_cross_entropy`` of ``smooth_labels(one_hot(labels))``, Keras
   ``CategoricalCrossentropy(from_logits=True, label_smoothing=ε)`` of ``one_hot(labels)``;
 * chunked: ``smoothloss.linear_cross_entropy(hidden, weight, labels, chunk_size=C)``
-  (``C`` = None: the library's default, about 64 MiB of logits per chunk);
+  (``C`` = None: the library's default, about 16 MiB of logits per chunk);
 
 in torch (``.backward()``), jax (``jax.jit(jax.value_and_grad(f, argnums=(0, 1)))``) and
 TensorFlow (a ``GradientTape`` inside ``tf.function``)::
