@@ -34,12 +34,22 @@ from smoothloss._core import Options, validate
 from smoothloss._formulas import compute_dtype, mean_scale, soft_cap
 
 __all__ = [
-    "CHUNK_BYTES", "chunk_step", "chunked_backward", "chunked_forward", "prepare", "python_loop", "row_statistics",
-    "with_class_weight",
+    "CHUNK_BYTES", "CHUNK_BYTES_COPYING", "chunk_step", "chunked_backward", "chunked_forward", "prepare", "python_loop", "row_statistics",
+    "default_chunk", "with_class_weight",
 ]
 
-#: The default chunk holds about this many bytes of logits.
+#: The default chunk holds about this many bytes of logits where each chunk's gradient
+#: is made in its logits' place (the kernels' ``overwrites``: one C×V buffer a chunk, so
+#: the chunk is the whole memory beyond the gradients) ...
 CHUNK_BYTES = 16 << 20
+#: ... and this many where a chunk holds its logits and their gradient at once: there a
+#: compiled loop (XLA's scan, TensorFlow's while_loop) runs fewer, larger chunks faster.
+CHUNK_BYTES_COPYING = 64 << 20
+
+
+def default_chunk(num_classes: int, itemsize: int, in_place: bool) -> int:
+    """The default rows per chunk for ``num_classes`` logits of ``itemsize`` bytes a row entry."""
+    return max(1, (CHUNK_BYTES if in_place else CHUNK_BYTES_COPYING) // (num_classes * itemsize))
 
 
 def _transpose(xp: Any, a: Any) -> Any:
@@ -162,6 +172,31 @@ def python_loop(
     )
 
 
+def _valid_rows(run: Any, labels: Any, opts: Options) -> tuple[Any, Any] | None:
+    """``(rows, back)`` where some rows are ignored and the rows can be picked before the
+    loop (concrete labels, a Python loop): the valid rows' indices, and for each row its
+    place among them, or the count of valid rows (one past them) where it is ignored.
+    None otherwise. An ignored row's loss and gradient are 0, so its logits need not be
+    made: the sweep runs over the valid rows alone (one host read of the count)."""
+    fw = run.fw
+    ignore = opts.ignore_index
+    if run.loop is not python_loop or ignore is None or not fw.holds_index(ignore) or not fw.is_concrete(labels):
+        return None
+    xp = fw.xp
+    valid = fw.index(labels) != ignore
+    count = xp.cumulative_sum(xp.astype(valid, fw.index_dtype))
+    n = int(count[-1]) if int(labels.shape[0]) else 0
+    if n == int(labels.shape[0]):
+        return None
+    return xp.nonzero(valid)[0], xp.where(valid, count - 1, n)
+
+
+def _rows_back(xp: Any, a: Any, back: Any) -> Any:
+    """Per-row values of the valid rows (n, ...) back at every row (N, ...): zeros at the ignored ones."""
+    zero = xp.zeros((1, *a.shape[1:]), dtype=a.dtype, device=getattr(a, "device", None))
+    return xp.take(xp.concat([a, zero], axis=0), back, axis=0)
+
+
 def _sweep(
     run: Any, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Options, chunk: int, stats: Any, scale: Any,
     cotangent: Any, needs: tuple[bool, bool, bool],
@@ -182,9 +217,18 @@ def _sweep(
     xp = run.fw.xp
     row_opts = _per_row(opts)
     needs = (needs[0], needs[1], needs[2] and bias is not None)
+    picked = _valid_rows(run, labels, opts)
+    if picked is not None:
+        rows, back = picked
+        hidden, labels = xp.take(hidden, rows, axis=0), xp.take(labels, rows, axis=0)
+        stats = None if stats is None else xp.take(stats, rows, axis=0)
+        if getattr(cotangent, "ndim", 0) > 0:
+            cotangent = xp.take(cotangent, rows, axis=0)
     losses, stats, d_hidden, d_weight, d_bias = run.loop(
         run, chunk_step, hidden, weight, bias, labels, row_opts, chunk, stats, scale, cotangent, needs
     )
+    if picked is not None:
+        losses, stats, d_hidden = (None if a is None else _rows_back(xp, a, back) for a in (losses, stats, d_hidden))
     if d_weight is not None and d_weight.dtype != weight.dtype:
         d_weight = xp.astype(d_weight, weight.dtype)
     if d_bias is not None and d_bias.dtype != bias.dtype:
@@ -329,7 +373,7 @@ def prepare(
     V.check_label_values(fw, labels1, num_classes, opts.ignore_index)
     if chunk_size is None:
         itemsize = xp.finfo(compute_dtype(xp, hidden.dtype)).bits // 8
-        chunk = max(1, CHUNK_BYTES // (num_classes * itemsize))
+        chunk = default_chunk(num_classes, itemsize, fw.kernels.overwrites)
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
     else:

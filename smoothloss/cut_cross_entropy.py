@@ -222,7 +222,7 @@ def linear_cross_entropy(
             too); all run this same path. Others raise NotImplementedError, as in CCE.
         vocab_parallel_options: must be None (NotImplementedError otherwise).
         chunk_size: smoothloss's extra, keyword-only: rows per chunk (default about
-            16 MiB of logits per chunk).
+            16 MiB of logits per chunk, as :func:`smoothloss.linear_cross_entropy`).
 
     Returns:
         The loss, or ``(loss, lse)`` with ``return_lse=True``.

@@ -62,7 +62,7 @@ class LinearCrossEntropyHead(keras.layers.Layer):
             denominator (Keras's name for ``ignore_index``), or ``None``.
         z_loss: coefficient of ``z_loss·logsumexp(logits)²`` per valid entry.
         softcap: if given, ``logits ← softcap·tanh(logits/softcap)`` in the loss.
-        chunk_size: rows per chunk; ``None`` picks about 16 MiB of logits per chunk.
+        chunk_size: rows per chunk; ``None`` picks the default of :func:`smoothloss.linear_cross_entropy`.
         convention: ``"uniform"`` (ε/V to every class, Keras) or ``"others"`` (the
             target keeps 1-ε, every other class gets ε/(V-1)).
         **kwargs: :class:`keras.layers.Layer`'s arguments (``name``, ``dtype``, ...).

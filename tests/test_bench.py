@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from smoothloss import bench
-from smoothloss.bench import cli, common, dense, dense_report, dense_steps, linear, schedule
+from smoothloss.bench import cli, common, dense, dense_report, dense_steps, linear, linear_report, schedule
 from smoothloss.bench.common import FRAMEWORKS, size_name
 
 # pytest -n auto (README): the quick benchmark runs once, in one worker
@@ -1226,15 +1226,15 @@ def _imported_modules(module) -> set[str]:
 
 def test_imports_point_one_way():
     """cli -> dense_report -> dense -> dense_memory -> dense_steps, dense_report, dense -> schedule, checks,
-    and dense, dense_memory, linear, schedule, checks -> common: no cycle; the harness uses smoothloss's public names only (and
-    ``smoothloss._linear.CHUNK_BYTES``, ``smoothloss.backends.torch_compiled``'s ``COMPILE_THRESHOLD``
+    linear_report -> linear, and dense, dense_memory, linear, linear_report, schedule, checks -> common: no cycle; the harness uses smoothloss's public names only (and
+    ``smoothloss._linear.default_chunk``, ``smoothloss.backends.torch_compiled``'s ``COMPILE_THRESHOLD``
     and ``COMPILED``, ``smoothloss.backends.tensorflow_compiled``'s ``XLA`` (its backward's traces),
     ``smoothloss.backends._base.without_run_time_checks`` (the run-time check's cost), and the drivers
     that ``python -m smoothloss check`` finds devices with)."""
     from smoothloss.bench import checks, dense_memory
 
-    imports = {m: _imported_modules(m) for m in (cli, dense, dense_memory, dense_steps, dense_report, linear, common,
-                                                 schedule, checks)}
+    imports = {m: _imported_modules(m) for m in (cli, dense, dense_memory, dense_steps, dense_report, linear,
+                                                 linear_report, common, schedule, checks)}
 
     def bench_modules(m):
         return {i for i in imports[m] if i.startswith("smoothloss.bench")}
@@ -1246,9 +1246,10 @@ def test_imports_point_one_way():
     assert bench_modules(dense_report) == {"smoothloss.bench", "smoothloss.bench.common", "smoothloss.bench.dense",
                                            "smoothloss.bench.schedule", "smoothloss.bench.checks"}
     assert bench_modules(linear) == bench_modules(schedule) == bench_modules(checks) == {"smoothloss.bench.common"}
+    assert bench_modules(linear_report) == {"smoothloss.bench.common", "smoothloss.bench.linear"}
     assert bench_modules(cli) == {"smoothloss.bench", "smoothloss.bench.dense", "smoothloss.bench.dense_report",
-                                  "smoothloss.bench.linear", "smoothloss.bench.common", "smoothloss.bench.schedule",
-                                  "smoothloss.bench.checks"}
+                                  "smoothloss.bench.linear", "smoothloss.bench.linear_report", "smoothloss.bench.common",
+                                  "smoothloss.bench.schedule", "smoothloss.bench.checks"}
     for m in imports:
         private = {i for i in imports[m] if i.startswith(("smoothloss._", "smoothloss.backends"))}
         # the compiled kernels' threshold and call count; the drivers' device discovery (as ``check``'s);

@@ -281,6 +281,61 @@ def test_torch_retain_graph_and_partial_needs():
     assert value.grad_fn is None and rel_err(value, loss.detach()) <= 1e-12
 
 
+def _plain_reference(h, w, y, eps, ignore, reduction, cot):
+    """(loss, dh, dW) of the uniform label-smoothed loss of h @ w.T in plain float64
+    NumPy, with rows labelled ``ignore`` contributing 0; ``cot``: the loss's cotangent."""
+    z = h @ w.T
+    v = z.shape[1]
+    m = z.max(axis=1, keepdims=True)
+    log_p = z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+    valid = y != ignore
+    safe = np.where(valid, y, 0)
+    q = np.full(z.shape, eps / v)
+    q[np.arange(len(y)), safe] += 1.0 - eps
+    rows = -(q * log_p).sum(axis=1) * valid
+    if reduction == "none":
+        loss, s = rows, cot * valid
+    elif reduction == "sum":
+        loss, s = rows.sum(), cot * valid
+    else:
+        loss, s = rows.sum() / valid.sum(), cot * valid / valid.sum()
+    dz = (np.exp(log_p) - q) * s[:, None]
+    return loss, dz @ w, dz.T @ h
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kept", ["most", "one"])
+def test_torch_rows_with_ignored_labels(reduction, kept):
+    """Eager torch makes no logits for rows whose label is ignored (their loss and
+    gradient are 0): values and gradients, a second backward of the same graph, and
+    int32 labels, against the plain float64 reference above."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    n, hdim, v = 19, 6, 13
+    h, w = rng.normal(size=(n, hdim)), rng.normal(size=(v, hdim))
+    y = rng.integers(0, v, size=n)
+    if kept == "most":
+        y[::3] = -100
+    else:
+        y[:] = -100
+        y[7] = 4
+    cot = rng.normal(size=n) if reduction == "none" else np.float64(1.7)
+    ref_loss, ref_dh, ref_dw = _plain_reference(h, w, y, 0.1, -100, reduction, cot)
+    for chunk in (1, 4, None):
+        hh = torch.tensor(h, requires_grad=True)
+        ww = torch.tensor(w, requires_grad=True)
+        loss = linear_cross_entropy(
+            hh, ww, torch.tensor(y, dtype=torch.int32), chunk_size=chunk, label_smoothing=0.1,
+            ignore_index=-100, reduction=reduction,
+        )
+        assert rel_err(loss.detach().numpy(), ref_loss) <= 1e-12
+        loss.backward(torch.tensor(cot), retain_graph=True)
+        assert rel_err(hh.grad.numpy(), ref_dh) <= 1e-12 and rel_err(ww.grad.numpy(), ref_dw) <= 1e-12
+        assert not hh.grad[torch.tensor(y == -100)].any()
+        loss.backward(torch.tensor(cot))  # the second backward makes the valid rows' logits again
+        assert rel_err(hh.grad.numpy(), 2 * ref_dh) <= 1e-12 and rel_err(ww.grad.numpy(), 2 * ref_dw) <= 1e-12
+
+
 def test_tensorflow_with_and_without_tape():
     """Eager TensorFlow makes the gradients in the forward only under a recording tape;
     without one the value is the same, and a persistent tape can ask twice."""

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smoothloss.bench import checks, dense, dense_report, linear, schedule
+from smoothloss.bench import checks, dense, dense_report, linear, linear_report, schedule
 from smoothloss.bench.common import (
     FRAMEWORKS, LOAD_LIMIT_START, PACKAGE_DIR, apply_threads, load_warning, loadavg, log, size_name, threads_text,
     write_json,
@@ -144,7 +144,7 @@ def markdown_tables(report: dict[str, Any]) -> str:
     parts = [f"**Warning:** {w}.\n" for w in report.get("load_warnings", [])]
     parts += [dense_report.markdown(report)] if report["frameworks"] else []
     if report.get("linear"):
-        parts.append(linear.markdown(report["linear"]))
+        parts.append(linear_report.markdown(report["linear"]))
     return "\n".join(parts)
 
 
@@ -298,7 +298,7 @@ def docs_page(report: dict[str, Any], png_name: str | None, command: str) -> str
         dense_report.details_markdown(report),
     ]
     if report.get("linear"):
-        parts.append(linear.markdown(report["linear"]))
+        parts.append(linear_report.markdown(report["linear"]))
     return "\n".join(parts)
 
 
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--linear-frameworks", default="torch",
                    help=f"comma-separated subset of {','.join(FRAMEWORKS)} for --linear (default: torch)")
     g.add_argument("--linear-chunk", type=int, default=None,
-                   help="chunk_size of the chunked path (default: the library's default, about 16 MiB of logits)")
+                   help="chunk_size of the chunked path (default: the library's default, about 16 MiB of logits in torch, 64 MiB elsewhere)")
     g.add_argument("--linear-repeats", type=int, default=None,
                    help="fresh-process runs per path and size, the two paths alternated (default 3; --quick 1)")
     g.add_argument("--only-linear", action="store_true",

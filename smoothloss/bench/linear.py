@@ -11,7 +11,13 @@ to hidden *and* weight of
   ``softmax_cross_entropy`` of ``smooth_labels(one_hot(labels))``, Keras
   ``CategoricalCrossentropy(from_logits=True, label_smoothing=ε)`` of ``one_hot(labels)``;
 * chunked: ``smoothloss.linear_cross_entropy(hidden, weight, labels, chunk_size=C)``
-  (``C`` = None: the library's default, about 16 MiB of logits per chunk);
+  (``C`` = None: the library's default, about 16 MiB of logits per chunk in torch, 64 MiB elsewhere);
+* cce (torch, where ``cut_cross_entropy`` imports): Cut Cross-Entropy's
+  ``linear_cross_entropy(hidden, weight, labels, impl="torch_compile")``, its CPU path
+  (it has no label smoothing: this one path runs without);
+
+every 10th label is ``-100``, ignored by every path (optax and Keras, which have no
+ignore_index, mask their per-row losses and divide by the valid rows, as a user would);
 
 in torch (``.backward()``), jax (``jax.jit(jax.value_and_grad(f, argnums=(0, 1)))``) and
 TensorFlow (a ``GradientTape`` inside ``tf.function``)::
@@ -63,13 +69,15 @@ from typing import Any
 import numpy as np
 
 from smoothloss.bench.common import (
-    FRAMEWORKS, MIB, fmt_ratio, framework_info, log, malloc_trim, measured_step, ratio, ru_maxrss, run_worker,
+    FRAMEWORKS, MIB, framework_info, log, malloc_trim, measured_step, ratio, ru_maxrss, run_worker,
     size_name, write_json,
 )
 
 MODES = ("unchunked", "builtin", "chunked")
 BUILTIN = {"torch": "F.cross_entropy", "jax": "optax", "tensorflow": "Keras CCE"}
+CCE = "cce"  # Cut Cross-Entropy's torch_compile path, a fourth torch path where it imports
 SMOOTHING = 0.1
+IGNORE_INDEX, IGNORE_EVERY = -100, 10  # labels[::IGNORE_EVERY] = IGNORE_INDEX
 QUICK_SIZES = ((256, 64, 1024),)  # ``python -m smoothloss bench --quick``
 
 
@@ -133,20 +141,23 @@ def inputs_mib(size: Sequence[int]) -> float:
     return (n * h * 4 + v * h * 4 + n * 8) / MIB
 
 
-def chunk_rows(size: Sequence[int], chunk: int | None) -> int | None:
+def chunk_rows(size: Sequence[int], chunk: int | None, framework: str = "torch") -> int | None:
     """Rows in the largest chunk: ``chunk`` or, for None, what the library's default
-    (``_linear.CHUNK_BYTES`` of float32 logits) picks; at most N. None if unknown.
+    (``_linear.default_chunk`` of float32 logits) picks in ``framework`` (torch's kernels
+    make each chunk's gradient in place); at most N. None if unknown.
 
     >>> chunk_rows((100, 8, 1000), 64), chunk_rows((100, 8, 1000), 512)
     (64, 100)
+    >>> chunk_rows((4096, 512, 32768), None), chunk_rows((4096, 512, 32768), None, "jax")
+    (128, 512)
     """
     if chunk is None:
         from smoothloss import _linear
 
-        chunk_bytes = getattr(_linear, "CHUNK_BYTES", None)
-        if not isinstance(chunk_bytes, int):
+        default = getattr(_linear, "default_chunk", None)
+        if default is None:
             return None
-        chunk = max(1, chunk_bytes // (int(size[2]) * 4))
+        chunk = default(int(size[2]), 4, framework == "torch")
     return min(int(chunk), int(size[0]))
 
 
@@ -155,7 +166,8 @@ def installed(framework: str) -> bool:
 
 
 def make_inputs(size: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """float32 hidden ~ N(0, 0.1²) (N, H), weight ~ N(0, 0.02²) (V, H), int64 labels (N,)."""
+    """float32 hidden ~ N(0, 0.1²) (N, H), weight ~ N(0, 0.02²) (V, H), int64 labels (N,),
+    every ``IGNORE_EVERY``-th of them ``IGNORE_INDEX``."""
     n, h, v = (int(s) for s in size)
     rng = np.random.default_rng(seed)
     hidden = rng.standard_normal((n, h), dtype=np.float32)
@@ -163,7 +175,20 @@ def make_inputs(size: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndar
     weight = rng.standard_normal((v, h), dtype=np.float32)
     weight *= np.float32(0.02)
     labels = rng.integers(0, v, size=(n,), dtype=np.int64)
+    labels[::IGNORE_EVERY] = IGNORE_INDEX
     return hidden, weight, labels
+
+
+def cce_importable() -> str | None:
+    """None where Cut Cross-Entropy imports here, else why not (it needs Triton even for
+    its CPU path)."""
+    if not installed("cut_cross_entropy"):
+        return "cut_cross_entropy is not installed"
+    try:
+        import cut_cross_entropy  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 (whatever its import raised)
+        return f"cut_cross_entropy does not import: {type(exc).__name__}: {exc}"
+    return None
 
 
 # --------------------------------------------------------------------------- steps
@@ -183,10 +208,17 @@ class Step:
 def _loss_fn(framework: str, mode: str, chunk: int | None, eps: float) -> Callable[[Any, Any, Any], Any]:
     import smoothloss
 
+    ignore = IGNORE_INDEX
     if mode == "chunked":
-        return lambda h, w, y: smoothloss.linear_cross_entropy(h, w, y, label_smoothing=eps, chunk_size=chunk)
+        return lambda h, w, y: smoothloss.linear_cross_entropy(
+            h, w, y, label_smoothing=eps, ignore_index=ignore, chunk_size=chunk
+        )
+    if mode == CCE and framework == "torch":
+        from cut_cross_entropy import linear_cross_entropy as cce
+
+        return lambda h, w, y: cce(h, w, y, ignore_index=ignore, impl="torch_compile")
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"mode must be one of {MODES} (or {CCE!r} for torch), got {mode!r}")
     if framework == "tensorflow":
         import tensorflow as tf
 
@@ -196,27 +228,31 @@ def _loss_fn(framework: str, mode: str, chunk: int | None, eps: float) -> Callab
         def logits(h: Any, w: Any) -> Any:
             return h @ w.T
     if mode == "unchunked":
-        return lambda h, w, y: smoothloss.cross_entropy(logits(h, w), y, label_smoothing=eps)
+        return lambda h, w, y: smoothloss.cross_entropy(logits(h, w), y, label_smoothing=eps, ignore_index=ignore)
     if framework == "torch":
         import torch.nn.functional as F
 
-        return lambda h, w, y: F.cross_entropy(logits(h, w), y, label_smoothing=eps)
+        return lambda h, w, y: F.cross_entropy(logits(h, w), y, label_smoothing=eps, ignore_index=ignore)
     if framework == "jax":
         import jax
         import optax
 
         def optax_loss(h: Any, w: Any, y: Any) -> Any:
             z = logits(h, w)
-            return optax.softmax_cross_entropy(z, optax.smooth_labels(jax.nn.one_hot(y, z.shape[-1]), eps)).mean()
+            rows = optax.softmax_cross_entropy(z, optax.smooth_labels(jax.nn.one_hot(y, z.shape[-1]), eps))
+            valid = (y != ignore).astype(rows.dtype)
+            return (rows * valid).sum() / valid.sum()
 
         return optax_loss
     import keras
 
-    cce = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=eps)
+    keras_cce = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=eps, reduction="none")
 
     def keras_loss(h: Any, w: Any, y: Any) -> Any:
         z = logits(h, w)
-        return cce(tf.one_hot(y, tf.shape(z)[-1]), z)
+        rows = keras_cce(tf.one_hot(y, tf.shape(z)[-1]), z)
+        valid = tf.cast(y != ignore, rows.dtype)
+        return tf.reduce_sum(rows * valid) / tf.reduce_sum(valid)
 
     return keras_loss
 
@@ -283,7 +319,7 @@ STEP_BUILDERS = {"torch": _torch_step, "jax": _jax_step, "tensorflow": _tf_step}
 
 def build_step(framework: str, mode: str, hidden: np.ndarray, weight: np.ndarray, labels: np.ndarray,
                chunk: int | None = None, eps: float = SMOOTHING) -> Step:
-    """The forward+backward of ``mode`` ("unchunked", "builtin" or "chunked") in ``framework``."""
+    """The forward+backward of ``mode`` ("unchunked", "builtin", "chunked", or torch's "cce") in ``framework``."""
     if framework not in STEP_BUILDERS:
         raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
     return STEP_BUILDERS[framework](_loss_fn(framework, mode, chunk, eps), hidden, weight, labels)
@@ -300,7 +336,7 @@ def measure(framework: str, mode: str, size: Sequence[int], chunk: int | None,
     """
     rec: dict[str, Any] = {
         "framework": framework, "mode": mode, "size": [int(s) for s in size], "chunk": chunk,
-        "chunk_rows": chunk_rows(size, chunk) if mode == "chunked" else None,
+        "chunk_rows": chunk_rows(size, chunk, framework) if mode == "chunked" else None,
         "logits_mib": logits_mib(size), "inputs_mib": inputs_mib(size),
     }
     step = build_step(framework, mode, *make_inputs(size), chunk=chunk, eps=eps)
@@ -378,7 +414,7 @@ def summarise_entry(framework: str, size: Sequence[int], chunk: int | None,
     b = summarise_runs(runs["builtin"]) if runs.get("builtin") else None
     entry: dict[str, Any] = {
         "framework": framework, "size": [int(s) for s in size], "chunk": chunk,
-        "chunk_rows": chunk_rows(size, chunk), "logits_mib": logits_mib(size),
+        "chunk_rows": chunk_rows(size, chunk, framework), "logits_mib": logits_mib(size),
         "inputs_mib": inputs_mib(size), "unchunked": u, "chunked": c,
         "time_ratio": ratio(c.get("time_s"), u.get("time_s")),
         "peak_ratio": ratio(c.get("peak_mib"), u.get("peak_mib")),
@@ -390,7 +426,13 @@ def summarise_entry(framework: str, size: Sequence[int], chunk: int | None,
         for key, field in (("time_ratio_builtin", "time_s"), ("peak_ratio_builtin", "peak_mib"),
                            ("extra_ratio_builtin", "extra_mib")):
             entry[key] = ratio(c.get(field), b.get(field))
-    if "loss" in u and "loss" in c:
+    k = summarise_runs(runs[CCE]) if runs.get(CCE) else None
+    if k is not None:
+        entry[CCE] = k
+        for key, field in (("time_ratio_cce", "time_s"), ("peak_ratio_cce", "peak_mib"),
+                           ("extra_ratio_cce", "extra_mib")):
+            entry[key] = ratio(c.get(field), k.get(field))
+    if "loss" in u and "loss" in c:  # (not CCE's: it has no smoothing)
         same = [abs(p["loss"] - u["loss"]) <= 1e-4 * max(1.0, abs(u["loss"])) for p in (c, b) if p and "loss" in p]
         entry["losses_match"] = bool(all(same))
     errors = [f"{r.get('mode')}: {r['error']}" for rs in runs.values() for r in rs if "error" in r]
@@ -413,18 +455,23 @@ def run(frameworks: Sequence[str], sizes: Sequence[Sequence[int]], chunk: int | 
     skipped = [f for f in frameworks if f not in todo]
     for f in skipped:
         log(f"linear {f}: not installed, skipped")
+    cce_missing = cce_importable() if "torch" in todo else None
+    if cce_missing:
+        log(f"linear torch: Cut Cross-Entropy not measured ({cce_missing})")
     settings = {
         "sizes": [[int(s) for s in size] for size in sizes], "frameworks": todo, "skipped": skipped,
+        "cce": cce_missing or "measured (torch)", "ignore_index": IGNORE_INDEX, "ignore_every": IGNORE_EVERY,
         "chunk": chunk, "repeats": repeats, "smoothing": eps, "threads": threads, "dtype": "float32",
-        "order": "per repeat r: unchunked, builtin, chunked if r is even, else chunked, builtin, unchunked",
+        "order": "per repeat r: unchunked, builtin, chunked[, cce] if r is even, else the reverse",
         "method": "fresh process per run; warm-up step, VmHWM reset, measured step (time and peak)",
     }
     results = []
     for fw in todo:
         for size in sizes:
-            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+            modes = MODES + ((CCE,) if fw == "torch" and not cce_missing else ())
+            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
             for r in range(repeats):
-                for mode in (MODES if r % 2 == 0 else MODES[::-1]):
+                for mode in (modes if r % 2 == 0 else modes[::-1]):
                     rec = run_worker({"task": "linear", "framework": fw, "mode": mode, "size": list(size),
                                        "chunk": chunk, "smoothing": eps, "threads": threads}, timeout_s)
                     rec.setdefault("framework", fw)
@@ -446,95 +493,6 @@ def run(frameworks: Sequence[str], sizes: Sequence[Sequence[int]], chunk: int | 
 def failed(linear: dict[str, Any] | None) -> bool:
     """Whether any run of a linear report failed."""
     return bool(linear) and any(e.get("errors") for e in linear["results"])
-
-
-# --------------------------------------------------------------------------- report
-
-
-def _fmt_s(v: float | None) -> str:
-    """Seconds to 3 significant digits.
-
-    >>> _fmt_s(12.345), _fmt_s(0.0012345), _fmt_s(None)
-    ('12.3', '0.00123', '—')
-    """
-    return "—" if v is None else f"{v:.3g}"
-
-
-def _fmt_mib(v: float | None) -> str:
-    if v is None:
-        return "—"
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
-
-
-def _against_cells(base: dict[str, Any], chunked: dict[str, Any], e: dict[str, Any], suffix: str) -> str:
-    """A table row's cells from time on: ``base`` then the chunked path, and the entry's
-    ratios named with ``suffix`` ("": ÷ unchunked, "_builtin": ÷ builtin)."""
-    return (
-        f"| {_fmt_s(base['time_s'])} | {_fmt_s(chunked['time_s'])} | {fmt_ratio(e['time_ratio' + suffix])} "
-        f"| {_fmt_mib(base['peak_mib'])} | {_fmt_mib(chunked['peak_mib'])} | {fmt_ratio(e['peak_ratio' + suffix])} "
-        f"| {_fmt_mib(base['extra_mib'])} → {_fmt_mib(chunked['extra_mib'])} "
-        f"| {fmt_ratio(e['extra_ratio' + suffix])} |"
-    )
-
-
-def markdown(linear: dict[str, Any]) -> str:
-    """The linear results as a Markdown section: a paragraph on the method and one table."""
-    s = linear["settings"]
-    threads = f"{s['threads']} intra-op thread(s)" if s.get("threads") else "each framework's default threading"
-    lines = [
-        "## Chunked linear cross-entropy",
-        "",
-        f"`linear_cross_entropy(hidden, weight, labels, label_smoothing={s['smoothing']}, chunk_size=C)` against "
-        f"`cross_entropy(hidden @ weight.T, labels, label_smoothing={s['smoothing']})` (unchunked) and against "
-        "each framework's own label-smoothed loss on the same logits (builtin: torch `F.cross_entropy`, optax "
-        "`softmax_cross_entropy` of `smooth_labels(one_hot(labels))`, Keras `CategoricalCrossentropy` of "
-        "`one_hot(labels)`): forward+backward with "
-        "respect to hidden (N×H) and weight (V×H), float32, CPU, "
-        f"{threads}. Each run is a fresh process: one full-size warm-up step, then the resident-set high-water "
-        "mark is reset and one measured step gives the time and the peak resident set; before = resident set at "
-        "the reset (runtime + inputs), extra = peak − before. "
-        f"{s['repeats']} run(s) per path, the paths alternated; time = median, peak and extra = largest. "
-        "Ratios are chunked ÷ unchunked (< 1: the chunked path is faster / smaller); the last table divides "
-        "by the builtin path.",
-        "",
-        "| framework | N×H×V (logits MiB) | chunk rows | time s unchunked | time s chunked | time ratio "
-        "| peak MiB unchunked | peak MiB chunked | peak ratio | extra MiB unchunked → chunked | extra ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    against = []
-    for e in linear["results"]:
-        u, c = e["unchunked"], e["chunked"]
-        rows = e.get("chunk_rows")
-        chunk = f"{rows}" if e.get("chunk") else (f"default ({rows})" if rows else "default")
-        head = f"| {e['framework']} | {size_name(e['size'])} ({e['logits_mib']:.0f}) | {chunk} "
-        if "error" in u or "error" in c:
-            err = u.get("error") or c.get("error")
-            lines.append(head + f"| failed: {str(err)[:160]} | | | | | | | |")
-            continue
-        lines.append(head + _against_cells(u, c, e, ""))
-        b = e.get("builtin")
-        if b is not None and "error" not in b:
-            against.append(
-                f"| {e['framework']} | {size_name(e['size'])} | {BUILTIN.get(e['framework'], 'builtin')} "
-                + _against_cells(b, c, e, "_builtin")
-            )
-    if not linear["results"]:
-        lines.append("| — | no framework measured | | | | | | | | | |")
-    if against:
-        lines += [
-            "",
-            "The chunked path against each framework's own loss on the unchunked logits (ratios chunked ÷ builtin):",
-            "",
-            "| framework | N×H×V | builtin | time s builtin | time s chunked | time ratio | peak MiB builtin "
-            "| peak MiB chunked | peak ratio | extra MiB builtin → chunked | extra ratio |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-            *against,
-        ]
-    mismatched = [e for e in linear["results"] if e.get("losses_match") is False]
-    for e in mismatched:
-        lines += ["", f"- **{e['framework']} {size_name(e['size'])}: the two paths' losses differ** "
-                      f"({e['unchunked']['loss']} vs {e['chunked']['loss']})."]
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- command line
