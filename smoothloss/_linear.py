@@ -39,17 +39,19 @@ __all__ = [
 ]
 
 #: The default chunk holds about this many bytes of logits where each chunk's gradient
-#: is made in its logits' place (the kernels' ``overwrites``: one C×V buffer a chunk, so
-#: the chunk is the whole memory beyond the gradients) ...
+#: is made in its logits' place (the kernels' ``small_chunks``: PyTorch's on the CPU, one
+#: C×V buffer a chunk, so the chunk is the whole memory beyond the gradients) ...
 CHUNK_BYTES = 16 << 20
 #: ... and this many where a chunk holds its logits and their gradient at once: there a
 #: compiled loop (XLA's scan, TensorFlow's while_loop) runs fewer, larger chunks faster.
 CHUNK_BYTES_COPYING = 64 << 20
 
 
-def default_chunk(num_classes: int, itemsize: int, in_place: bool) -> int:
-    """The default rows per chunk for ``num_classes`` logits of ``itemsize`` bytes a row entry."""
-    return max(1, (CHUNK_BYTES if in_place else CHUNK_BYTES_COPYING) // (num_classes * itemsize))
+def default_chunk(num_classes: int, itemsize: int, small: bool) -> int:
+    """The default rows per chunk for ``num_classes`` logits of ``itemsize`` bytes each:
+    ``CHUNK_BYTES`` of them where ``small`` (the kernels' ``small_chunks``), else
+    ``CHUNK_BYTES_COPYING``."""
+    return max(1, (CHUNK_BYTES if small else CHUNK_BYTES_COPYING) // (num_classes * itemsize))
 
 
 def _transpose(xp: Any, a: Any) -> Any:
@@ -373,7 +375,7 @@ def prepare(
     V.check_label_values(fw, labels1, num_classes, opts.ignore_index)
     if chunk_size is None:
         itemsize = xp.finfo(compute_dtype(xp, hidden.dtype)).bits // 8
-        chunk = default_chunk(num_classes, itemsize, fw.kernels.overwrites)
+        chunk = default_chunk(num_classes, itemsize, fw.kernels.small_chunks(hidden))
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
     else:

@@ -334,6 +334,8 @@ def test_torch_rows_with_ignored_labels(reduction, kept):
         assert not hh.grad[torch.tensor(y == -100)].any()
         loss.backward(torch.tensor(cot))  # the second backward makes the valid rows' logits again
         assert rel_err(hh.grad.numpy(), 2 * ref_dh) <= 1e-12 and rel_err(ww.grad.numpy(), 2 * ref_dw) <= 1e-12
+        # each chunk's gradient is made in place of its own logits, never of an input
+        assert np.array_equal(hh.detach().numpy(), h) and np.array_equal(ww.detach().numpy(), w)
 
 
 def test_tensorflow_with_and_without_tape():

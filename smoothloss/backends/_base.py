@@ -185,7 +185,8 @@ class Kernels:
 
     ``overwrites``: whether the kernels work in place where the caller allows it: then
     ``log_softmax_stats`` takes ``scratch=True`` with ``keep`` (x may be overwritten: the
-    exponentials it keeps are made in x's place).
+    exponentials it keeps are made in x's place). ``small_chunks(like)``: whether the
+    chunked linear loss defaults to its small chunk for arrays like ``like``.
 
     The two above that exponentiate do it through ``exp(z)``, ``z <= 0`` (``xp.exp``):
     the one place a compiler's binding picks a faster formulation.
@@ -242,6 +243,9 @@ class Kernels:
 
     def logits(self, h: Any, weight: Any) -> Any:
         return self.xp.matmul(h, self.xp.moveaxis(weight, 0, 1))
+
+    def small_chunks(self, like: Any) -> bool:
+        return self.overwrites
 
     def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
         xp = self.xp

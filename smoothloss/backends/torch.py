@@ -135,6 +135,10 @@ class TorchKernels(Kernels):
             return torch.matmul(weight, h.T).T
         return torch.matmul(h, weight.T)
 
+    def small_chunks(self, like: Any) -> bool:
+        # measured on the CPU only; on a GPU the larger chunk's products are left as they were
+        return like.is_cpu
+
     def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
         if acc is not None and a.dtype == acc.dtype == b.dtype:
             return acc.addmm_(a, b)
