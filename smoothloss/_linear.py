@@ -54,11 +54,6 @@ def default_chunk(num_classes: int, itemsize: int, small: bool) -> int:
     return max(1, (CHUNK_BYTES if small else CHUNK_BYTES_COPYING) // (num_classes * itemsize))
 
 
-def _transpose(xp: Any, a: Any) -> Any:
-    """The transpose of a 2-D array (``moveaxis`` is in every namespace smoothloss uses)."""
-    return xp.moveaxis(a, 0, 1)
-
-
 def _concat(xp: Any, parts: list[Any]) -> Any:
     """``xp.concat(parts, axis=0)``; one part is returned as it is."""
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
@@ -139,10 +134,10 @@ def chunk_step(
         dh_c = xp.matmul(g, weight)
     if needs[1]:  # in place where the framework allows it
         if d_weight is None:
-            d_weight = xp.matmul(_transpose(xp, g), h)
+            d_weight = fw.kernels.add_matmul(None, g, h)
             d_weight = d_weight if d_weight.dtype == acc else xp.astype(d_weight, acc)
         else:
-            d_weight = fw.kernels.add_matmul(d_weight, _transpose(xp, g), h)
+            d_weight = fw.kernels.add_matmul(d_weight, g, h)
     if needs[2]:
         d_b = xp.sum(g if g.dtype == acc else xp.astype(g, acc), axis=0)
         d_bias = d_b if d_bias is None else d_bias + d_b

@@ -141,7 +141,7 @@ class TorchKernels(Kernels):
 
     def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
         if acc is not None and a.dtype == acc.dtype == b.dtype:
-            return acc.addmm_(a, b)
+            return acc.addmm_(a.T, b)
         return super().add_matmul(acc, a, b)
 
 
