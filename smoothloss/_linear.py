@@ -134,10 +134,8 @@ def chunk_step(
         dh_c = xp.matmul(g, weight)
     if needs[1]:  # in place where the framework allows it
         if d_weight is None:
-            d_weight = fw.kernels.add_matmul(None, g, h)
-            d_weight = d_weight if d_weight.dtype == acc else xp.astype(d_weight, acc)
-        else:
-            d_weight = fw.kernels.add_matmul(d_weight, g, h)
+            d_weight = xp.zeros_like(weight, dtype=acc)
+        d_weight = fw.kernels.add_matmul(d_weight, g, h)
     if needs[2]:
         d_b = xp.sum(g if g.dtype == acc else xp.astype(g, acc), axis=0)
         d_bias = d_b if d_bias is None else d_bias + d_b

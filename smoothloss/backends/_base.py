@@ -179,8 +179,8 @@ class Kernels:
     * ``affine(g, scale, shift)``: ``g·scale - shift``. Native versions may write into
       ``g`` (a fresh array).
     * ``add_scaled(a, b, c)``: ``a + b·c`` for arrays a, b (same dtype) and a Python number c.
-    * ``add_matmul(acc, a, b)``: ``acc + a.T @ b`` for 2-D a, in ``acc``'s dtype
-      (``a.T @ b`` without acc): the chunked linear loss's weight gradient.
+    * ``add_matmul(acc, a, b)``: ``acc + a.T @ b`` for 2-D a, in ``acc``'s dtype: the
+      chunked linear loss's weight gradient. Native versions may write into ``acc``.
     * ``logits(h, weight)``: ``h @ weight.T``, the chunked linear loss's logits of rows
       ``h`` (C, H) and a projection (V, H), in a layout of the binding's choice.
 
@@ -251,8 +251,6 @@ class Kernels:
     def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
         xp = self.xp
         ab = xp.matmul(xp.moveaxis(a, 0, 1), b)
-        if acc is None:
-            return ab
         return acc + (ab if ab.dtype == acc.dtype else xp.astype(ab, acc.dtype))
 
 

@@ -140,9 +140,9 @@ class TorchKernels(Kernels):
         return like.is_cpu
 
     def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
-        if acc is not None and a.dtype == acc.dtype == b.dtype:
-            return acc.addmm_(a.T, b)
-        return super().add_matmul(acc, a, b)
+        # in place, the product in acc's dtype: 16-bit operands are widened (a C×V and a
+        # C×H copy), never the V×H product (two V×H temporaries out of place)
+        return acc.addmm_(a.T if a.dtype == acc.dtype else a.T.to(acc.dtype), b if b.dtype == acc.dtype else b.to(acc.dtype))
 
 
 def functorch_wrapped(x: Any) -> bool:
