@@ -26,8 +26,8 @@ from smoothloss._formulas import (
 from smoothloss._options import Options
 
 __all__ = [
-    "Options", "backward", "exp_grad_terms", "forward", "forward_and_grad", "forward_and_grad_in_place", "jvp", "split_stats",
-    "validate",
+    "Options", "backward", "exp_grad_terms", "forward", "forward_and_grad", "forward_and_grad_in_place", "jvp",
+    "split_stats", "validate",
 ]
 
 

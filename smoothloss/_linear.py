@@ -34,8 +34,8 @@ from smoothloss._core import Options, validate
 from smoothloss._formulas import compute_dtype, mean_scale, soft_cap
 
 __all__ = [
-    "CHUNK_BYTES", "CHUNK_BYTES_COPYING", "chunk_step", "chunked_backward", "chunked_forward", "prepare", "python_loop", "row_statistics",
-    "default_chunk", "with_class_weight",
+    "CHUNK_BYTES", "CHUNK_BYTES_COPYING", "chunk_step", "chunked_backward", "chunked_forward", "default_chunk",
+    "prepare", "python_loop", "row_statistics", "with_class_weight",
 ]
 
 #: The default chunk holds about this many bytes of logits where each chunk's gradient

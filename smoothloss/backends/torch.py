@@ -131,7 +131,7 @@ class TorchKernels(Kernels):
         if h.is_cpu:
             # (V, C) in memory, seen as (C, V): on the CPU this product, and the gradient's
             # two from that layout (g.T @ h contiguous, g @ weight), run faster than from
-            # a (C, V) buffer (the bench's linear rows, docs/benchmarks.md)
+            # a (C, V) buffer (the ratio is in docs/transforms.md's path table)
             return torch.matmul(weight, h.T).T
         return torch.matmul(h, weight.T)
 
