@@ -19,6 +19,7 @@ from typing import Any
 
 from smoothloss import _core, _linear
 from smoothloss._formulas import compute_dtype
+from smoothloss._validation import is_integer
 from smoothloss.backends._base import Framework, _numel
 
 __all__ = ["Closed", "Losses", "refuse_class_weight"]
@@ -57,12 +58,19 @@ class Closed:
         whole loss's reduction ``scale``. Where the kernels work in place (and there is
         no softcap, and z is its compute dtype), the gradient takes z's place: one
         C×V buffer a chunk; else the forward, then the backward."""
-        kernels = self.fw.kernels
-        if kernels.overwrites and opts.softcap is None and self.fw.dtype_fact(compute_dtype, z.dtype) == z.dtype:
+        if self.fw.kernels.overwrites and self.keeps_exp(z, y, opts):
             return _core.forward_and_grad_in_place(self.fw, z, y, weight, opts, scale, cotangent)
         loss, stats, _ = self.forward(z, y, weight, opts)
         g = self.backward(z, y, weight, opts, stats, scale, None, cotangent, (True, False, False))[0]
         return loss, stats, g
+
+    def keeps_exp(self, logits: Any, targets: Any, opts: _core.Options) -> bool:
+        """Whether a call's logits' gradient can be made from the forward's exponentials
+        (:func:`smoothloss._core.exp_grad_terms`): integer labels, logits that are their
+        own compute dtype (so the exponentials are no larger than they are), no softcap."""
+        fw = self.fw
+        return (fw.dtype_fact(is_integer, targets.dtype) and opts.softcap is None
+                and fw.dtype_fact(compute_dtype, logits.dtype) == logits.dtype)
 
     def forward_and_grad(self, logits: Any, targets: Any, weight: Any, opts: _core.Options) -> Any:
         """``(loss, d loss/d logits)`` at cotangent 1 (a compiled closed form: its two kernels)."""

@@ -142,7 +142,8 @@ class TorchKernels(Kernels):
     def add_matmul(self, acc: Any, a: Any, b: Any) -> Any:
         # in place, the product in acc's dtype: 16-bit operands are widened (a C×V and a
         # C×H copy), never the V×H product (two V×H temporaries out of place)
-        return acc.addmm_(a.T if a.dtype == acc.dtype else a.T.to(acc.dtype), b if b.dtype == acc.dtype else b.to(acc.dtype))
+        a_t = a.T if a.dtype == acc.dtype else a.T.to(acc.dtype)
+        return acc.addmm_(a_t, b if b.dtype == acc.dtype else b.to(acc.dtype))
 
 
 def functorch_wrapped(x: Any) -> bool:

@@ -285,13 +285,6 @@ class CompiledClosed(Closed):
         loss, stats, scale = out
         return (*f.outputs(loss, stats), scale)
 
-    def keeps_exp(self, logits: Any, targets: Any, opts: _core.Options) -> bool:
-        """Whether a call's logits' gradient can be made from the forward's exponentials
-        (:meth:`forward_kept`, :meth:`grad_from_exp`): integer labels, logits that
-        are their own compute dtype (so e is no larger than they are), no softcap."""
-        return (not targets.is_floating_point() and opts.softcap is None
-                and logits.dtype in (torch.float32, torch.float64))
-
     def forward_kept(self, f: _Flat) -> Any:
         """``(loss, stats, scale, e)``: the compiled forward of a flattened call, and
         ``e = exp(x - m)`` of its (N, K) logits; Nones where compiling failed."""

@@ -415,23 +415,17 @@ def summarise_entry(framework: str, size: Sequence[int], chunk: int | None,
     entry: dict[str, Any] = {
         "framework": framework, "size": [int(s) for s in size], "chunk": chunk,
         "chunk_rows": chunk_rows(size, chunk, framework), "logits_mib": logits_mib(size),
-        "inputs_mib": inputs_mib(size), "unchunked": u, "chunked": c,
-        "time_ratio": ratio(c.get("time_s"), u.get("time_s")),
-        "peak_ratio": ratio(c.get("peak_mib"), u.get("peak_mib")),
-        "extra_ratio": ratio(c.get("extra_mib"), u.get("extra_mib")),
-        "runs": runs,
+        "inputs_mib": inputs_mib(size), "unchunked": u, "chunked": c, "runs": runs,
     }
-    if b is not None:
-        entry["builtin"] = b
-        for key, field in (("time_ratio_builtin", "time_s"), ("peak_ratio_builtin", "peak_mib"),
-                           ("extra_ratio_builtin", "extra_mib")):
-            entry[key] = ratio(c.get(field), b.get(field))
-    k = summarise_runs(runs[CCE]) if runs.get(CCE) else None
-    if k is not None:
-        entry[CCE] = k
-        for key, field in (("time_ratio_cce", "time_s"), ("peak_ratio_cce", "peak_mib"),
-                           ("extra_ratio_cce", "extra_mib")):
-            entry[key] = ratio(c.get(field), k.get(field))
+    # chunked ÷ each other path that ran: "time_ratio", "time_ratio_builtin", "time_ratio_cce", ...
+    for mode, suffix in (("unchunked", ""), ("builtin", "_builtin"), (CCE, "_cce")):
+        if mode != "unchunked" and not runs.get(mode):
+            continue
+        base = u if mode == "unchunked" else summarise_runs(runs[mode])
+        if mode != "unchunked":
+            entry[mode] = base
+        for name, field in (("time_ratio", "time_s"), ("peak_ratio", "peak_mib"), ("extra_ratio", "extra_mib")):
+            entry[name + suffix] = ratio(c.get(field), base.get(field))
     if "loss" in u and "loss" in c:  # (not CCE's: it has no smoothing)
         same = [abs(p["loss"] - u["loss"]) <= 1e-4 * max(1.0, abs(u["loss"])) for p in (c, b) if p and "loss" in p]
         entry["losses_match"] = bool(all(same))
