@@ -32,6 +32,7 @@ from typing import Any
 from smoothloss import _validation as V
 from smoothloss._core import Options, validate
 from smoothloss._formulas import compute_dtype, mean_scale, soft_cap
+from smoothloss._vocab_parallel import options as vocab_parallel_options
 
 __all__ = [
     "CHUNK_BYTES", "CHUNK_BYTES_COPYING", "chunk_step", "chunked_backward", "chunked_forward", "default_chunk",
@@ -207,7 +208,9 @@ def _sweep(
     (a ``lax.scan``) and in a TensorFlow graph (a ``tf.while_loop``, which also serves a
     batch axis unknown until run time): XLA and TensorFlow's executor would run an
     unrolled loop's chunks side by side and hold their logits at once. Every loop runs
-    the same :func:`chunk_step`.
+    the same :func:`chunk_step`. A sharded run (one rank's classes,
+    :class:`smoothloss._vocab_parallel.Sharded`) sums ``d_hidden`` over the ranks with its
+    ``all_sum``, once, after the loop.
     """
     xp = run.fw.xp
     row_opts = _per_row(opts)
@@ -224,6 +227,9 @@ def _sweep(
     )
     if picked is not None:
         losses, stats, d_hidden = (None if a is None else _rows_back(xp, a, back) for a in (losses, stats, d_hidden))
+    all_sum = getattr(run, "all_sum", None)  # a sharded run: each rank's g @ W_local is one term of d_hidden
+    if d_hidden is not None and all_sum is not None:
+        d_hidden = all_sum(d_hidden)
     if d_weight is not None and d_weight.dtype != weight.dtype:
         d_weight = xp.astype(d_weight, weight.dtype)
     if d_bias is not None and d_bias.dtype != bias.dtype:
@@ -332,9 +338,13 @@ def chunked_backward(
 
 def prepare(
     fw: Any, hidden: Any, weight: Any, labels: Any, bias: Any, chunk_size: Any, options: dict[str, Any],
-    class_weight: Any = None,
+    class_weight: Any = None, num_classes: int | None = None,
 ) -> tuple[Any, Any, Any, Any, Options, int]:
-    """Check the arguments; return (hidden (N, H), weight, labels (N,), bias, opts, chunk)."""
+    """Check the arguments; return (hidden (N, H), weight, labels (N,), bias, opts, chunk).
+
+    ``num_classes``: the global class count K where ``weight`` holds one rank's rows of a
+    projection sharded by class (vocab parallel); the options and labels are checked
+    against K (:func:`smoothloss._vocab_parallel.options`). None: ``weight``'s own V."""
     xp = fw.xp
     V.check_logits(xp, hidden, "hidden")
     if weight.ndim != 2 or int(weight.shape[1]) != int(hidden.shape[-1]):
@@ -344,10 +354,10 @@ def prepare(
         )
     if weight.dtype != hidden.dtype:
         raise TypeError(f"weight's dtype {weight.dtype} differs from hidden's {hidden.dtype}")
-    num_classes = int(weight.shape[0])
+    rows = int(weight.shape[0])
     if bias is not None:
-        if tuple(bias.shape) != (num_classes,):
-            raise ValueError(f"bias must have shape ({num_classes},), got {tuple(bias.shape)}")
+        if tuple(bias.shape) != (rows,):
+            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
         if bias.dtype != hidden.dtype:
             raise TypeError(f"bias's dtype {bias.dtype} differs from hidden's {hidden.dtype}")
     if not V.is_integer(xp, labels.dtype):
@@ -362,13 +372,16 @@ def prepare(
     n = -1 if None in lead else math.prod([int(s) for s in lead])
     hidden2 = xp.reshape(hidden, (n, int(hidden.shape[-1])))
     labels1 = xp.reshape(labels, (n,))
-    # the options are checked by the core on a zero-row logits probe (no N×V array)
-    opts = validate(fw, _logits(fw, hidden2[0:0, ...], weight, bias), labels1[0:0], class_weight, **options)
-    opts = replace(opts, axis=-1)
+    if num_classes is None:  # the options are checked by the core on a zero-row logits probe (no N×V array)
+        opts = validate(fw, _logits(fw, hidden2[0:0, ...], weight, bias), labels1[0:0], class_weight, **options)
+        opts = replace(opts, axis=-1)
+        num_classes = rows
+    else:
+        opts = vocab_parallel_options(num_classes, **options)
     V.check_label_values(fw, labels1, num_classes, opts.ignore_index)
     if chunk_size is None:
         itemsize = xp.finfo(compute_dtype(xp, hidden.dtype)).bits // 8
-        chunk = default_chunk(num_classes, itemsize, fw.kernels.small_chunks(hidden))
+        chunk = default_chunk(rows, itemsize, fw.kernels.small_chunks(hidden))
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
     else:

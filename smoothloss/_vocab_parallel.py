@@ -50,7 +50,7 @@ from smoothloss._formulas import (
 )
 from smoothloss._options import Options
 
-__all__ = ["options", "vocab_parallel_backward", "vocab_parallel_forward"]
+__all__ = ["Sharded", "options", "vocab_parallel_backward", "vocab_parallel_forward"]
 
 Collective = Callable[[Any], Any]
 
@@ -188,3 +188,48 @@ def vocab_parallel_backward(
     g = fw.kernels.add_at_labels(g, L.y, xp.where(L.owned, -on_mass, xp.zeros_like(on_mass)))
     g = soft_cap_grad(g, L.capped)
     return g if g.dtype == L.in_dtype else xp.astype(g, L.in_dtype)
+
+
+class Sharded:
+    r"""The chunked linear loss's per-chunk closed form (the ``run`` of
+    :mod:`smoothloss._linear`) over one rank's rows of a projection sharded by class:
+    each chunk's local logits ``z = h_c @ W_local.T (+ b_local)`` (C, V_local) go through
+    :func:`vocab_parallel_forward` (two collectives per chunk: the global row statistics)
+    and :func:`vocab_parallel_backward` (none). Each rank's ``g @ W_local`` is its term of
+    the hidden gradient: :func:`smoothloss._linear._sweep` sums them with ``all_sum``
+    once, so every rank returns the unsharded ``d_hidden``; ``d_weight``/``d_bias`` are
+    the rank's own rows. The labels (and so the chunks) are the same on every rank, so
+    every rank runs the same collectives in the same order.
+
+    ``offset`` is this rank's first class: an int, or a callable of a chunk's local
+    logits that returns it (JAX: ``axis_index`` is traced where the chunk is, since a
+    custom derivative's static arguments, this object among them, hold no tracer)."""
+
+    compiled = False
+
+    def __init__(self, run: Any, offset: Any, num_classes: int, all_max: Collective, all_sum: Collective) -> None:
+        self.fw, self.loop = run.fw, run.loop
+        self._offset, self.num_classes, self.all_max, self.all_sum = offset, num_classes, all_max, all_sum
+
+    def offset(self, z: Any) -> Any:
+        """This rank's first class, for a chunk's local logits ``z``."""
+        return self._offset(z) if callable(self._offset) else self._offset
+
+    def forward(self, z: Any, y: Any, _weight: Any, opts: Options) -> tuple[Any, Any, Any]:
+        loss, stats, _ = vocab_parallel_forward(
+            self.fw, z, y, self.offset(z), self.num_classes, opts, self.all_max, self.all_sum
+        )
+        return loss, stats, 1.0
+
+    def backward(
+        self, z: Any, y: Any, _weight: Any, opts: Options, stats: Any, scale: Any, _loss: Any, cotangent: Any,
+        _needs: Any = None,
+    ) -> tuple[Any, None, None]:
+        g = vocab_parallel_backward(self.fw, z, y, self.offset(z), self.num_classes, opts, stats, scale, cotangent)
+        return g, None, None
+
+    def chunk_forward_and_grad(
+        self, z: Any, y: Any, _weight: Any, opts: Options, scale: Any, cotangent: Any
+    ) -> tuple[Any, Any, Any]:
+        loss, stats, _ = self.forward(z, y, None, opts)
+        return loss, stats, self.backward(z, y, None, opts, stats, scale, None, cotangent)[0]

@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import smoothloss
 from smoothloss import _options, _validation as V
 from smoothloss.backends.jax import checkify_labels
-from smoothloss.jax_parallel import vocab_parallel_cross_entropy
+from smoothloss.jax_parallel import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
 
 __all__ = [
     "checkify_labels",
@@ -76,6 +76,7 @@ __all__ = [
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
     "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
 ]
 
 Axis = Union[int, Sequence[int]]

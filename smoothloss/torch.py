@@ -31,7 +31,7 @@ from smoothloss._options import Options
 from smoothloss.torch_mixup import FastCollateMixup, Mixup
 from smoothloss.torch_liger import CrossEntropyOutput, LigerCrossEntropyLoss, LinearCrossEntropyLoss
 from smoothloss.torch_liger import liger_cross_entropy, linear_cross_entropy
-from smoothloss.torch_parallel import vocab_parallel_cross_entropy
+from smoothloss.torch_parallel import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
 
 __all__ = [
     "BinaryCrossEntropy",
@@ -46,6 +46,7 @@ __all__ = [
     "liger_cross_entropy",
     "linear_cross_entropy",
     "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
 ]
 
 def cross_entropy(

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 
 from smoothloss import _validation as V
-from smoothloss import _options
+from smoothloss import _linear, _options
 from smoothloss._vocab_parallel import options as vocab_parallel_options
-from smoothloss.backends import framework, losses
+from smoothloss.backends import bind, framework, losses
 
-__all__ = ["global_token_count", "vocab_parallel_cross_entropy"]
+__all__ = ["global_token_count", "vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
 
 
 def _process_group(tp_group: Any, group: Any) -> Any:
@@ -36,6 +36,31 @@ def _process_group(tp_group: Any, group: Any) -> Any:
     if parallel_state is not None and parallel_state.model_parallel_is_initialized():
         return parallel_state.get_tensor_model_parallel_group()
     return None
+
+
+def _distributed(name: str) -> Any:
+    """``torch.distributed``, initialised (imported on first use, not with smoothloss.torch)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            f"{name} needs an initialised torch.distributed process group (torch.distributed.init_process_group)"
+        )
+    return dist
+
+
+def _shard_width(dist: Any, group: Any, like: torch.Tensor, width: int) -> int:
+    """``width`` (this rank's class count), checked equal on every rank of ``group`` (one
+    all-reduce of two integers): the offsets r·V_local assume it, and unequal shards would
+    otherwise run the same collectives and give a wrong loss without an error."""
+    both = torch.tensor([width, -width], dtype=torch.int64, device=like.device)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+    widest, narrowest = int(both[0]), -int(both[1])
+    if widest != narrowest:
+        raise ValueError(
+            f"every rank must hold the same number of classes (V_local); the ranks hold from {narrowest} to {widest}"
+        )
+    return width
 
 
 def vocab_parallel_cross_entropy(
@@ -106,13 +131,7 @@ def vocab_parallel_cross_entropy(
         TypeError: if both ``tp_group`` and ``group`` are given.
         ValueError: for out-of-range labels or options (as :func:`smoothloss.cross_entropy`).
     """
-    import torch.distributed as dist  # imported on first use, not with smoothloss.torch
-
-    if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError(
-            "vocab_parallel_cross_entropy needs an initialised torch.distributed process group "
-            "(torch.distributed.init_process_group)"
-        )
+    dist = _distributed("vocab_parallel_cross_entropy")
     group = _process_group(tp_group, group)
     if not isinstance(local_logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise TypeError("local_logits and labels must be torch tensors")
@@ -126,7 +145,7 @@ def vocab_parallel_cross_entropy(
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    v_local = int(local_logits.shape[-1])
+    v_local = _shard_width(dist, group, local_logits, int(local_logits.shape[-1]))
     num_classes = world * v_local
     opts = vocab_parallel_options(num_classes, **_options.given(
         label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
@@ -135,6 +154,79 @@ def vocab_parallel_cross_entropy(
     fw = framework(local_logits, labels)
     V.check_label_values(fw, labels, num_classes, opts.ignore_index)
     return losses(fw).vocab_parallel(local_logits, labels, rank * v_local, num_classes, opts, group)
+
+
+def vocab_parallel_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    tp_group: Any = None,
+    group: Any = None,
+    label_smoothing: float = 0.0,
+    convention: str = "uniform",
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    kl: bool = False,
+) -> torch.Tensor:
+    r""":func:`smoothloss.linear_cross_entropy` with the projection sharded by class across
+    the ranks of a process group: each rank holds ``weight`` (V_local, H), the rows
+    ``[r·V_local, (r+1)·V_local)`` of the (K, H) head (K = R·V_local), and the same
+    ``hidden`` (..., H) and global ``labels``. No rank makes more than a chunk of its own
+    C×V_local logits; neither the logits nor the head are gathered.
+
+    Each chunk of rows is :func:`vocab_parallel_cross_entropy`'s loss of its local logits
+    (two all-reduces: the global row maximum, then the shifted sum-exp, the label's logit
+    and the logits' sum), so every rank returns the unsharded loss, smoothing over all
+    K classes. The gradients: ``d_weight``/``d_bias`` are this rank's rows of the
+    unsharded ones; ``d_hidden`` is the unsharded one on every rank (each rank's
+    ``g @ W_local`` is one term of it: one all-reduce SUM of the N×H gradient). A
+    tensor-parallel model whose layer before the head already sums the hidden gradient
+    over the group (Megatron's ``copy_to_tensor_model_parallel_region``) should pass a
+    ``hidden`` that does not require grad there, or divide by R.
+
+    Args:
+        hidden: floating (..., H), the same on every rank.
+        weight: this rank's (V_local, H) rows of the head, hidden's dtype; V_local equal on
+            every rank.
+        labels: integer global class indices in [0, K) of shape ``hidden.shape[:-1]``, or
+            ``ignore_index``; the same on every rank.
+        bias: this rank's (V_local,) slice of the bias, or None.
+        chunk_size: rows per chunk, as in :func:`smoothloss.linear_cross_entropy`.
+        tp_group: the process group that shards the classes, as in
+            :func:`vocab_parallel_cross_entropy`.
+        group: another name for ``tp_group`` (give at most one of them).
+
+    The options (``label_smoothing``, ``convention``, ``ignore_index``, ``reduction``,
+    ``z_loss``, ``softcap``, ``kl``) and their defaults are
+    :func:`smoothloss.linear_cross_entropy`'s, for the global K.
+
+    Returns:
+        The loss, the same on every rank of the group.
+
+    Raises:
+        RuntimeError: if ``torch.distributed`` is not initialised.
+        ValueError, TypeError: as :func:`smoothloss.linear_cross_entropy`.
+    """
+    dist = _distributed("vocab_parallel_linear_cross_entropy")
+    group = _process_group(tp_group, group)
+    fw, (hidden, weight, labels, bias) = bind(hidden, weight, labels, bias)
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    rows = _shard_width(dist, group, weight, int(weight.shape[0])) if weight.ndim == 2 else 0
+    hidden2, weight, labels1, bias, opts, chunk = _linear.prepare(
+        fw, hidden, weight, labels, bias, chunk_size, _options.given(
+            label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
+            reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
+        ), num_classes=world * rows,
+    )
+    loss = losses(fw).vocab_parallel_linear(
+        hidden2, weight, bias, labels1, opts, chunk, rank * rows, world * rows, group
+    )
+    return torch.reshape(loss, labels.shape) if opts.reduction == "none" else loss
 
 
 def global_token_count(labels: torch.Tensor, ignore_index: int = -100, group: Any = None) -> torch.Tensor:
@@ -155,10 +247,7 @@ def global_token_count(labels: torch.Tensor, ignore_index: int = -100, group: An
     Returns:
         A 0-d int64 tensor on the labels' device, the same on every rank (one all-reduce).
     """
-    import torch.distributed as dist  # imported on first use, not with smoothloss.torch
-
-    if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("global_token_count needs an initialised torch.distributed process group")
+    dist = _distributed("global_token_count")
     if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError("labels must be a tensor of integer class indices")
     count = (labels != ignore_index).sum(dtype=torch.int64)

@@ -53,11 +53,21 @@ class JaxLosses(Losses):
     ) -> Any:
         refuse_class_weight(class_weight)
         fn = _linear_none if opts.reduction == "none" else _linear_reduced
-        return fn(hidden, weight, bias, labels, opts, chunk)
+        return fn(hidden, weight, bias, labels, opts, chunk, RUN)
 
     def vocab_parallel(self, local_logits: Any, labels: Any, axis_name: Hashable, num_classes: int, opts: Any) -> Any:
         """The vocab-parallel loss inside ``shard_map`` over ``axis_name``."""
         return _vocab_parallel_loss(local_logits, labels, axis_name, num_classes, opts)
+
+    def vocab_parallel_linear(
+        self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int, axis_name: Hashable,
+        num_classes: int,
+    ) -> Any:
+        """The chunked linear loss over this shard's rows ``weight`` of a projection sharded
+        by class along ``axis_name``, inside ``shard_map``."""
+        run = _vocab_parallel.Sharded(RUN, partial(_offset, axis_name=axis_name), num_classes, *_collectives(axis_name))
+        fn = _linear_none if opts.reduction == "none" else _linear_reduced
+        return fn(hidden, weight, bias, labels, opts, chunk, run)
 
 
 def _tangent(t: Any, primal: Any) -> Any:
@@ -120,39 +130,43 @@ def _in_auto_axes(
 
 
 # ----------------------------------------------------------------------------- linear
-@partial(jax.custom_jvp, nondiff_argnums=(4, 5))
-def _linear_reduced(hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
-    return _linear.chunked_forward(RUN, hidden, weight, bias, labels, opts, chunk)[0]
+@partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
+def _linear_reduced(hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int, run: Any) -> Any:
+    return _linear.chunked_forward(run, hidden, weight, bias, labels, opts, chunk)[0]
 
 
-def _linear_reduced_jvp(opts: Any, chunk: int, primals: Any, tangents: Any) -> Any:
+def _linear_reduced_jvp(opts: Any, chunk: int, run: Any, primals: Any, tangents: Any) -> Any:
     hidden, weight, bias, labels = primals
     tangents = tuple(_tangent(t, p) for t, p in zip(tangents[:3], primals[:3]))
     needs = tuple(t is not None for t in tangents)
-    loss, _, _, grads = _linear.chunked_forward(RUN, hidden, weight, bias, labels, opts, chunk, needs)
-    out = jnp.zeros_like(loss)
-    for g, t in zip(grads, tangents):
+    loss, _, _, grads = _linear.chunked_forward(run, hidden, weight, bias, labels, opts, chunk, needs)
+    out = own = jnp.zeros_like(loss)  # own: the weight's and bias's terms
+    for k, (g, t) in enumerate(zip(grads, tangents)):
         if g is not None and t is not None:
-            out = out + jnp.sum(g * t.astype(g.dtype)).astype(out.dtype)
-    return loss, out
+            term = jnp.sum(g * t.astype(g.dtype)).astype(loss.dtype)
+            out, own = (out + term, own) if k == 0 else (out, own + term)
+    all_sum = getattr(run, "all_sum", None)
+    # sharded by class (inside shard_map): d_hidden is already the sum over the shards;
+    # the weight's and bias's terms are each shard's own rows, summed here
+    return loss, out + (own if all_sum is None else all_sum(own))
 
 
 _linear_reduced.defjvp(_linear_reduced_jvp, symbolic_zeros=True)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _linear_none(hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
-    return _linear.chunked_forward(RUN, hidden, weight, bias, labels, opts, chunk)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _linear_none(hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int, run: Any) -> Any:
+    return _linear.chunked_forward(run, hidden, weight, bias, labels, opts, chunk)[0]
 
 
-def _linear_none_fwd(hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int) -> Any:
-    loss, stats, scale, _ = _linear.chunked_forward(RUN, hidden, weight, bias, labels, opts, chunk)
+def _linear_none_fwd(hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int, run: Any) -> Any:
+    loss, stats, scale, _ = _linear.chunked_forward(run, hidden, weight, bias, labels, opts, chunk)
     return loss, (hidden, weight, bias, labels, stats)
 
 
-def _linear_none_bwd(opts: Any, chunk: int, residuals: Any, cotangent: Any) -> Any:
+def _linear_none_bwd(opts: Any, chunk: int, run: Any, residuals: Any, cotangent: Any) -> Any:
     hidden, weight, bias, labels, stats = residuals
-    return (*_linear.chunked_backward(RUN, hidden, weight, bias, labels, opts, chunk, stats, 1.0, cotangent), None)
+    return (*_linear.chunked_backward(run, hidden, weight, bias, labels, opts, chunk, stats, 1.0, cotangent), None)
 
 
 _linear_none.defvjp(_linear_none_fwd, _linear_none_bwd)
@@ -186,9 +200,9 @@ def _scan_loop(
     carry: Any = (None, None)
     outs: list[Any] = []
     if full:
-        carry = (
-            jnp.zeros(weight.shape, acc) if needs[1] else None,
-            jnp.zeros(weight.shape[:1], acc) if needs[2] else None,
+        carry = (  # zeros_like: the carry has the weight's and bias's types (a shard_map's varying axes)
+            jnp.zeros_like(weight, dtype=acc) if needs[1] else None,
+            jnp.zeros_like(bias, dtype=acc) if needs[2] else None,
         )
         xs = (blocks(hidden), blocks(labels), None if forward else blocks(stats), blocks(cotangent) if per_row else None)
         carry, stacked = jax.lax.scan(body, carry, xs)

@@ -386,5 +386,18 @@ class TorchLosses(Losses):
             )[0]
         return VocabParallelFunction.apply(local_logits, labels, offset, num_classes, opts, group, FW)
 
+    def vocab_parallel_linear(
+        self, hidden: Any, weight: Any, bias: Any, labels: Any, opts: Any, chunk: int, offset: int, num_classes: int,
+        group: Any,
+    ) -> Any:
+        """The chunked linear loss over this rank's rows ``weight`` of a projection sharded
+        by class, over ``torch.distributed`` ``group`` (two all-reduces a chunk, one for
+        the hidden gradient)."""
+        _refuse_torch_func("smoothloss vocab_parallel_linear_cross_entropy", hidden, weight, bias, labels)
+        closed = _vocab_parallel.Sharded(self.eager, offset, num_classes, *_collectives(group))
+        if not _tracked(hidden, weight, bias):
+            return _linear.chunked_forward(closed, hidden, weight, bias, labels, opts, chunk)[0]
+        return LinearCrossEntropyFunction.apply(hidden, weight, bias, labels, opts, chunk, closed)
+
 
 LOSSES = TorchLosses(FW, EAGER)
