@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
+from smoothloss import _filter
 from smoothloss import _validation as V
 from smoothloss._core import Options, validate
-from smoothloss._formulas import compute_dtype, mean_scale, soft_cap
+from smoothloss._formulas import compute_dtype, is_zero, mean_scale, soft_cap
 from smoothloss._vocab_parallel import options as vocab_parallel_options
 
 __all__ = [
@@ -107,7 +109,7 @@ def _reduction_scale(fw: Any, labels: Any, opts: Options, dtype: Any, class_weig
 
 def chunk_step(
     run: Any, h: Any, y: Any, weight: Any, bias: Any, row_opts: Options, stats_c: Any, scale: Any, cot: Any,
-    needs: tuple[bool, bool, bool], d_weight: Any, d_bias: Any,
+    needs: tuple[bool, bool, bool], d_weight: Any, d_bias: Any, filter_eps: float | None = None, row_blocks: int = 1,
 ) -> tuple[Any, Any, Any, Any, Any]:
     """One chunk of rows ``h`` (C, H) with labels ``y``: ``(loss_c, stats_c, dh_c, d_weight, d_bias)``.
 
@@ -115,7 +117,9 @@ def chunk_step(
     forward); otherwise ``loss_c`` is None. For the gradients named by ``needs`` (hidden,
     weight, bias) at cotangent ``cot``: ``dh_c = g @ W`` of this chunk, and the running
     sums ``d_weight += g.T @ h``, ``d_bias += Σ_rows g`` (started when given as None), in
-    the compute dtype. ``g = dℓ/dz`` is the core's closed form, by ``run``.
+    the compute dtype. ``g = dℓ/dz`` is the core's closed form, by ``run``; with
+    ``filter_eps``, filtered by blocks (:mod:`smoothloss._filter`; ``row_blocks``: the
+    chunk's blocks of rows).
     """
     fw = run.fw
     xp = fw.xp
@@ -126,11 +130,17 @@ def chunk_step(
         if stats_c is None:
             loss_c, stats_c, _ = run.forward(z, y, None, row_opts)
         return loss_c, stats_c, dh_c, d_weight, d_bias
+    peak = None if filter_eps is None else _filter.peaks(xp, z)  # (before z becomes g)
     if stats_c is None:  # the forward and the gradient of one chunk, at once
         loss_c, stats_c, g = run.chunk_forward_and_grad(z, y, None, row_opts, scale, cot)
     else:
         g, _, _ = run.backward(z, y, None, row_opts, stats_c, scale, None, cot, (True, False, False))
     del z
+    if peak is not None:
+        keep = _filter.kept_blocks(fw, peak, y, stats_c, row_opts, filter_eps, row_blocks)
+        if run.loop is python_loop and is_zero(row_opts.label_smoothing):  # skipped blocks are 0: not multiplied
+            return (loss_c, stats_c, *_kept_products(fw, g, h, weight, keep, needs, d_weight, d_bias, acc))
+        g = _filter.skipped_fill(fw, g, keep, y, row_opts, int(weight.shape[0]), scale, cot)
     if needs[0]:
         dh_c = xp.matmul(g, weight)
     if needs[1]:  # in place where the framework allows it
@@ -141,6 +151,63 @@ def chunk_step(
         d_b = xp.sum(g if g.dtype == acc else xp.astype(g, acc), axis=0)
         d_bias = d_b if d_bias is None else d_bias + d_b
     return loss_c, stats_c, dh_c, d_weight, d_bias
+
+
+def _runs(kept: list[bool]) -> list[tuple[int, int]]:
+    """The runs ``[j0, j1)`` of consecutive True entries of ``kept``."""
+    runs: list[tuple[int, int]] = []
+    for j, k in enumerate(kept):
+        if k and runs and runs[-1][1] == j:
+            runs[-1] = (runs[-1][0], j + 1)
+        elif k:
+            runs.append((j, j + 1))
+    return runs
+
+
+def _add_product(fw: Any, acc: Any, index: Any, a: Any, b: Any) -> Any:
+    """``acc[index] += a.T @ b``: in place where the kernels are, else by assignment."""
+    view = acc[index]
+    out = fw.kernels.add_matmul(view, a, b)
+    if out is not view:
+        acc[index] = out
+    return acc
+
+
+def _kept_products(
+    fw: Any, g: Any, h: Any, weight: Any, keep: Any, needs: tuple[bool, bool, bool], d_weight: Any, d_bias: Any,
+    acc: Any,
+) -> tuple[Any, Any, Any]:
+    """``(dh_c, d_weight, d_bias)`` of one chunk from the blocks of ``g`` that ``keep``
+    (row blocks × class blocks, :func:`smoothloss._filter.kept_blocks`) marks, one
+    product per run of consecutive kept blocks; the others are 0 and are not multiplied.
+    Eager arrays only (a host read of ``keep``, slices written in place)."""
+    xp = fw.xp
+    B = _filter.BLOCK
+    c, v = int(g.shape[0]), int(g.shape[1])
+    device = fw.device(g)
+    dh_c = xp.zeros((c, int(h.shape[1])), dtype=g.dtype, device=device) if needs[0] else None
+    if needs[1] and d_weight is None:
+        d_weight = xp.zeros_like(weight, dtype=acc)
+    if needs[2] and d_bias is None:
+        d_bias = xp.zeros((v,), dtype=acc, device=device)
+    if hasattr(keep, "tolist"):
+        kept = keep.tolist()
+    else:  # (array-api-strict: no tolist, no iteration)
+        kept = [[bool(keep[i, j]) for j in range(int(keep.shape[1]))] for i in range(int(keep.shape[0]))]
+    for b, row in enumerate(kept):
+        rows = slice(b * B, min((b + 1) * B, c))
+        if rows.start >= c:
+            break
+        for j0, j1 in _runs(row):
+            cls = slice(j0 * B, min(j1 * B, v))
+            g_b = g[rows, cls]
+            if needs[0]:
+                dh_c = _add_product(fw, dh_c, (rows, slice(None)), xp.moveaxis(g_b, 0, 1), weight[cls, :])
+            if needs[1]:
+                d_weight = _add_product(fw, d_weight, (cls, slice(None)), g_b, h[rows, :])
+            if needs[2]:
+                d_bias[cls] = d_bias[cls] + xp.sum(g_b if g_b.dtype == acc else xp.astype(g_b, acc), axis=0)
+    return dh_c, d_weight, d_bias
 
 
 def python_loop(
@@ -215,7 +282,11 @@ def _sweep(
     xp = run.fw.xp
     row_opts = _per_row(opts)
     needs = (needs[0], needs[1], needs[2] and bias is not None)
-    picked = _valid_rows(run, labels, opts)
+    filter_eps = getattr(chunk, "filter_eps", None)
+    step = chunk_step
+    if filter_eps is not None:  # blocks of rows counted from the first row: no row is left out
+        step = partial(chunk_step, filter_eps=filter_eps, row_blocks=-(-int(chunk) // _filter.BLOCK))
+    picked = None if filter_eps is not None else _valid_rows(run, labels, opts)
     if picked is not None:
         rows, back = picked
         hidden, labels = xp.take(hidden, rows, axis=0), xp.take(labels, rows, axis=0)
@@ -223,7 +294,7 @@ def _sweep(
         if getattr(cotangent, "ndim", 0) > 0:
             cotangent = xp.take(cotangent, rows, axis=0)
     losses, stats, d_hidden, d_weight, d_bias = run.loop(
-        run, chunk_step, hidden, weight, bias, labels, row_opts, chunk, stats, scale, cotangent, needs
+        run, step, hidden, weight, bias, labels, row_opts, chunk, stats, scale, cotangent, needs
     )
     if picked is not None:
         losses, stats, d_hidden = (None if a is None else _rows_back(xp, a, back) for a in (losses, stats, d_hidden))
@@ -338,9 +409,13 @@ def chunked_backward(
 
 def prepare(
     fw: Any, hidden: Any, weight: Any, labels: Any, bias: Any, chunk_size: Any, options: dict[str, Any],
-    class_weight: Any = None, num_classes: int | None = None,
-) -> tuple[Any, Any, Any, Any, Options, int]:
+    class_weight: Any = None, num_classes: int | None = None, filter_eps: Any = None,
+) -> tuple[Any, Any, Any, Any, Options, _filter.Chunk]:
     """Check the arguments; return (hidden (N, H), weight, labels (N,), bias, opts, chunk).
+
+    ``chunk`` is a :class:`smoothloss._filter.Chunk`: the rows per chunk, with the
+    gradient filter's threshold resolved from ``filter_eps`` (then the chunk is a whole
+    number of filtering blocks of rows, rounded down, at least one).
 
     ``num_classes``: the global class count K where ``weight`` holds one rank's rows of a
     projection sharded by class (vocab parallel); the options and labels are checked
@@ -386,4 +461,9 @@ def prepare(
         raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
     else:
         chunk = chunk_size
-    return hidden2, weight, labels1, bias, opts, chunk
+    eps = _filter.resolve(filter_eps, float(xp.finfo(hidden.dtype).eps), opts)
+    if eps is not None:
+        if class_weight is not None:
+            raise NotImplementedError("filter_eps with class_weight is not implemented; pass filter_eps=None")
+        chunk = max(_filter.BLOCK, chunk - chunk % _filter.BLOCK)
+    return hidden2, weight, labels1, bias, opts, _filter.Chunk(chunk, eps)

@@ -28,7 +28,7 @@ __all__ = [
     # creation (on a given device)
     "asarray", "arange", "zeros_like", "ones_like",
     # element-wise
-    "exp", "log", "log1p", "tanh", "where",
+    "abs", "exp", "log", "log1p", "tanh", "where",
     # reductions
     "max", "min", "sum", "mean", "any",
     # shape and indexing
@@ -115,6 +115,7 @@ def arange(start: Any, /, stop: Any = None, step: Any = 1, *, dtype: Any = None,
         return tf.range(start, stop, step, dtype=dtype or tf.int64)
 
 
+abs = tf.math.abs  # noqa: A001 - the standard's name
 exp = tf.math.exp
 log = tf.math.log
 log1p = tf.math.log1p
