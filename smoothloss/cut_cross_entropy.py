@@ -35,7 +35,8 @@ REDUCTIONS = ("mean", "sum", "none")
 
 class LinearCrossEntropyImpl(enum.IntEnum):
     """CCE's implementation names (``cut_cross_entropy.LinearCrossEntropyImpl``, same
-    members and values). Every one runs the same exact, unfiltered path here."""
+    members and values). Every one runs the same path here; they differ only in the
+    gradient filtering they ask for (:func:`_filter_for`)."""
 
     CCE = enum.auto()
     TORCH_COMPILE = enum.auto()
@@ -81,6 +82,16 @@ def _check_filter_eps(impl: str, filter_eps: Any) -> None:
     if filter_eps is None or isinstance(filter_eps, float) or (isinstance(filter_eps, str) and filter_eps == "auto"):
         return
     raise RuntimeError(f"Unknown eps {filter_eps=}")
+
+
+def _filter_for(impl: str, filter_eps: Any, filter_e_grad: bool, filter_c_grad: bool) -> Any:
+    """The ``filter_eps`` that a call filters with, as CCE resolves it: none on
+    "torch_compile" (CCE's own torch_compile path does not filter), the preset's on the
+    Kahan and exact presets, else the user's. With ``filter_e_grad`` or ``filter_c_grad``
+    False, none: here one filter serves both gradients, and the exact one is never worse."""
+    if impl == "torch_compile" or not (filter_e_grad and filter_c_grad):
+        return None
+    return PRESET_FILTER_EPS.get(impl, filter_eps)
 
 
 def _check_shift(shift: Any, targets: Tensor) -> int:
@@ -135,11 +146,11 @@ def _target_logit(e: Tensor, c: Tensor, bias: Tensor | None, labels: Tensor, val
 
 def _forward(
     e: Tensor, c: Tensor, targets: Tensor, bias: Tensor | None, ignore_index: int, softcap: Any, reduction: str,
-    shift: int, return_lse: bool, chunk_size: int | None,
+    shift: int, return_lse: bool, chunk_size: int | None, filter_eps: Any,
 ) -> tuple[Tensor, Tensor | None]:
     labels = _shifted(targets, shift, ignore_index)
     valid = labels != ignore_index
-    options = dict(bias=bias, chunk_size=chunk_size, ignore_index=ignore_index, softcap=softcap)
+    options = dict(bias=bias, chunk_size=chunk_size, ignore_index=ignore_index, softcap=softcap, filter_eps=filter_eps)
     if not return_lse:
         loss = smoothloss.linear_cross_entropy(e, c, labels, reduction=reduction, **options)
         if reduction == "mean":
@@ -207,13 +218,18 @@ def linear_cross_entropy(
             the logits, but the loss then takes the core's per-row path: the backward
             makes each chunk's logits again (as for ``reduction="none"``), and one (N, D)
             gather of ``c``'s target rows is made and kept for the backward.
-        filter_eps: accepted with CCE's checks (a RuntimeError for a value other than
-            None, a float or "auto" on the "cce" impls), but **no gradient filtering is
-            done**: the gradient is the exact unfiltered one (as on CCE's
-            ``torch_compile`` path). CCE's Triton path skips gradient blocks whose
-            softmax entries are all below filter_eps.
-        filter_e_grad: accepted, as filter_eps (no filtering).
-        filter_c_grad: accepted, as filter_eps (no filtering).
+        filter_eps: CCE's gradient filtering, with CCE's checks (a RuntimeError for a
+            value other than None, a float or "auto" on the "cce" impls) and presets
+            ("cce_exact", "cce_kahan_full", "cce_kahan_full_c_full_e": none;
+            "cce_kahan_full_c", "cce_kahan_full_e": "auto"; "torch_compile": none, as
+            CCE's own). "auto" is the dtype's epsilon / 32. The backward drops the
+            softmax term in each block of 128 positions × 128 classes where every
+            probability is below it and no target falls (the ``filter_eps`` of
+            :func:`smoothloss.linear_cross_entropy`); the loss is exact. CCE also sorts
+            the vocabulary by average logit before forming blocks; this does not.
+        filter_e_grad: with ``filter_c_grad``, whether the filter applies; with either
+            False, no filtering (both gradients exact).
+        filter_c_grad: see ``filter_e_grad``.
         accum_e_fp32: accepted and not needed: each row's dE is one matmul over the
             vocabulary.
         accum_c_fp32: accepted and not needed: dC and d(bias) are summed over the chunks
@@ -227,8 +243,8 @@ def linear_cross_entropy(
     Returns:
         The loss, or ``(loss, lse)`` with ``return_lse=True``.
 
-    Differences from CCE, besides gradient filtering: float64 inputs give a float64
-    loss (CCE upcasts to float32 only); labels outside ``[0, V)`` that are not
+    Differences from CCE, besides the blocks gradient filtering uses: float64 inputs
+    give a float64 loss (CCE upcasts to float32 only); labels outside ``[0, V)`` that are not
     ``ignore_index`` raise ValueError; shape mismatches raise ValueError, not
     AssertionError; it runs on CPU and any GPU (CCE's "cce" impls need an Ampere CUDA
     GPU and Triton).
@@ -271,7 +287,7 @@ def linear_cross_entropy(
         bias = None if bias is None else bias.to(dtype)
     loss, lse = no_autocast(
         device_type, _forward, e, c, wide(targets), bias, ignore_index, softcap, reduction, shift, return_lse,
-        chunk_size,
+        chunk_size, _filter_for(impl, filter_eps, filter_e_grad, filter_c_grad),
     )
     return (loss, lse) if return_lse else loss
 

@@ -406,6 +406,7 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     kl: bool = False,
+    filter_eps: float | str | None = None,
 ) -> jax.Array:
     r"""The loss of ``hidden @ weight.T + bias`` without the N×V logits, as a JAX function.
 
@@ -418,7 +419,8 @@ def linear_cross_entropy(
     ``reduction="none"`` gives the per-position losses and a ``custom_vjp`` (reverse mode
     only) whose backward makes each chunk's logits again. The chunks run in a
     ``lax.scan``; under ``jit``, XLA drops the gradients nobody asks for. Options as in
-    :func:`smoothloss.linear_cross_entropy`.
+    :func:`smoothloss.linear_cross_entropy`, ``filter_eps`` (gradient filtering) included:
+    in the ``scan`` it gives the same gradient, made whole (no time saved).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -435,7 +437,7 @@ def linear_cross_entropy(
     hidden, weight, labels = jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(labels)
     return smoothloss.linear_cross_entropy(
         hidden, weight, labels, bias=None if bias is None else jnp.asarray(bias), chunk_size=chunk_size,
-        **_options.given(
+        filter_eps=filter_eps, **_options.given(
             label_smoothing=label_smoothing, convention=convention, ignore_index=ignore_index,
             reduction=reduction, z_loss=z_loss, softcap=softcap, kl=kl,
         ),

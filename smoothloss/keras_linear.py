@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 import smoothloss
+from smoothloss import _filter
 from smoothloss._keras_support import check_bool as _check_bool, check_int as _check_int
 from smoothloss._keras_support import index_dtype as _index_dtype
 from smoothloss._options import Options
@@ -65,6 +66,8 @@ class LinearCrossEntropyHead(keras.layers.Layer):
         chunk_size: rows per chunk; ``None`` picks the default of :func:`smoothloss.linear_cross_entropy`.
         convention: ``"uniform"`` (ε/V to every class, Keras) or ``"others"`` (the
             target keeps 1-ε, every other class gets ε/(V-1)).
+        filter_eps: gradient filtering (Cut Cross-Entropy's), as in
+            :func:`smoothloss.linear_cross_entropy`; None: the exact gradient.
         **kwargs: :class:`keras.layers.Layer`'s arguments (``name``, ``dtype``, ...).
 
     Example:
@@ -96,6 +99,7 @@ class LinearCrossEntropyHead(keras.layers.Layer):
         softcap: float | None = None,
         chunk_size: int | None = None,
         convention: str = "uniform",
+        filter_eps: float | str | None = None,
         **kwargs: Any,
     ) -> None:
         given = locals()
@@ -109,6 +113,8 @@ class LinearCrossEntropyHead(keras.layers.Layer):
             setattr(self, name, getattr(checked, name))
         self.ignore_class = _check_int(ignore_class, "ignore_class", optional=True)
         self.chunk_size = _check_int(chunk_size, "chunk_size", minimum=1, optional=True)
+        _filter.resolve(filter_eps, 1.0, checked)  # its form, and softcap with smoothing (the value: at the call)
+        self.filter_eps = filter_eps
 
     def _options(self) -> dict[str, Any]:
         """The smoothloss options (``_OPTIONS``) as this layer holds them."""
@@ -140,6 +146,7 @@ class LinearCrossEntropyHead(keras.layers.Layer):
             ops.cast(labels, _index_dtype()),
             bias=None if self.bias is None else self.bias.value,  # the backend's array
             chunk_size=self.chunk_size,
+            filter_eps=self.filter_eps,
             ignore_index=self.ignore_class,
             **self._options(),
         )
@@ -163,6 +170,7 @@ class LinearCrossEntropyHead(keras.layers.Layer):
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
             ignore_class=self.ignore_class,
             chunk_size=self.chunk_size,
+            filter_eps=self.filter_eps,
             **self._options(),
         )
         return config

@@ -151,3 +151,29 @@ def test_argument_errors(kwargs, error, match):
     h, w, _, y = _data()
     with pytest.raises(error, match=match):
         linear_cross_entropy(h, w, np.abs(y), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("impl", "filter_e_grad", "filtered"),
+    [("cce", True, True), ("cce_kahan_full_c", True, True), ("torch_compile", True, False),
+     ("cce_exact", True, False), ("cce", False, False)],
+)
+def test_cut_cross_entropy_drop_in_filters_where_cce_does(impl, filter_e_grad, filtered):
+    """CCE's impls and presets: "cce" filters with the given filter_eps (here 1e-6, or the
+    presets' "auto"), "torch_compile" and the exact presets do not; filter_e_grad=False
+    gives the exact gradients. Compared with the float64 reference of the definition."""
+    torch = pytest.importorskip("torch")
+    from smoothloss.cut_cross_entropy import linear_cross_entropy as cce_loss
+
+    h, w, b, y = _data()
+    w[:, -1] *= 3 if impl == "cce_kahan_full_c" else 1  # below float64's "auto" threshold, 6.9e-18
+    y = _labels(y, {"ignore_index": IGNORE})
+    eps = float(np.finfo(np.float64).eps) / 32 if impl == "cce_kahan_full_c" else EPS
+    _, want, skipped = reference(h, w, b, y, {"ignore_index": IGNORE}, eps if filtered else 0.0)
+    assert skipped > 0 or not filtered
+    e = torch.from_numpy(h).requires_grad_(True)
+    c = torch.from_numpy(w).requires_grad_(True)
+    bias = torch.from_numpy(b).requires_grad_(True)
+    cce_loss(e, c, torch.from_numpy(y), bias, impl=impl, filter_eps=EPS, filter_e_grad=filter_e_grad).backward()
+    for got, e_ in zip((e.grad, c.grad, bias.grad), want):
+        assert rel_err(got.numpy(), e_) <= 1e-12

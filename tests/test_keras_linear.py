@@ -280,6 +280,9 @@ def test_on_other_keras_backend(backend: str) -> None:
         ({"chunk_size": 0}, ValueError),
         ({"convention": "fairseq"}, ValueError),
         ({"use_bias": "yes"}, TypeError),
+        ({"filter_eps": "fast"}, ValueError),
+        ({"filter_eps": -1.0}, ValueError),
+        ({"filter_eps": 1e-6, "softcap": 5.0, "label_smoothing": 0.1}, NotImplementedError),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, error):
@@ -314,7 +317,7 @@ def test_config_is_the_declared_options_and_keras_keys():
     from smoothloss.keras_linear import _OPTIONS
 
     assert set(_OPTIONS) <= set(_options.NAMES)
-    own = {"units", "use_bias", "kernel_initializer", "bias_initializer", "ignore_class", "chunk_size"}
+    own = {"units", "use_bias", "kernel_initializer", "bias_initializer", "ignore_class", "chunk_size", "filter_eps"}
     head = LinearCrossEntropyHead(V)
     layer_keys = set(keras.layers.Layer.get_config(head))  # name, trainable, dtype
     assert set(head.get_config()) == own | layer_keys | set(_OPTIONS)
