@@ -87,14 +87,15 @@ def resolve(filter_eps: Any, dtype_eps: float, opts: Any) -> float | None:
     return eps
 
 
-def peaks(xp: Any, z: Any) -> Any:
+def peaks(fw: Any, z: Any) -> Any:
     """Each row's largest logit in each block of classes: (C, ceil(V/BLOCK)), from the
     raw logits (a soft cap is monotone, so it is applied to the peaks afterwards)."""
+    xp = fw.xp
     v = int(z.shape[-1])
     whole = v // BLOCK
     parts = []
     if whole:
-        parts.append(xp.max(xp.reshape(z[:, : whole * BLOCK], (-1, whole, BLOCK)), axis=-1))
+        parts.append(fw.kernels.block_max(z if v == whole * BLOCK else z[:, : whole * BLOCK], BLOCK))
     if v % BLOCK:
         parts.append(xp.max(z[:, whole * BLOCK:], axis=-1, keepdims=True))
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1)

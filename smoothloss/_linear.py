@@ -130,7 +130,7 @@ def chunk_step(
         if stats_c is None:
             loss_c, stats_c, _ = run.forward(z, y, None, row_opts)
         return loss_c, stats_c, dh_c, d_weight, d_bias
-    peak = None if filter_eps is None else _filter.peaks(xp, z)  # (before z becomes g)
+    peak = None if filter_eps is None else _filter.peaks(fw, z)  # (before z becomes g)
     if stats_c is None:  # the forward and the gradient of one chunk, at once
         loss_c, stats_c, g = run.chunk_forward_and_grad(z, y, None, row_opts, scale, cot)
     else:
@@ -179,7 +179,8 @@ def _kept_products(
 ) -> tuple[Any, Any, Any]:
     """``(dh_c, d_weight, d_bias)`` of one chunk from the blocks of ``g`` that ``keep``
     (row blocks × class blocks, :func:`smoothloss._filter.kept_blocks`) marks, one
-    product per run of consecutive kept blocks; the others are 0 and are not multiplied.
+    product per run of consecutive kept blocks (over consecutive row blocks that keep the
+    same ones); the others are 0 and are not multiplied.
     Eager arrays only (a host read of ``keep``, slices written in place)."""
     xp = fw.xp
     B = _filter.BLOCK
@@ -194,10 +195,15 @@ def _kept_products(
         kept = keep.tolist()
     else:  # (array-api-strict: no tolist, no iteration)
         kept = [[bool(keep[i, j]) for j in range(int(keep.shape[1]))] for i in range(int(keep.shape[0]))]
-    for b, row in enumerate(kept):
-        rows = slice(b * B, min((b + 1) * B, c))
-        if rows.start >= c:
-            break
+    groups: list[tuple[int, int, list[bool]]] = []  # consecutive row blocks that keep the same class blocks
+    for b, row in enumerate(kept[: -(-c // B)]):
+        end = min((b + 1) * B, c)
+        if groups and groups[-1][2] == row:
+            groups[-1] = (groups[-1][0], end, row)
+        else:
+            groups.append((b * B, end, row))
+    for start, end, row in groups:
+        rows = slice(start, end)
         for j0, j1 in _runs(row):
             cls = slice(j0 * B, min(j1 * B, v))
             g_b = g[rows, cls]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from smoothloss import bench
-from smoothloss.bench import cli, common, dense, dense_report, dense_steps, linear, linear_report, schedule
+from smoothloss.bench import cli, common, dense, dense_report, dense_steps, filtering, linear, linear_report, schedule
 from smoothloss.bench.common import FRAMEWORKS, size_name
 
 # pytest -n auto (README): the quick benchmark runs once, in one worker
@@ -1234,7 +1234,7 @@ def test_imports_point_one_way():
     from smoothloss.bench import checks, dense_memory
 
     imports = {m: _imported_modules(m) for m in (cli, dense, dense_memory, dense_steps, dense_report, linear,
-                                                 linear_report, common, schedule, checks)}
+                                                 linear_report, common, schedule, checks, filtering)}
 
     def bench_modules(m):
         return {i for i in imports[m] if i.startswith("smoothloss.bench")}
@@ -1246,6 +1246,7 @@ def test_imports_point_one_way():
     assert bench_modules(dense_report) == {"smoothloss.bench", "smoothloss.bench.common", "smoothloss.bench.dense",
                                            "smoothloss.bench.schedule", "smoothloss.bench.checks"}
     assert bench_modules(linear) == bench_modules(schedule) == bench_modules(checks) == {"smoothloss.bench.common"}
+    assert bench_modules(filtering) == {"smoothloss.bench.common"}
     assert bench_modules(linear_report) == {"smoothloss.bench.common", "smoothloss.bench.linear"}
     assert bench_modules(cli) == {"smoothloss.bench", "smoothloss.bench.dense", "smoothloss.bench.dense_report",
                                   "smoothloss.bench.linear", "smoothloss.bench.linear_report", "smoothloss.bench.common",
@@ -1263,3 +1264,24 @@ def test_imports_point_one_way():
             "'tensorflow')]\n"
             "assert not loaded, loaded\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_filtering_bench_measures_skips_and_errors(capsys):
+    """The filtering benchmark on a small size: nothing skipped on Gaussian data, some blocks
+    on the sorted vocabulary; the loss unchanged; the errors bounded by the threshold's
+    scale; the table has one row per filter and data."""
+    pytest.importorskip("torch")
+    assert filtering.main(["--sizes", "512x16x1024", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    records = [json.loads(line) for line in out if line.startswith("{")]
+    by_data = {r["data"]: r for r in records}
+    assert set(by_data) == {"gaussian", "sorted-vocab"}
+    for r in records:
+        assert set(r["seconds"]) == {"exact", "auto", "1e-5", "F.cross_entropy"}
+        for f in r["filters"].values():
+            assert f["loss_equal"] is True
+            assert f["errors"]["d_hidden"]["max_abs"] <= 1e-3 * f["errors"]["d_hidden"]["max_abs_exact"] + f["eps"]
+    assert by_data["gaussian"]["filters"]["1e-5"]["skipped_share"] == 0.0
+    assert by_data["sorted-vocab"]["filters"]["1e-5"]["skipped_share"] > 0.1
+    table = [line for line in out if line.startswith("| 512×16×1024")]
+    assert len(table) == 4

@@ -183,6 +183,8 @@ class Kernels:
       chunked linear loss's weight gradient. Native versions may write into ``acc``.
     * ``logits(h, weight)``: ``h @ weight.T``, the chunked linear loss's logits of rows
       ``h`` (C, H) and a projection (V, H), in a layout of the binding's choice.
+    * ``block_max(z, block)``: each row's maximum over each ``block`` consecutive classes
+      of ``z`` (C, V), V a multiple of ``block``: (C, V/block), read in ``logits``'s layout.
 
     ``overwrites``: whether the kernels work in place where the caller allows it: then
     ``log_softmax_stats`` takes ``scratch=True`` with ``keep`` (x may be overwritten: the
@@ -244,6 +246,9 @@ class Kernels:
 
     def logits(self, h: Any, weight: Any) -> Any:
         return self.xp.matmul(h, self.xp.moveaxis(weight, 0, 1))
+
+    def block_max(self, z: Any, block: int) -> Any:
+        return self.xp.max(self.xp.reshape(z, (-1, int(z.shape[-1]) // block, block)), axis=-1)
 
     def small_chunks(self, like: Any) -> bool:
         return self.overwrites
