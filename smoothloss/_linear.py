@@ -37,7 +37,7 @@ from smoothloss._formulas import compute_dtype, is_zero, mean_scale, soft_cap
 from smoothloss._vocab_parallel import options as vocab_parallel_options
 
 __all__ = [
-    "CHUNK_BYTES", "CHUNK_BYTES_COPYING", "chunk_step", "chunked_backward", "chunked_forward", "default_chunk",
+    "CHUNK_BYTES", "CHUNK_BYTES_COPYING", "MIN_CHUNK_ROWS", "chunk_step", "chunked_backward", "chunked_forward", "default_chunk",
     "prepare", "python_loop", "row_statistics", "with_class_weight",
 ]
 
@@ -50,11 +50,17 @@ CHUNK_BYTES = 16 << 20
 CHUNK_BYTES_COPYING = 64 << 20
 
 
+#: ... and at least this many rows: thinner chunks run the products below their speed (at
+#: V=128256 on the torch CPU, 32-row chunks took 1.29x the 64-row ones' time: docs/benchmarks.md).
+#: 64 rows of logits are never more than the weight's gradient where H >= 64.
+MIN_CHUNK_ROWS = 64
+
+
 def default_chunk(num_classes: int, itemsize: int, small: bool) -> int:
     """The default rows per chunk for ``num_classes`` logits of ``itemsize`` bytes each:
     ``CHUNK_BYTES`` of them where ``small`` (the kernels' ``small_chunks``), else
-    ``CHUNK_BYTES_COPYING``."""
-    return max(1, (CHUNK_BYTES if small else CHUNK_BYTES_COPYING) // (num_classes * itemsize))
+    ``CHUNK_BYTES_COPYING``; at least ``MIN_CHUNK_ROWS``."""
+    return max(MIN_CHUNK_ROWS, (CHUNK_BYTES if small else CHUNK_BYTES_COPYING) // (num_classes * itemsize))
 
 
 def _concat(xp: Any, parts: list[Any]) -> Any:

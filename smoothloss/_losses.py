@@ -171,7 +171,7 @@ def linear_cross_entropy(
         bias: optional (V,), hidden's dtype.
         chunk_size: rows per chunk; default: as many as make about 16 MiB of logits in
             PyTorch on the CPU (where each chunk's gradient takes its logits' place), 64 MiB elsewhere
-            (at least 1). The result does not depend on it beyond float rounding.
+            (at least 64 rows). The result does not depend on it beyond float rounding.
         label_smoothing: ε in [0, 1], as in :func:`smoothloss.cross_entropy`.
         convention: ``"uniform"`` or ``"others"``, as in :func:`smoothloss.cross_entropy`.
         ignore_index: label of rows that contribute 0, as in :func:`smoothloss.cross_entropy`.
