@@ -37,8 +37,8 @@ from smoothloss._formulas import compute_dtype, is_zero, mean_scale, soft_cap
 from smoothloss._vocab_parallel import options as vocab_parallel_options
 
 __all__ = [
-    "CHUNK_BYTES", "CHUNK_BYTES_COPYING", "MIN_CHUNK_ROWS", "chunk_step", "chunked_backward", "chunked_forward", "default_chunk",
-    "prepare", "python_loop", "row_statistics", "with_class_weight",
+    "CHUNK_BYTES", "CHUNK_BYTES_COPYING", "MIN_CHUNK_ROWS", "chunk_step", "chunked_backward", "chunked_forward",
+    "default_chunk", "prepare", "python_loop", "row_statistics", "with_class_weight",
 ]
 
 #: The default chunk holds about this many bytes of logits where each chunk's gradient
@@ -51,7 +51,7 @@ CHUNK_BYTES_COPYING = 64 << 20
 
 
 #: ... and at least this many rows: thinner chunks run the products below their speed (at
-#: V=128256 on the torch CPU, 32-row chunks took 1.29x the 64-row ones' time: docs/benchmarks.md).
+#: V=128256 on the torch CPU, 32-row chunks took 1.29x the 64-row ones' time: docs/distributed.md).
 #: 64 rows of logits are never more than the weight's gradient where H >= 64.
 MIN_CHUNK_ROWS = 64
 

@@ -190,7 +190,7 @@ def linear_cross_entropy(
             every row's probability (times 1 + 2·z_loss·lse) is below it and no row's
             label falls; each dropped entry is below ``filter_eps`` times the row's
             cotangent. The loss is unchanged. Without label smoothing PyTorch and NumPy
-            then skip those blocks' products (the time it saves: docs/benchmarks.md);
+            then skip those blocks' products (the time it saves: docs/distributed.md);
             ``chunk_size`` is rounded down to a multiple of 128. Not with class_weight,
             nor with softcap and label smoothing together.
 
